@@ -1,0 +1,129 @@
+"""The normalized-SGD inner step shared by both forms of Nexus.
+
+One inner step of Algorithm 1 (line 8) moves the inner point by
+``gamma * g / ||g||_2``. This module computes that step for one micro-batch
+gradient, in at least float32, and the per-step statistics that
+:func:`nexus_optax.nexus_metrics` reports.
+"""
+
+from typing import Any, NamedTuple, Union
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+NORMALIZE_MODES = ("global", "per_leaf")
+
+
+class InnerStep(NamedTuple):
+  """One normalized inner step.
+
+  Attributes:
+    step: ``gamma * u``, where ``u`` is the unit gradient, in each leaf's
+      accumulation dtype (see :func:`accumulation_dtype`); zeros when the step
+      was skipped.
+    grad_norm: global L2 norm of the raw micro-batch gradient, float32.
+    unit_sq_norm: ``||u||^2``: 1 for a nonzero gradient under ``"global"``, the
+      number of nonzero leaves under ``"per_leaf"``, 0 for a zero or skipped
+      gradient. The consensus estimate needs it.
+    finite: whether the gradient (and the loss, when given) was finite.
+  """
+
+  step: Any
+  grad_norm: jax.Array
+  unit_sq_norm: jax.Array
+  finite: jax.Array
+
+
+def accumulation_dtype(dtype) -> jnp.dtype:
+  """The dtype in which displacements accumulate: at least float32."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def to_accumulation_dtype(tree):
+  return jax.tree.map(lambda x: jnp.asarray(x).astype(accumulation_dtype(x.dtype)), tree)
+
+
+def check_normalize(normalize: str) -> None:
+  if normalize not in NORMALIZE_MODES:
+    raise ValueError(
+        f"normalize={normalize!r} is not a normalization mode; use 'global' "
+        "(the paper: one L2 norm over the whole pytree) or 'per_leaf'."
+    )
+
+
+def check_inner_lr(inner_lr) -> None:
+  """Rejects a non-positive constant inner_lr; schedules and traced values pass."""
+  if callable(inner_lr) or isinstance(inner_lr, jax.core.Tracer):
+    return
+  try:
+    value = float(inner_lr)
+  except TypeError as error:
+    raise ValueError(
+        f"inner_lr={inner_lr!r} is neither a number nor a schedule; pass a "
+        "positive float such as 0.01 or an optax schedule of the outer step count."
+    ) from error
+  if not value > 0.0:
+    raise ValueError(
+        f"inner_lr must be > 0 (got {inner_lr!r}); the paper's default is 0.01."
+    )
+
+
+def inner_lr_at(inner_lr: Union[float, optax.Schedule], count: chex.Numeric) -> jax.Array:
+  value = inner_lr(count) if callable(inner_lr) else inner_lr
+  return jnp.asarray(value, jnp.float32)
+
+
+def _safe_inverse(norm: jax.Array) -> jax.Array:
+  # A zero gradient must give a zero step: 0 * (1 / tiny) = 0, never 0 / 0.
+  return 1.0 / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny)
+
+
+def normalized_step(
+    grads,
+    inner_lr: chex.Numeric,
+    *,
+    normalize: str,
+    skip_nonfinite: bool,
+    loss: chex.Numeric | None = None,
+) -> InnerStep:
+  """Returns ``gamma * g / ||g||`` for one micro-batch gradient.
+
+  Args:
+    grads: the micro-batch gradient, any pytree of float arrays.
+    inner_lr: gamma, a scalar.
+    normalize: ``"global"`` divides by one L2 norm over the whole pytree (the
+      paper); ``"per_leaf"`` divides each leaf by its own L2 norm.
+    skip_nonfinite: if True, a gradient (or loss) with a NaN or Inf gives a zero
+      step and ``finite=False``. A gradient whose squared norm overflows float32
+      counts as non-finite.
+    loss: the micro-batch loss, checked for finiteness when given.
+
+  Returns:
+    An :class:`InnerStep`.
+  """
+  grads = to_accumulation_dtype(grads)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(grad_norm)
+  if loss is not None:
+    finite = finite & jnp.isfinite(loss)
+
+  if normalize == "global":
+    inverse_norm = _safe_inverse(grad_norm)
+    unit = jax.tree.map(lambda g: g * inverse_norm.astype(g.dtype), grads)
+  else:
+    unit = jax.tree.map(lambda g: g * _safe_inverse(jnp.linalg.norm(g.ravel())), grads)
+  unit_sq_norm = optax.tree.norm(unit, squared=True).astype(jnp.float32)
+
+  if skip_nonfinite:
+    unit = optax.tree.where(finite, unit, optax.tree.zeros_like(unit))
+    unit_sq_norm = jnp.where(finite, unit_sq_norm, 0.0)
+
+  step = jax.tree.map(lambda u: jnp.asarray(inner_lr, u.dtype) * u, unit)
+  return InnerStep(
+      step=step,
+      grad_norm=grad_norm.astype(jnp.float32),
+      unit_sq_norm=unit_sq_norm,
+      finite=finite,
+  )

@@ -1,0 +1,306 @@
+"""Nexus (scan form): K normalized-SGD inner steps, displacement as gradient.
+
+Reference: "Same Pretraining Loss, Better Downstream Generalization via Common
+Minima", arXiv 2604.09258, Algorithm 1 and Sec. 3.2.
+
+For outer step t, starting at theta_{t,0} = theta_{t-1} and for m = 1..K:
+
+  g_m         = grad L_{s_m}(theta_{t,m-1})
+  theta_{t,m} = theta_{t,m-1} - gamma * g_m / ||g_m||_2
+  g_hat_t     = theta_{t,0} - theta_{t,K}  =  gamma * sum_m g_m / ||g_m||_2
+
+and g_hat_t goes to the outer optimizer as if it were a gradient.
+
+To second order (DESIGN.md, "What the second-order term really is"), with
+u_i = g_i / ||g_i|| and J_i = (I - u_i u_i^T) H_i / ||g_i|| at theta_{t,0}:
+
+  g_hat = gamma * sum_m u_{s_m} - gamma^2 * sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3),
+
+whose average over the K! orders of K distinct micro-batches is
+gamma * sum_i u_i - (gamma^2 / 2) * sum_{i != j} J_i u_j. This Hessian-coupling
+term is what the paper (Eq. 9, 12) identifies with the gradient of the summed
+cross-source cosine similarity; it equals that gradient only where P_i and H_i
+commute.
+"""
+
+from typing import Any, Callable, NamedTuple, Union
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from nexus_optax import _inner_step
+from nexus_optax._metrics import InnerStepSums, NexusMetrics, summarize_outer_step
+
+
+class InnerLoopResult(NamedTuple):
+  """What :func:`inner_loop` returns.
+
+  Attributes:
+    displacement: ``theta_{t,0} - theta_{t,K}`` with the structure of
+      ``params`` and each leaf in at least float32.
+    losses: ``[K]`` micro-batch losses at the inner points.
+    grad_norms: ``[K]`` raw micro-batch gradient norms.
+    unit_sq_norms: ``[K]`` squared norms of the unit steps (0 when skipped).
+    finite: ``[K]`` booleans, False where a step was skipped.
+    aux: the stacked ``[K, ...]`` auxiliary outputs of ``loss_fn`` when
+      ``has_aux=True``, else None.
+  """
+
+  displacement: Any
+  losses: jax.Array
+  grad_norms: jax.Array
+  unit_sq_norms: jax.Array
+  finite: jax.Array
+  aux: Any
+
+
+def _num_microbatches(microbatches) -> int:
+  leaves = jax.tree.leaves(microbatches)
+  if not leaves:
+    raise ValueError(
+        "microbatches is empty; pass a pytree of arrays whose leading axis "
+        "indexes the K micro-batches."
+    )
+  sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) > 0 else None for leaf in leaves}
+  if None in sizes:
+    raise ValueError(
+        "every leaf of microbatches needs a leading micro-batch axis, but one is "
+        "a scalar; stack the K micro-batches along axis 0."
+    )
+  if len(sizes) > 1:
+    raise ValueError(
+        f"micro-batch leaves have different leading sizes {sorted(sizes)}; "
+        "stack every leaf to the same K micro-batches along axis 0."
+    )
+  (size,) = sizes
+  if size < 1:
+    raise ValueError("microbatches has K = 0 micro-batches; pass at least one.")
+  return size
+
+
+def _check_loss_signature(loss_fn, params, microbatches, has_aux: bool) -> None:
+  first = jax.tree.map(lambda x: x[0], microbatches)
+  out = jax.eval_shape(loss_fn, params, first)
+  if has_aux:
+    if not (isinstance(out, tuple) and len(out) == 2):
+      raise ValueError(
+          "with has_aux=True, loss_fn must return (loss, aux); it returned "
+          f"{type(out).__name__}. Pass has_aux=False for a loss_fn that returns a scalar."
+      )
+    out = out[0]
+  elif isinstance(out, tuple):
+    raise ValueError(
+        "loss_fn returned a tuple; if it returns (loss, aux), build Nexus with has_aux=True."
+    )
+  if getattr(out, "shape", None) != ():
+    raise ValueError(
+        f"loss_fn must return a scalar loss, got shape {getattr(out, 'shape', None)}; "
+        "reduce it, e.g. with .mean() over the micro-batch."
+    )
+
+
+def inner_loop(
+    loss_fn: Callable[..., Any],
+    params: optax.Params,
+    microbatches: Any,
+    inner_lr: chex.Numeric,
+    *,
+    normalize: str = "global",
+    has_aux: bool = False,
+    skip_nonfinite: bool = True,
+) -> InnerLoopResult:
+  """Runs Algorithm 1's inner loop with ``jax.lax.scan`` over micro-batches.
+
+  The scan carries the displacement ``delta_m = theta_{t,0} - theta_{t,m}`` in
+  at least float32 rather than a second copy of the parameters; the inner point
+  is rebuilt as ``params - delta_m`` in the parameters' own dtype. The carry
+  costs what a gradient accumulator costs, and the result has no cancellation
+  error even for bfloat16 parameters.
+
+  Args:
+    loss_fn: ``loss_fn(params, microbatch) -> loss`` (or ``(loss, aux)`` with
+      ``has_aux=True``); the loss must be a scalar.
+    params: the outer parameters theta_{t,0}.
+    microbatches: a pytree whose leaves all have a leading axis of size K; the
+      m-th slice is the m-th micro-batch.
+    inner_lr: gamma, a positive scalar.
+    normalize: ``"global"`` (the paper) or ``"per_leaf"``.
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+    skip_nonfinite: skip (and flag) steps whose gradient or loss is not finite.
+
+  Returns:
+    An :class:`InnerLoopResult`.
+
+  Example:
+    >>> import jax.numpy as jnp, nexus_optax as nx
+    >>> loss_fn = lambda p, x: jnp.sum((p - x) ** 2)
+    >>> result = nx.inner_loop(loss_fn, jnp.zeros(2),
+    ...                        jnp.array([[3.0, 4.0], [3.0, 4.0]]), 0.5)
+    >>> result.displacement  # two unit steps of 0.5 towards (3, 4)
+    Array([-0.6, -0.8], dtype=float32)
+  """
+  _inner_step.check_normalize(normalize)
+  _num_microbatches(microbatches)
+  _check_loss_signature(loss_fn, params, microbatches, has_aux)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
+
+  def one_inner_step(displacement, microbatch):
+    inner_params = jax.tree.map(
+        lambda p, d: (p - d).astype(p.dtype), params, displacement
+    )
+    value, grads = grad_fn(inner_params, microbatch)
+    loss, aux = value if has_aux else (value, None)
+    inner = _inner_step.normalized_step(
+        grads,
+        inner_lr,
+        normalize=normalize,
+        skip_nonfinite=skip_nonfinite,
+        loss=loss,
+    )
+    displacement = jax.tree.map(jnp.add, displacement, inner.step)
+    per_step = (
+        jnp.asarray(loss, jnp.float32),
+        inner.grad_norm,
+        inner.unit_sq_norm,
+        inner.finite,
+        aux,
+    )
+    return displacement, per_step
+
+  initial = jax.tree.map(
+      lambda p: jnp.zeros(jnp.shape(p), _inner_step.accumulation_dtype(p.dtype)), params
+  )
+  displacement, (losses, grad_norms, unit_sq_norms, finite, aux) = jax.lax.scan(
+      one_inner_step, initial, microbatches
+  )
+  return InnerLoopResult(displacement, losses, grad_norms, unit_sq_norms, finite, aux)
+
+
+class NexusState(NamedTuple):
+  """State of :func:`nexus`.
+
+  Attributes:
+    count: outer steps taken, int32; the argument of an ``inner_lr`` schedule.
+    metrics: :class:`NexusMetrics` of the last outer step.
+  """
+
+  count: jax.Array
+  metrics: NexusMetrics
+
+
+def nexus(
+    inner_lr: Union[float, optax.Schedule] = 0.01,
+    *,
+    normalize: str = "global",
+    has_aux: bool = False,
+    skip_nonfinite: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Nexus pseudo-gradient: K normalized inner steps, then the displacement.
+
+  Each ``update`` runs Algorithm 1's inner loop over the leading axis of
+  ``microbatches`` (see :func:`inner_loop`) starting at ``params`` and returns
+
+  .. math::
+    \hat g = \theta_{t,0} - \theta_{t,K} = \gamma \sum_{m=1}^{K}
+    \frac{\nabla L_{s_m}(\theta_{t,m-1})}{\|\nabla L_{s_m}(\theta_{t,m-1})\|_2}
+
+  with the structure and dtypes of ``params``, for the next member of a chain
+  to treat as a gradient. The incoming ``updates`` are ignored (Nexus computes
+  its own gradients), so ``nexus`` must be the first member of a chain. Pass
+  ``loss_fn`` and ``microbatches`` as keyword arguments to ``update``; close over
+  ``loss_fn`` inside the jitted step. Paper defaults (Table 6): gamma = 0.01 with
+  ``optax.clip_by_global_norm(1.0)`` and
+  ``optax.adamw(lr, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.2)``.
+
+  For loops that feed one micro-batch per call, use
+  :func:`nexus_optax.nexus_multisteps`; ``optax.MultiSteps(nexus(...))`` would
+  average the ignored incoming updates and means nothing.
+
+  Args:
+    inner_lr: gamma, a positive float or an optax schedule of the outer step
+      count. Works under ``optax.inject_hyperparams``.
+    normalize: ``"global"`` (the paper: one L2 norm over the whole pytree) or
+      ``"per_leaf"`` (each tensor normalized on its own; not in the paper).
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``; the aux is discarded
+      (call :func:`inner_loop` directly to keep it).
+    skip_nonfinite: a micro-batch whose gradient or loss is NaN or Inf gives a
+      zero inner step and is counted in ``nexus_metrics(state)["skipped_steps"]``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` is
+    ``update(updates, state, params, *, loss_fn, microbatches, **extra_args)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, nexus_optax as nx
+    >>> def loss_fn(params, batch):
+    ...   return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+    >>> params = {"w": jnp.zeros(3)}
+    >>> microbatches = {"x": jnp.ones((4, 8, 3)), "y": jnp.ones((4, 8))}  # K = 4
+    >>> tx = optax.chain(nx.nexus(inner_lr=0.01), optax.adamw(1e-3))
+    >>> state = tx.init(params)
+    >>> @jax.jit
+    ... def step(params, state, microbatches):
+    ...   updates, state = tx.update(None, state, params, loss_fn=loss_fn,
+    ...                              microbatches=microbatches)
+    ...   return optax.apply_updates(params, updates), state
+    >>> params, state = step(params, state, microbatches)
+    >>> params["w"].round(4)  # AdamW's first step is lr * sign(g_hat)
+    Array([0.001, 0.001, 0.001], dtype=float32)
+    >>> round(float(nx.nexus_metrics(state)["consensus"]), 3)  # identical batches
+    1.0
+  """
+  _inner_step.check_inner_lr(inner_lr)
+  _inner_step.check_normalize(normalize)
+
+  def init_fn(params):
+    del params
+    return NexusState(count=jnp.zeros([], jnp.int32), metrics=NexusMetrics.initial())
+
+  def update_fn(updates, state, params=None, *, loss_fn=None, microbatches=None, **extra_args):
+    del updates, extra_args
+    if params is None:
+      raise ValueError(
+          "nexus needs params: call tx.update(None, state, params, loss_fn=..., microbatches=...)."
+      )
+    if loss_fn is None:
+      raise ValueError(
+          "nexus needs loss_fn=loss_fn(params, microbatch) as a keyword argument of update."
+      )
+    if microbatches is None:
+      raise ValueError(
+          "nexus needs microbatches= as a keyword argument of update: a pytree whose "
+          "leaves stack the K micro-batches along axis 0."
+      )
+    inner_lr_now = _inner_step.inner_lr_at(inner_lr, state.count)
+    result = inner_loop(
+        loss_fn,
+        params,
+        microbatches,
+        inner_lr_now,
+        normalize=normalize,
+        has_aux=has_aux,
+        skip_nonfinite=skip_nonfinite,
+    )
+    taken = (result.finite if skip_nonfinite else jnp.ones_like(result.finite)).astype(
+        jnp.float32
+    )
+    sums = InnerStepSums(
+        loss_sum=jnp.sum(jnp.where(taken > 0, result.losses, 0.0)),
+        loss_count=jnp.sum(taken),
+        grad_norm_sum=jnp.sum(jnp.where(taken > 0, result.grad_norms, 0.0)),
+        unit_sq_norm_sum=jnp.sum(result.unit_sq_norms),
+        steps_taken=jnp.sum(taken),
+        steps_skipped=jnp.sum(1.0 - taken),
+    )
+    metrics = summarize_outer_step(
+        sums,
+        pseudo_grad_sq_norm=optax.tree.norm(result.displacement, squared=True),
+        inner_lr=inner_lr_now,
+        previous=state.metrics,
+    )
+    pseudo_gradient = jax.tree.map(lambda d, p: d.astype(p.dtype), result.displacement, params)
+    return pseudo_gradient, NexusState(count=optax.safe_increment(state.count), metrics=metrics)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,16 @@
+# Sourced by the README's commands: creates or refreshes .venv with the given extras.
+# Usage: source scripts/env.sh test   (or: bench, train, "test,bench")
+set -euo pipefail
+extras="${1:-test}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${NEXUS_PYTHON:-python3}"
+venv="$root/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[env] creating $venv with $($python --version)"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+fi
+echo "[env] installing nexus-optax[$extras] into $venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[$extras]"
+export PATH="$venv/bin:$PATH"
+cd "$root"
