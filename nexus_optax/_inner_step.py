@@ -72,7 +72,7 @@ def check_inner_lr(inner_lr) -> None:
 
 def inner_lr_at(inner_lr: Union[float, optax.Schedule], count: chex.Numeric) -> jax.Array:
   value = inner_lr(count) if callable(inner_lr) else inner_lr
-  return jnp.asarray(value, jnp.float32)
+  return jnp.asarray(value, dtype=float)  # float64 under jax_enable_x64
 
 
 def _safe_inverse(norm: jax.Array) -> jax.Array:

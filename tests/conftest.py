@@ -1,0 +1,78 @@
+"""Shared fixtures: a multi-source softmax regression with hand-written NumPy math."""
+
+import jax
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+class SoftmaxRegression:
+  """K sources of softmax regression; the loss of source i is mean cross-entropy.
+
+  Gradients are written out by hand in NumPy float64:
+    P = softmax(X W + b),  dL/dW = X^T (P - Y) / n,  dL/db = mean_n (P - Y).
+  """
+
+  def __init__(self, num_sources=3, n=16, d=5, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    self.xs = []
+    self.ys = []
+    for i in range(num_sources):
+      shift = rng.normal(size=d) * 0.5
+      x = rng.normal(size=(n, d)) + shift
+      labels = rng.integers(0, c, size=n)
+      self.xs.append(x)
+      self.ys.append(np.eye(c)[labels])
+    self.params = {"w": rng.normal(size=(d, c)) * 0.3, "b": rng.normal(size=c) * 0.1}
+
+  @staticmethod
+  def loss(params, batch):
+    """The JAX loss, for the library under test."""
+    import jax.numpy as jnp
+
+    logits = batch["x"] @ params["w"] + params["b"]
+    return -jnp.mean(jnp.sum(batch["y"] * jax.nn.log_softmax(logits), axis=-1))
+
+  def numpy_grad(self, params, source):
+    x, y = self.xs[source], self.ys[source]
+    logits = x @ params["w"] + params["b"]
+    logits = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    return {"w": x.T @ (p - y) / len(x), "b": (p - y).mean(axis=0)}
+
+  def numpy_loss(self, params, source):
+    x, y = self.xs[source], self.ys[source]
+    logits = x @ params["w"] + params["b"]
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return -np.mean(np.sum(y * log_p, axis=1))
+
+  def numpy_nexus(self, params, sequence, gamma, normalize="global"):
+    """Algorithm 1's inner loop in float64 NumPy; returns g_hat = theta_0 - theta_K."""
+    theta = {k: np.array(v, np.float64) for k, v in params.items()}
+    start = {k: v.copy() for k, v in theta.items()}
+    for source in sequence:
+      g = self.numpy_grad(theta, source)
+      if normalize == "global":
+        norm = np.sqrt(sum(np.sum(v**2) for v in g.values()))
+        theta = {k: theta[k] - gamma * g[k] / norm for k in theta}
+      else:
+        theta = {k: theta[k] - gamma * g[k] / np.linalg.norm(g[k]) for k in theta}
+    return {k: start[k] - theta[k] for k in theta}
+
+  def microbatches(self, sequence, dtype=np.float64):
+    return {
+        "x": np.stack([self.xs[s] for s in sequence]).astype(dtype),
+        "y": np.stack([self.ys[s] for s in sequence]).astype(dtype),
+    }
+
+
+@pytest.fixture
+def problem():
+  return SoftmaxRegression()

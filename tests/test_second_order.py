@@ -1,0 +1,161 @@
+"""The second-order expansion of g_hat, as DESIGN.md states it (not the paper's Eq. 12).
+
+The theory side is built here, independently of the library, from the unit-gradient
+map u_i(theta) = grad L_i / ||grad L_i||: J_i v is a jax.jvp of u_i along v.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import nexus_optax as nx
+from conftest import SoftmaxRegression
+
+GAMMAS = [0.04, 0.02, 0.01, 0.005]
+
+
+class Theory:
+  """u_i and J_i u_j at theta for the sources of a SoftmaxRegression, in float64."""
+
+  def __init__(self, problem):
+    self.problem = problem
+    flat, self.unravel = ravel_pytree(jax.tree.map(jnp.asarray, problem.params))
+    self.theta = flat
+    self.k = len(problem.xs)
+
+  def loss(self, i, flat):
+    batch = {"x": jnp.asarray(self.problem.xs[i]), "y": jnp.asarray(self.problem.ys[i])}
+    return SoftmaxRegression.loss(self.unravel(flat), batch)
+
+  def unit(self, i, flat=None):
+    g = jax.grad(lambda f: self.loss(i, f))(self.theta if flat is None else flat)
+    return g / jnp.linalg.norm(g)
+
+  def jvp(self, i, v):
+    """J_i v = d/de u_i(theta + e v) at e = 0."""
+    return jax.jit(lambda t, v: jax.jvp(lambda f: self.unit(i, f), (t,), (v,))[1])(self.theta, v)
+
+  def vjp(self, i, v):
+    """J_i^T v."""
+    _, pullback = jax.vjp(lambda f: self.unit(i, f), self.theta)
+    return pullback(v)[0]
+
+  def cosine_sum(self, flat):
+    units = [self.unit(i, flat) for i in range(self.k)]
+    return sum(units[i] @ units[j] for i in range(self.k) for j in range(self.k) if i != j)
+
+
+@pytest.fixture
+def theory(x64):
+  return Theory(SoftmaxRegression(num_sources=3, seed=1))
+
+
+@jax.jit
+def _pseudo_gradient(params, microbatches, gamma):
+  tx = nx.nexus(gamma)
+  return tx.update(None, tx.init(params), params, loss_fn=SoftmaxRegression.loss,
+                   microbatches=microbatches)
+
+
+def _g_hat(problem, sequence, gamma):
+  params = jax.tree.map(jnp.asarray, problem.params)
+  g_hat, _ = _pseudo_gradient(params, problem.microbatches(sequence), gamma)
+  return ravel_pytree(g_hat)[0]
+
+
+def _mean_g_hat(problem, sequences, gamma):
+  return sum(_g_hat(problem, s, gamma) for s in sequences) / len(sequences)
+
+
+def _loglog_slope(xs, ys):
+  return np.polyfit(np.log(xs), np.log(ys), 1)[0]
+
+
+def test_fixed_order_residual_is_third_order(theory):
+  order = [2, 0, 1]
+  units = {i: theory.unit(i) for i in range(theory.k)}
+  first = sum(units[s] for s in order)
+  second = sum(theory.jvp(s, sum((units[l] for l in order[:m]), jnp.zeros_like(theory.theta)))
+               for m, s in enumerate(order))
+  residuals = [
+      float(jnp.linalg.norm(_g_hat(theory.problem, order, g) - (g * first - g**2 * second)))
+      for g in GAMMAS
+  ]
+  assert abs(_loglog_slope(GAMMAS, residuals) - 3.0) < 0.3, residuals
+
+
+def _coefficient_errors(theory, sequences, target):
+  first = sum(theory.unit(i) for i in range(theory.k)) * len(sequences[0]) / theory.k
+  errors = []
+  for g in GAMMAS:
+    coefficient = (_mean_g_hat(theory.problem, sequences, g) - g * first) / g**2
+    errors.append(float(jnp.linalg.norm(coefficient - target) / jnp.linalg.norm(target)))
+  return errors
+
+
+def test_permutation_average_couples_distinct_sources(theory):
+  k = theory.k
+  target = -0.5 * sum(theory.jvp(i, theory.unit(j))
+                      for i in range(k) for j in range(k) if i != j)
+  errors = _coefficient_errors(theory, list(itertools.permutations(range(k))), target)
+  assert errors[-1] < 0.02, errors
+  assert _loglog_slope(GAMMAS, errors) == pytest.approx(1.0, abs=0.2), errors
+
+
+def test_iid_average_includes_self_terms(theory):
+  k = theory.k
+  target = -(k - 1) / (2 * k) * sum(theory.jvp(i, theory.unit(j))
+                                    for i in range(k) for j in range(k))
+  errors = _coefficient_errors(theory, list(itertools.product(range(k), repeat=k)), target)
+  assert errors[-1] < 0.02, errors
+  assert _loglog_slope(GAMMAS, errors) == pytest.approx(1.0, abs=0.2), errors
+
+  without_self = -(k - 1) / (2 * k) * sum(theory.jvp(i, theory.unit(j))
+                                          for i in range(k) for j in range(k) if i != j)
+  misses = _coefficient_errors(theory, list(itertools.product(range(k), repeat=k)), without_self)
+  assert misses[-1] > 0.1, "the self terms J_i u_i should matter"
+
+
+def test_hessian_coupling_is_not_the_cosine_gradient(theory):
+  k = theory.k
+  coupling = sum(theory.jvp(i, theory.unit(j)) for i in range(k) for j in range(k) if i != j)
+  autodiff = jax.grad(theory.cosine_sum)(theory.theta)
+
+  # The autodiff gradient is itself checked against central differences.
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    v = jnp.asarray(rng.normal(size=theory.theta.shape))
+    h = 1e-6
+    fd = (theory.cosine_sum(theory.theta + h * v) - theory.cosine_sum(theory.theta - h * v)) / (2 * h)
+    assert float(autodiff @ v) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
+
+  # Autodiff's gradient is sum_{i!=j} (J_i^T u_j + J_j^T u_i), with H_i P_i ...
+  transposed = sum(theory.vjp(i, theory.unit(j)) for i in range(k) for j in range(k) if i != j)
+  np.testing.assert_allclose(autodiff, 2 * transposed, rtol=1e-8, atol=1e-10)
+  # ... while Eq. 9's expression, P_i H_i, gives 2 * coupling: a different direction here.
+  gap = float(jnp.linalg.norm(2 * coupling - autodiff) / jnp.linalg.norm(autodiff))
+  assert gap > 0.2, gap
+
+  # So Eq. 12 read literally (-(K-1)/(4K) grad sum CosSim) does not describe g_hat.
+  eq12 = -(k - 1) / (4 * k) * autodiff
+  errors = _coefficient_errors(theory, list(itertools.product(range(k), repeat=k)), eq12)
+  assert min(errors) > 0.3, errors
+
+
+def test_consensus_estimate_tracks_exact_cosine(x64):
+  problem = SoftmaxRegression(num_sources=3, seed=2)
+  grads = [np.concatenate([v.ravel() for v in problem.numpy_grad(problem.params, i).values()])
+           for i in range(3)]
+  units = [g / np.linalg.norm(g) for g in grads]
+  exact = np.mean([units[i] @ units[j] for i in range(3) for j in range(3) if i != j])
+  params = jax.tree.map(jnp.asarray, problem.params)
+  errors = []
+  for gamma in GAMMAS:
+    _, state = _pseudo_gradient(params, problem.microbatches([0, 1, 2]), gamma)
+    errors.append(abs(float(nx.nexus_metrics(state)["consensus"]) - exact))
+  assert errors[-1] < 0.01, errors
+  assert _loglog_slope(GAMMAS, errors) == pytest.approx(1.0, abs=0.25), errors
