@@ -79,6 +79,9 @@ def summarize_outer_step(
     previous: NexusMetrics,
 ) -> NexusMetrics:
   """Turns the sums gathered over one outer step into :class:`NexusMetrics`."""
+  sums = InnerStepSums(*(jnp.asarray(x, jnp.float32) for x in sums))
+  pseudo_grad_sq_norm = jnp.asarray(pseudo_grad_sq_norm, jnp.float32)
+  inner_lr = jnp.asarray(inner_lr, jnp.float32)
   pairwise = pseudo_grad_sq_norm / jnp.square(inner_lr) - sums.unit_sq_norm_sum
   consensus = pairwise / jnp.maximum(
       (sums.steps_taken - 1.0) * sums.unit_sq_norm_sum, jnp.finfo(jnp.float32).tiny
