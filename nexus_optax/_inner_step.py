@@ -59,7 +59,7 @@ def check_inner_lr(inner_lr) -> None:
     return
   try:
     value = float(inner_lr)
-  except TypeError as error:
+  except (TypeError, ValueError) as error:
     raise ValueError(
         f"inner_lr={inner_lr!r} is neither a number nor a schedule; pass a "
         "positive float such as 0.01 or an optax schedule of the outer step count."
