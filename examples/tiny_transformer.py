@@ -39,7 +39,7 @@ def init_params(config: TransformerConfig, key: jax.Array) -> dict:
         "mlp_out": normal((4 * d, d), (8 * d * config.num_layers) ** -0.5),
     })
   return {
-      "embed": normal((config.vocab_size, d), 1.0),
+      "embed": normal((config.vocab_size, d), d**-0.5),
       "position": normal((config.seq_len, d), 0.02),
       "final_norm": jnp.ones(d),
       "layers": layers,
