@@ -1,0 +1,52 @@
+"""The example and the benchmark run end to end and print what they promise."""
+
+import json
+import math
+import subprocess
+import sys
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args, timeout=300):
+  out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+def _check_overhead_json(stdout):
+  result = json.loads(stdout.strip().splitlines()[-1])
+  for key in ("time_ratio", "memory_ratio"):
+    assert math.isfinite(result[key]) and result[key] > 0, result
+  # Nexus needs what accumulation needs plus about one parameter-sized buffer, not K of them.
+  extra = result["temp_bytes"]["nexus"] - result["temp_bytes"]["accumulation"]
+  assert -0.05 * result["temp_bytes"]["accumulation"] <= extra <= 1.25 * 4 * result["params"]
+
+
+def test_overhead_benchmark_quick():
+  _check_overhead_json(_run("benchmarks.overhead", "--quick"))
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_full_size():
+  _check_overhead_json(_run("benchmarks.overhead", timeout=900))
+
+
+def test_quickstart_trains_and_reports():
+  stdout = _run("examples.quickstart", "--steps", "6", "--log-every", "3", "--seq-len", "32")
+  rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+  assert [int(r[0]) for r in rows] == [3, 6]
+  first, last = float(rows[0][1]), float(rows[-1][1])
+  assert math.isfinite(last) and last < first  # inner loss (bits per byte) went down
+  assert "cross-source gradient cosine" in stdout
+  assert "skipped inner steps: 0" in stdout
+
+
+def test_quickstart_rejects_bad_flags():
+  out = subprocess.run([sys.executable, "-m", "examples.quickstart", "--inner-lr", "0"], cwd=ROOT,
+                       capture_output=True, text=True, check=False)
+  assert out.returncode == 2 and "--inner-lr must be > 0" in out.stderr
