@@ -113,7 +113,8 @@ def normalized_step(
     inverse_norm = _safe_inverse(grad_norm)
     unit = jax.tree.map(lambda g: g * inverse_norm.astype(g.dtype), grads)
   else:
-    unit = jax.tree.map(lambda g: g * _safe_inverse(jnp.linalg.norm(g.ravel())), grads)
+    # A sum over all axes keeps a sharded leaf sharded; a ravel could reshard it.
+    unit = jax.tree.map(lambda g: g * _safe_inverse(jnp.sqrt(jnp.sum(jnp.square(g)))), grads)
   unit_sq_norm = optax.tree.norm(unit, squared=True).astype(jnp.float32)
 
   if skip_nonfinite:
