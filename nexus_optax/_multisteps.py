@@ -123,6 +123,11 @@ def nexus_multisteps(
       raise ValueError(
           "nexus_multisteps needs params: call tx.update(grads, state, params)."
       )
+    if updates is None:
+      raise ValueError(
+          "nexus_multisteps needs the micro-batch gradient taken at params: call "
+          "tx.update(jax.grad(loss_fn)(params, microbatch), state, params)."
+      )
     inner_lr_now = _inner_step.inner_lr_at(inner_lr, state.outer_count)
     inner = _inner_step.normalized_step(
         updates,

@@ -68,6 +68,14 @@ def test_missing_params():
     tx.update(None, tx.init(PARAMS), loss_fn=loss_fn, microbatches=MICROBATCHES)
 
 
+def test_multisteps_needs_grads_and_params():
+  tx = nx.nexus_multisteps(optax.sgd(1.0), every_k=2)
+  with pytest.raises(ValueError, match="gradient taken at params"):
+    tx.update(None, tx.init(PARAMS), PARAMS)
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(PARAMS, tx.init(PARAMS))
+
+
 def test_microbatch_leaves_with_different_leading_sizes():
   two_leaf_loss = lambda p, b: loss_fn(p, b["x"]) + jnp.sum(b["y"])
   with pytest.raises(ValueError, match=r"different leading sizes \[2, 3\]"):
