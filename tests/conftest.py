@@ -11,6 +11,11 @@ def x64():
     yield
 
 
+def numpy_global_norm(tree: dict) -> float:
+  """One L2 norm over every array of a dict, in NumPy float64."""
+  return float(np.sqrt(sum(np.sum(np.square(v)) for v in tree.values())))
+
+
 class SoftmaxRegression:
   """K sources of softmax regression; the loss of source i is mean cross-entropy.
 
@@ -60,7 +65,7 @@ class SoftmaxRegression:
     for source in sequence:
       g = self.numpy_grad(theta, source)
       if normalize == "global":
-        norm = np.sqrt(sum(np.sum(v**2) for v in g.values()))
+        norm = numpy_global_norm(g)
         theta = {k: theta[k] - gamma * g[k] / norm for k in theta}
       else:
         theta = {k: theta[k] - gamma * g[k] / np.linalg.norm(g[k]) for k in theta}

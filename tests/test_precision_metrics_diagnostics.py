@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import nexus_optax as nx
-from conftest import SoftmaxRegression
+from conftest import SoftmaxRegression, numpy_global_norm
 
 
 def _flat(tree):
@@ -35,7 +35,7 @@ def test_bf16_params_keep_dtype_and_the_second_order_signal(gamma):
   theta = exact_start
   for source in sequence:
     g = problem.numpy_grad(theta, source)
-    norm = np.sqrt(sum(np.sum(v**2) for v in g.values()))
+    norm = numpy_global_norm(g)
     theta = {k: np.asarray(jnp.asarray(theta[k] - gamma * g[k] / norm, jnp.bfloat16), np.float64)
              for k in theta}
   naive = _flat({k: exact_start[k] - theta[k] for k in theta})
@@ -53,7 +53,7 @@ def test_metrics_match_numpy_inside_any_wrapper(x64):
   for source in sequence:
     g = problem.numpy_grad(theta, source)
     losses.append(problem.numpy_loss(theta, source))
-    norms.append(np.sqrt(sum(np.sum(v**2) for v in g.values())))
+    norms.append(numpy_global_norm(g))
     theta = {k: theta[k] - gamma * g[k] / norms[-1] for k in theta}
   g_hat = _flat(problem.numpy_nexus(problem.params, sequence, gamma))
   expected_consensus = (g_hat @ g_hat / gamma**2 - 3) / 6
