@@ -1,0 +1,287 @@
+"""A Llama decoder in Flax NNX: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+
+The architecture of Touvron et al. (2023) as used by the paper's experiments (which
+follow Wen et al. 2025, "Fantastic Pretraining Optimizers and Where to Find Them"):
+
+  h_0     = E[tokens]
+  a_l     = h_{l-1} + Attn(RMSNorm(h_{l-1}))            causal, RoPE on q and k
+  h_l     = a_l + W_down (silu(W_gate x) * (W_up x)),    x = RMSNorm(a_l)
+  logits  = RMSNorm(h_L) W_out                           W_out = E^T when tied
+
+Grouped-query attention shares each key/value head among ``num_heads / num_kv_heads``
+query heads; ``num_kv_heads == num_heads`` is ordinary multi-head attention.
+
+Engineering choices, all set in :class:`LlamaConfig`:
+  * layers are stacked along a leading ``layers`` axis and run with ``nnx.scan``
+    (one compiled block) or unrolled in Python; both read the same stacked
+    parameters, so a checkpoint does not depend on the choice;
+  * ``remat`` recomputes each block's activations in the backward pass;
+  * ``param_dtype`` stores parameters, ``compute_dtype`` runs the matmuls; norms,
+    RoPE, softmax and the logits stay in float32.
+  * every parameter carries logical axis names (:mod:`models.sharding`).
+"""
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.sharding import EMBED, HEAD_DIM, HEADS, KV_HEADS, LAYERS, MLP, NORM, VOCAB
+
+RematPolicy = Literal["none", "full", "dots"]
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Shape and numerics of a :class:`Llama`.
+
+  Attributes:
+    vocab_size: rows of the embedding table (the tokenizer's vocabulary, padded).
+    hidden_dim: width of the residual stream.
+    mlp_dim: width of the SwiGLU hidden layer.
+    num_layers: decoder blocks.
+    num_heads: query heads.
+    num_kv_heads: key/value heads; must divide ``num_heads``.
+    head_dim: width of one head; ``None`` means ``hidden_dim // num_heads``.
+    max_seq_len: longest sequence the model is trained on (documentation and input
+      checks; RoPE itself has no table to outgrow).
+    rope_theta: RoPE base frequency.
+    norm_eps: RMSNorm epsilon.
+    tie_embeddings: read logits through the transposed embedding table.
+    scan_layers: run the blocks with ``nnx.scan`` (else a Python loop).
+    remat: ``"none"``, ``"full"`` (save nothing) or ``"dots"`` (save matmul outputs).
+    param_dtype: storage dtype of the parameters.
+    compute_dtype: dtype of activations and matmuls.
+    init_std: standard deviation of the normal initialiser of every matrix.
+    attention_impl: ``implementation`` of ``jax.nn.dot_product_attention``
+      (``None`` lets JAX choose; ``"cudnn"`` for flash attention on NVIDIA GPUs).
+  """
+
+  vocab_size: int
+  hidden_dim: int
+  mlp_dim: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int | None = None
+  max_seq_len: int = 4096
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = False
+  scan_layers: bool = True
+  remat: RematPolicy = "none"
+  param_dtype: str = "float32"
+  compute_dtype: str = "float32"
+  init_std: float = 0.02
+  attention_impl: str | None = None
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_dim", "mlp_dim", "num_layers", "num_heads",
+                 "num_kv_heads", "max_seq_len"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"LlamaConfig.{name} must be a positive integer, got {value!r}.")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"LlamaConfig.num_kv_heads ({self.num_kv_heads}) must divide num_heads "
+                       f"({self.num_heads}); pick a divisor for grouped-query attention.")
+    if self.head_dim is None and self.hidden_dim % self.num_heads:
+      raise ValueError(f"LlamaConfig.hidden_dim ({self.hidden_dim}) is not divisible by "
+                       f"num_heads ({self.num_heads}); set head_dim explicitly.")
+    if self.resolved_head_dim < 2 or self.resolved_head_dim % 2:
+      raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.resolved_head_dim}.")
+    if self.remat not in ("none", *_REMAT_POLICIES):
+      raise ValueError(f"LlamaConfig.remat must be 'none', 'full' or 'dots', got {self.remat!r}.")
+    for name in ("param_dtype", "compute_dtype"):
+      if getattr(self, name) not in _DTYPES:
+        raise ValueError(f"LlamaConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}.")
+    if not (self.rope_theta > 0 and self.norm_eps > 0 and self.init_std > 0):
+      raise ValueError("LlamaConfig.rope_theta, norm_eps and init_std must be > 0.")
+
+  @property
+  def resolved_head_dim(self) -> int:
+    """``head_dim``, or ``hidden_dim // num_heads`` when that is left as ``None``."""
+    return self.head_dim if self.head_dim is not None else self.hidden_dim // self.num_heads
+
+  def non_embedding_params(self) -> int:
+    """Weights outside the embedding and output tables: Wen et al.'s model size."""
+    attention = self.hidden_dim * self.resolved_head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+    block = attention + 3 * self.hidden_dim * self.mlp_dim + 2 * self.hidden_dim
+    return self.num_layers * block + self.hidden_dim
+
+  def flops_per_token(self, seq_len: int) -> int:
+    """Training FLOPs per token (forward + backward), matmuls only, causal attention.
+
+    6 per weight of every matmul (the embedding lookup is free, the output
+    projection is not) plus the attention scores and mixing: 12 * L * d_attn * T / 2
+    with the causal half (Kaplan et al. 2020 style, as MaxText and nanoGPT count).
+    """
+    matmul_weights = self.non_embedding_params() - (2 * self.num_layers + 1) * self.hidden_dim
+    matmul_weights += self.vocab_size * self.hidden_dim
+    attention = 6 * self.num_layers * self.num_heads * self.resolved_head_dim * seq_len
+    return 6 * matmul_weights + attention
+
+
+def _param(value, axes) -> nnx.Param:
+  # Placement is the training stack's job (jit out_shardings from models.sharding),
+  # so the model is built the same way with or without a mesh in context.
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def _normal_param(rngs: nnx.Rngs, shape, axes, config: LlamaConfig) -> nnx.Param:
+  init = jax.nn.initializers.normal(config.init_std)
+  return _param(init(rngs.params(), shape, config.param_dtype), axes)
+
+
+class RMSNorm(nnx.Module):
+  """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32."""
+
+  def __init__(self, dim: int, config: LlamaConfig):
+    self.eps = config.norm_eps
+    self.scale = _param(jnp.ones((dim,), config.param_dtype), (NORM,))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_angles(positions, head_dim: int, theta: float):
+  """cos and sin of position * theta^(-2i/head_dim), i < head_dim / 2; shape [..., T, head_dim/2]."""
+  inverse_frequency = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angles = positions.astype(jnp.float32)[..., None] * inverse_frequency
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+  """Rotates pairs (x_i, x_{i + D/2}) of every head by the position's angles (x: [B, T, N, D])."""
+  first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  cos, sin = cos[..., None, :], sin[..., None, :]
+  rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Causal grouped-query self-attention with RoPE."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    d, n, kv, hd = (config.hidden_dim, config.num_heads, config.num_kv_heads,
+                     config.resolved_head_dim)
+    self.config = config
+    self.query = _normal_param(rngs, (d, n, hd), (EMBED, HEADS, HEAD_DIM), config)
+    self.key = _normal_param(rngs, (d, kv, hd), (EMBED, KV_HEADS, HEAD_DIM), config)
+    self.value = _normal_param(rngs, (d, kv, hd), (EMBED, KV_HEADS, HEAD_DIM), config)
+    self.output = _normal_param(rngs, (n, hd, d), (HEADS, HEAD_DIM, EMBED), config)
+
+  def __call__(self, x, cos, sin):
+    dtype = x.dtype
+    q = jnp.einsum("btd,dnh->btnh", x, self.query[...].astype(dtype))
+    k = jnp.einsum("btd,dnh->btnh", x, self.key[...].astype(dtype))
+    v = jnp.einsum("btd,dnh->btnh", x, self.value[...].astype(dtype))
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    mixed = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                         implementation=self.config.attention_impl)
+    return jnp.einsum("btnh,nhd->btd", mixed, self.output[...].astype(dtype))
+
+
+class SwiGLU(nnx.Module):
+  """W_down (silu(W_gate x) * W_up x)."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    d, m = config.hidden_dim, config.mlp_dim
+    self.gate = _normal_param(rngs, (d, m), (EMBED, MLP), config)
+    self.up = _normal_param(rngs, (d, m), (EMBED, MLP), config)
+    self.down = _normal_param(rngs, (m, d), (MLP, EMBED), config)
+
+  def __call__(self, x):
+    dtype = x.dtype
+    hidden = jax.nn.silu(x @ self.gate[...].astype(dtype)) * (x @ self.up[...].astype(dtype))
+    return hidden @ self.down[...].astype(dtype)
+
+
+class Block(nnx.Module):
+  """One pre-norm decoder block."""
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.attention_norm = RMSNorm(config.hidden_dim, config)
+    self.attention = Attention(config, rngs=rngs)
+    self.mlp_norm = RMSNorm(config.hidden_dim, config)
+    self.mlp = SwiGLU(config, rngs=rngs)
+
+  def __call__(self, x, cos, sin):
+    x = x + self.attention(self.attention_norm(x), cos, sin)
+    return x + self.mlp(self.mlp_norm(x))
+
+
+def _run_block(block: Block, x, cos, sin):
+  return block(x, cos, sin)
+
+
+class Llama(nnx.Module):
+  """A Llama decoder returning float32 next-token logits.
+
+  Example:
+    >>> from flax import nnx
+    >>> import jax.numpy as jnp
+    >>> from models import PRESETS, Llama
+    >>> model = Llama(PRESETS["tiny"], rngs=nnx.Rngs(0))
+    >>> model(jnp.zeros((2, 16), jnp.int32)).shape
+    (2, 16, 320)
+  """
+
+  def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embedding = _normal_param(rngs, (config.vocab_size, config.hidden_dim), (VOCAB, EMBED),
+                                   config)
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS})
+    def stacked_blocks(rngs):
+      return Block(config, rngs=rngs)
+
+    self.blocks = stacked_blocks(rngs)
+    self.final_norm = RMSNorm(config.hidden_dim, config)
+    if not config.tie_embeddings:
+      self.unembedding = _normal_param(rngs, (config.hidden_dim, config.vocab_size),
+                                       (EMBED, VOCAB), config)
+
+  def __call__(self, tokens, positions=None):
+    """Logits [B, T, vocab] for int tokens [B, T]; positions default to 0..T-1."""
+    config = self.config
+    if positions is None:
+      positions = jnp.arange(tokens.shape[-1])
+    cos, sin = rope_angles(positions, config.resolved_head_dim, config.rope_theta)
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(config.compute_dtype)
+
+    run_block = _run_block
+    if config.remat != "none":
+      run_block = nnx.remat(_run_block, policy=_REMAT_POLICIES[config.remat])
+    if config.scan_layers:
+      scanned = nnx.scan(lambda block, h: run_block(block, h, cos, sin),
+                         in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
+                         transform_metadata={nnx.PARTITION_NAME: LAYERS})
+      x = scanned(self.blocks, x)
+    else:
+      graphdef, stacked = nnx.split(self.blocks)
+      for layer in range(config.num_layers):
+        block = nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf[layer], stacked))
+        x = run_block(block, x, cos, sin)
+
+    x = self.final_norm(x)
+    unembedding = (self.embedding[...].T if config.tie_embeddings else self.unembedding[...])
+    return jnp.einsum("btd,dv->btv", x, unembedding.astype(x.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def next_token_loss(model: Llama, tokens):
+  """Mean next-token cross-entropy (nats) of int tokens [B, T + 1]."""
+  logits = model(tokens[:, :-1])
+  targets = tokens[:, 1:]
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], axis=-1))

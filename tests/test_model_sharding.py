@@ -1,0 +1,50 @@
+"""The Llama placed by the logical-axis rules on a data x fsdp x tensor mesh of 8 CPU
+devices gives the single-device loss and gradients."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from flax import nnx
+    from models import PRESETS, Llama, named_shardings, next_token_loss
+
+    assert jax.device_count() == 8, jax.devices()
+    model = Llama(PRESETS["tiny"], rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 320, (8, 33)), jnp.int32)
+    loss_and_grad = jax.jit(jax.value_and_grad(
+        lambda p, t: next_token_loss(nnx.merge(graphdef, p), t)))
+    one = jax.devices()[0]
+    loss1, grad1 = loss_and_grad(jax.device_put(params, one), jax.device_put(tokens, one))
+
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    shardings = named_shardings(params, mesh)
+    sharded = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
+    batch = jax.device_put(tokens, NamedSharding(mesh, P(("data", "fsdp"))))
+    loss8, grad8 = loss_and_grad(sharded, batch)
+    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+               for a, b in zip(jax.tree.leaves(grad1), jax.tree.leaves(grad8)))
+    gate = sharded["blocks"]["mlp"]["gate"].get_value()
+    print(json.dumps({"loss": [float(loss1), float(loss8)], "grad_diff": diff,
+                      "gate_spec": [str(a) for a in gate.sharding.spec],
+                      "gate_shard_shape": list(gate.addressable_shards[0].data.shape)}))
+""")
+
+
+def test_logical_rules_shard_the_llama_without_changing_its_math():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert abs(report["loss"][0] - report["loss"][1]) < 1e-5
+  assert report["grad_diff"] < 1e-5
+  assert report["gate_spec"] == ["None", "fsdp", "tensor"]
+  assert report["gate_shard_shape"] == [2, 32, 96]  # [layers, 64 / fsdp 2, 192 / tensor 2]
