@@ -1,0 +1,1 @@
+"""Pretraining: data pipeline, training loop, checkpoints and evaluation."""
