@@ -1,0 +1,135 @@
+"""The default corpus's size, the grain pipeline's throughput, and the demo model's speed.
+
+Measures, in one run on this machine:
+  * bytes, documents and byte-level tokens of every corpus set;
+  * tokens/s that the grain mixture delivers (outer steps of K micro-batches, through
+    ``to_iter_dataset`` exactly as training reads them);
+  * the demo Llama's forward + backward time per token (one jitted value_and_grad on a
+    micro-batch), and its full AdamW + Nexus outer step rate in tokens/s;
+  * their ratio: the loader must outrun the model by a wide margin.
+
+Run from the repository root:
+  python -m benchmarks.data_pipeline [--steps 200] [--repeats 5]
+The last line printed is a JSON object with every figure.
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import nexus_optax as nx
+from models import Llama, get_preset, next_token_loss
+from train.data import DEFAULT_MIXTURE, LoaderConfig, ensure_corpus, training_dataset
+
+
+def corpus_table(corpus) -> list[dict]:
+  rows = []
+  for key, stats in corpus.manifest["sets"].items():
+    # A byte-level token per byte, plus one end-of-document token per document.
+    rows.append({"set": key, "documents": stats["documents"], "bytes": stats["bytes"],
+                 "tokens": stats["bytes"] + stats["documents"]})
+  return rows
+
+
+def loader_tokens_per_second(dataset, steps: int, tokens_per_step: int) -> float:
+  iterator = iter(dataset.to_iter_dataset())
+  next(iterator)  # thread pool start-up is not throughput
+  start = time.perf_counter()
+  for _ in range(steps):
+    next(iterator)
+  return steps * tokens_per_step / (time.perf_counter() - start)
+
+
+def best_seconds(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())  # compile
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--preset", default="demo")
+  parser.add_argument("--micro-batch-size", type=int, default=8)
+  parser.add_argument("--microbatches", type=int, default=4)
+  parser.add_argument("--steps", type=int, default=200, help="outer steps read from the loader")
+  parser.add_argument("--repeats", type=int, default=5, help="timed model steps (median)")
+  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/out"))
+  args = parser.parse_args()
+
+  corpus = ensure_corpus()
+  rows = corpus_table(corpus)
+  print(f"corpus: {corpus.root}")
+  print("| set | documents | bytes | tokens |\n|---|---:|---:|---:|")
+  for row in rows:
+    print(f"| {row['set']} | {row['documents']:,} | {row['bytes']:,} | {row['tokens']:,} |")
+
+  config = get_preset(args.preset)
+  seq_len = config.max_seq_len
+  loader = LoaderConfig(seq_len=seq_len, micro_batch_size=args.micro_batch_size,
+                        microbatches=args.microbatches)
+  dataset, _ = training_dataset(corpus, DEFAULT_MIXTURE, loader)
+  tokens_per_step = args.microbatches * args.micro_batch_size * seq_len
+  loader_rate = loader_tokens_per_second(dataset, args.steps, tokens_per_step)
+
+  model = Llama(config, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  loss_fn = lambda p, tokens: next_token_loss(nnx.merge(graphdef, p), tokens)
+  batch = dataset[0]["tokens"]
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+  micro_batch = jnp.asarray(batch[0])
+  forward_backward = best_seconds(lambda: grad_fn(params, micro_batch), args.repeats)
+  micro_batch_tokens = args.micro_batch_size * seq_len
+
+  tx = optax.chain(nx.nexus(inner_lr=0.01), optax.clip_by_global_norm(1.0),
+                   optax.adamw(1e-3, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.2))
+  state = tx.init(params)
+
+  @jax.jit
+  def train_step(params, state, microbatches):
+    updates, state = tx.update(None, state, params, loss_fn=loss_fn, microbatches=microbatches)
+    return optax.apply_updates(params, updates), state
+
+  microbatches = jnp.asarray(batch)
+  outer_step = best_seconds(lambda: train_step(params, state, microbatches), args.repeats)
+  model_rate = tokens_per_step / outer_step
+
+  non_embedding = config.non_embedding_params()
+  flops = config.flops_per_token(seq_len) * micro_batch_tokens / forward_backward
+  report = {
+      "preset": args.preset, "non_embedding_params": non_embedding, "seq_len": seq_len,
+      "micro_batch_size": args.micro_batch_size, "microbatches": args.microbatches,
+      "loader_tokens_per_s": round(loader_rate),
+      "forward_backward_us_per_token": round(forward_backward / micro_batch_tokens * 1e6, 2),
+      "forward_backward_gflops_per_s": round(flops / 1e9, 1),
+      "nexus_adamw_step_s": round(outer_step, 3),
+      "nexus_adamw_tokens_per_s": round(model_rate),
+      "loader_over_model": round(loader_rate / model_rate, 1),
+      "tokens_in_6_minutes": round(model_rate * 360),
+      "backend": jax.default_backend(), "devices": jax.device_count(),
+      "corpus": rows, "jax": jax.__version__,
+  }
+  print(f"\n{args.preset}: {non_embedding / 1e6:.2f}M non-embedding parameters, "
+        f"sequences of {seq_len}, K = {args.microbatches} x {args.micro_batch_size}")
+  print(f"forward + backward: {report['forward_backward_us_per_token']} us/token "
+        f"({report['forward_backward_gflops_per_s']} GFLOP/s)")
+  print(f"AdamW + Nexus outer step: {outer_step:.3f} s = {model_rate:,.0f} tokens/s")
+  print(f"grain loader: {loader_rate:,.0f} tokens/s = {report['loader_over_model']}x the model")
+  args.out.mkdir(parents=True, exist_ok=True)
+  (args.out / "data_pipeline.json").write_text(json.dumps(report, indent=1) + "\n")
+  print(json.dumps({k: v for k, v in report.items() if k != "corpus"}))
+
+
+if __name__ == "__main__":
+  main()
