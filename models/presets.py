@@ -69,3 +69,25 @@ def get_preset(name: str, **overrides) -> LlamaConfig:
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}.")
   return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def preset_table() -> str:
+  """Markdown table of every preset's shape and its non-embedding size from ``nnx.eval_shape``
+  (nothing is allocated), against the paper's figure."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from models.llama import Llama  # pylint: disable=import-outside-toplevel
+
+  lines = ["| preset | layers | hidden | mlp | heads / kv | non-embedding (eval_shape) | paper | diff |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for name, config in PRESETS.items():
+    abstract = nnx.eval_shape(lambda config=config: Llama(config, rngs=nnx.Rngs(0)))
+    total = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    non_embedding = total - 2 * config.vocab_size * config.hidden_dim
+    paper = PAPER_SIZES.get(name)
+    diff = f"{non_embedding / paper - 1:+.1%}" if paper else ""
+    lines.append(f"| {name} | {config.num_layers} | {config.hidden_dim} | {config.mlp_dim} | "
+                 f"{config.num_heads} / {config.num_kv_heads} | {non_embedding / 1e6:,.2f}M | "
+                 f"{f'{paper / 1e6:,.0f}M' if paper else ''} | {diff} |")
+  return "\n".join(lines)

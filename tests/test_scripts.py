@@ -50,3 +50,14 @@ def test_quickstart_rejects_bad_flags():
   out = subprocess.run([sys.executable, "-m", "examples.quickstart", "--inner-lr", "0"], cwd=ROOT,
                        capture_output=True, text=True, check=False)
   assert out.returncode == 2 and "--inner-lr must be > 0" in out.stderr
+
+
+@pytest.mark.slow  # builds the default corpus on first use (about 80 s)
+def test_data_pipeline_benchmark_reports_a_loader_faster_than_the_model(tmp_path):
+  stdout = _run("benchmarks.data_pipeline", "--steps", "20", "--repeats", "1", "--out",
+                str(tmp_path), timeout=900)
+  report = json.loads(stdout.strip().splitlines()[-1])
+  assert report["loader_over_model"] > 10
+  assert report["forward_backward_us_per_token"] > 0
+  saved = json.loads((tmp_path / "data_pipeline.json").read_text())
+  assert {row["set"] for row in saved["corpus"]} >= {"train/prose", "heldout/milton"}
