@@ -70,7 +70,7 @@ def main():
 
   corpus = ensure_corpus()
   rows = corpus_table(corpus)
-  print(f"corpus: {corpus.root}")
+  print(f"corpus: {corpus.root} (built in {corpus.manifest['build_seconds']} s)")
   print("| set | documents | bytes | tokens |\n|---|---:|---:|---:|")
   for row in rows:
     print(f"| {row['set']} | {row['documents']:,} | {row['bytes']:,} | {row['tokens']:,} |")
@@ -118,7 +118,8 @@ def main():
       "loader_over_model": round(loader_rate / model_rate, 1),
       "tokens_in_6_minutes": round(model_rate * 360),
       "backend": jax.default_backend(), "devices": jax.device_count(),
-      "corpus": rows, "jax": jax.__version__,
+      "corpus_build_seconds": corpus.manifest["build_seconds"], "corpus": rows,
+      "jax": jax.__version__,
   }
   print(f"\n{args.preset}: {non_embedding / 1e6:.2f}M non-embedding parameters, "
         f"sequences of {seq_len}, K = {args.microbatches} x {args.micro_batch_size}")

@@ -196,6 +196,13 @@ def test_bad_loader_input_gets_a_one_line_error(small_corpus):
   assert all("\n" not in str(error.value) for error in errors)
 
 
+@pytest.mark.parametrize("field, value", [("math_train_rounds", 0), ("rounds_per_task", -2),
+                                          ("seed", -1)])
+def test_bad_corpus_spec_gets_a_one_line_error(field, value):
+  with pytest.raises(ValueError, match=f"CorpusSpec.{field} must be an integer >= "):
+    CorpusSpec(**{field: value})
+
+
 def test_a_missing_corpus_names_the_build_command(tmp_path):
   with pytest.raises(FileNotFoundError, match="python -m train.data.corpus"):
     Corpus(tmp_path / "nowhere")

@@ -71,6 +71,13 @@ class CorpusSpec:
   rounds_per_task: int = 24
   extrapolate_rounds_per_task: int = 4
 
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      minimum = 0 if field.name == "seed" else 1
+      if not isinstance(getattr(self, field.name), int) or getattr(self, field.name) < minimum:
+        raise ValueError(f"CorpusSpec.{field.name} must be an integer >= {minimum}, "
+                         f"got {getattr(self, field.name)!r}.")
+
   def key(self) -> str:
     text = json.dumps(dataclasses.asdict(self), sort_keys=True)
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
@@ -86,10 +93,6 @@ def normalized_hash(document: str) -> str:
   return hashlib.sha256(" ".join(document.split()).encode("utf-8")).hexdigest()
 
 
-def _math_task(regime: str, seed: int, rounds: int) -> list[str]:
-  return sources.math_problems(regime, seed, rounds)
-
-
 def generate_math(regime: str, seed: int, rounds: int, rounds_per_task: int,
                   progress=None) -> list[str]:
   """Math documents from independent tasks seeded (seed, regime, task), joined in task order.
@@ -103,7 +106,7 @@ def generate_math(regime: str, seed: int, rounds: int, rounds_per_task: int,
   workers = max(1, min(len(tasks), os.cpu_count() or 1))
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    for chunk in pool.map(_math_task, *zip(*tasks)):
+    for chunk in pool.map(sources.math_problems, *zip(*tasks)):
       documents.extend(chunk)
       if progress is not None:
         progress.update(1)
@@ -240,9 +243,10 @@ def main(argv=None):
   parser.add_argument("--math-train-rounds", type=int, default=CorpusSpec.math_train_rounds)
   parser.add_argument("--rebuild", action="store_true", help="build even if cached")
   args = parser.parse_args(argv)
-  if args.math_train_rounds < 1:
-    parser.error("--math-train-rounds must be >= 1")
-  spec = CorpusSpec(seed=args.seed, math_train_rounds=args.math_train_rounds)
+  try:
+    spec = CorpusSpec(seed=args.seed, math_train_rounds=args.math_train_rounds)
+  except ValueError as error:
+    parser.error(str(error))
   root = args.root or default_cache_root()
   if args.rebuild:
     shutil.rmtree(root / "corpus" / spec.key(), ignore_errors=True)

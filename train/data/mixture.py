@@ -168,11 +168,6 @@ def outer_step_dataset(sequences: Mapping[str, np.ndarray], weights: Mapping[str
   return micro_batches.batch(config.microbatches)
 
 
-def source_names(weights: Mapping[str, float]) -> list[str]:
-  """Source names in the order of their ids in an element's ``"source"`` field."""
-  return list(weights)
-
-
 def epochs_per_source(sequences: Mapping[str, np.ndarray], weights: Mapping[str, float],
                       config: LoaderConfig, steps: int) -> dict[str, float]:
   """How many times each source is read through in ``steps`` outer steps."""
@@ -195,4 +190,4 @@ def training_dataset(corpus: Corpus, mixture: str, config: LoaderConfig,
   """
   weights = parse_mixture(mixture, corpus.names(TRAIN))
   sequences = {name: source_sequences(corpus, name, config.seq_len) for name in weights}
-  return outer_step_dataset(sequences, weights, config, shard), source_names(weights)
+  return outer_step_dataset(sequences, weights, config, shard), list(weights)
