@@ -133,7 +133,9 @@ def champ_problems() -> dict[str, str]:
   return documents
 
 
-# Source rewrites applied at import: numpy 2 removed ndarray.itemset, and two spots
+# Source rewrites applied at import, in dependency order (a module is compiled after the
+# patched modules it imports): numpy 2 removed ndarray.itemset, Python 3.12's
+# random.randint refuses (integral) floats, and two spots
 # iterate over sets, whose order follows object addresses or PYTHONHASHSEED, which
 # made the same seed give different problems from run to run.
 _MATHEMATICS_DATASET_PATCHES = {
@@ -146,6 +148,10 @@ _MATHEMATICS_DATASET_PATCHES = {
         ("entities = set(context.child_entities)", "entities = dict.fromkeys(context.child_entities)"),
         ("entities.add(maybe_entity)", "entities[maybe_entity] = None"),
     ),
+    "mathematics_dataset.modules.numbers": (
+        ("random.randint(remainder_range_lower, remainder_range_upper)",
+         "random.randint(int(remainder_range_lower), int(remainder_range_upper))"),
+    ),
 }
 
 
@@ -153,9 +159,9 @@ def _import_mathematics_dataset():
   """``mathematics_dataset.modules.modules`` made to run on current sympy and numpy, and
   made deterministic for a given seed.
 
-  The 2019 release breaks in three ways (sympy moved ``base_solution_linear``; numpy 2
-  removed ``np.object`` and ``ndarray.itemset``) and orders some choices by set
-  iteration. The modules in ``_MATHEMATICS_DATASET_PATCHES`` are compiled from their
+  The 2019 release breaks in four ways (sympy moved ``base_solution_linear``; numpy 2
+  removed ``np.object`` and ``ndarray.itemset``; Python 3.12's ``random.randint`` takes
+  no floats) and orders some choices by set iteration. The modules in ``_MATHEMATICS_DATASET_PATCHES`` are compiled from their
   source with those lines rewritten; a release whose lines differ fails loudly here.
   """
   diophantine = importlib.import_module("sympy.solvers.diophantine")
@@ -178,6 +184,8 @@ def _import_mathematics_dataset():
     module._nexus_patched = True
     sys.modules[name] = module
     exec(compile(source, spec.origin, "exec"), module.__dict__)  # pylint: disable=exec-used
+    package, _, child = name.rpartition(".")
+    setattr(sys.modules[package], child, module)
   return importlib.import_module("mathematics_dataset.modules.modules")
 
 
