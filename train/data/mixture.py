@@ -19,10 +19,13 @@ The stream is a pure function of (corpus, weights, seed, shapes): two optimizers
 the same arguments see exactly the same micro-batches. The iterator's state
 (``get_state``/``set_state``, or grain's orbax handler) restores it exactly.
 
-Multi-host: each process slices every source by ``shard_index::shard_count`` before
-mixing, so it reads only its own sequences, and takes ``B / shard_count`` of each
-micro-batch; the mixing pattern is the same on every process, so the processes'
-slices of one micro-batch always come from the same sources.
+Multi-host: the global stream is the same for every process count. Process ``p`` of
+``P`` batches the mixed stream in blocks of ``B / P`` sequences and keeps every P-th
+block, starting at ``p``: its slice of global micro-batch ``m`` is rows
+``[p B / P, (p + 1) B / P)`` of it. grain reads lazily, so a process reads only its own
+sequences, and ``jax.make_array_from_process_local_data`` stacks the slices in process
+order back into exactly the single-process micro-batch. Iterator state is an index into
+that global stream, so a checkpoint resumes on any number of processes.
 """
 
 import dataclasses
@@ -151,20 +154,18 @@ def outer_step_dataset(sequences: Mapping[str, np.ndarray], weights: Mapping[str
   names = list(weights)
   streams = []
   for source_id, name in enumerate(names):
-    if len(sequences[name]) < shard.shard_count:
-      raise MixtureError(f"source {name!r} has {len(sequences[name])} sequences, fewer than the "
-                         f"{shard.shard_count} data shards; lower the sequence length.")
     stream = (grain.MapDataset.source(sequences[name])
               .shuffle(seed=_source_seed(config.seed, name))
               .repeat()
-              .slice(slice(shard.shard_index, None, shard.shard_count))
               .map(functools.partial(_label, source_id=source_id)))
     streams.append(stream)
   proportions = [weights[name] for name in names]
+  own_rows = slice(shard.shard_index, None, shard.shard_count)
   if config.mode == "mixed":
-    micro_batches = grain.MapDataset.mix(streams, proportions).batch(local_batch)
+    micro_batches = grain.MapDataset.mix(streams, proportions).batch(local_batch)[own_rows]
   else:
-    micro_batches = grain.MapDataset.mix([s.batch(local_batch) for s in streams], proportions)
+    micro_batches = grain.MapDataset.mix([s.batch(local_batch)[own_rows] for s in streams],
+                                         proportions)
   return micro_batches.batch(config.microbatches)
 
 

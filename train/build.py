@@ -1,0 +1,83 @@
+"""Builds a run's model, optimizer, sharded state and jitted step from its config and mesh."""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from models import DEFAULT_RULES, Llama, LlamaConfig, get_preset, next_token_loss
+from train import parallel
+from train.config import ConfigError, TrainConfig
+from train.optimizers import build_optimizer, step_kind
+from train.step import TrainState, make_train_step
+
+
+@dataclasses.dataclass
+class Training:
+  """What a run needs, placed on ``mesh``.
+
+  Attributes:
+    model_config: the Llama's config.
+    graphdef: its ``nnx`` graph definition (params are pure dicts).
+    tx: the optimizer.
+    state_shardings: a ``TrainState`` of ``NamedSharding``.
+    abstract_state: a ``TrainState`` of ``ShapeDtypeStruct`` with shardings (restore target).
+    init: jitted ``() -> TrainState``, born sharded.
+    step: jitted ``(state, tokens [K, B, T + 1]) -> (state, metrics)``; donates ``state``.
+    batch_sharding: of the ``[K, B, T + 1]`` batches.
+  """
+
+  model_config: LlamaConfig
+  graphdef: Any
+  tx: optax.GradientTransformation
+  state_shardings: TrainState
+  abstract_state: TrainState
+  init: Callable[[], TrainState]
+  step: Callable
+  batch_sharding: jax.sharding.NamedSharding
+
+
+def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> Training:
+  model_config = get_preset(config.model)
+  abstract_model = nnx.eval_shape(lambda: Llama(model_config, rngs=nnx.Rngs(config.seed)))
+  graphdef, abstract_params_state = nnx.split(abstract_model, nnx.Param)
+  parallel.check_model_fits_mesh(abstract_params_state, mesh, rules)
+  data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.micro_batch_size % data_ways:
+    raise ConfigError(f"--micro-batch-size {config.micro_batch_size} is not divisible by the mesh's "
+                      f"data x fsdp = {data_ways}; use a multiple of {data_ways}.")
+  tx = build_optimizer(config)
+  params_shardings = parallel.param_shardings(abstract_params_state, mesh, rules)
+  replicated = parallel.replicated(mesh)
+
+  def init() -> TrainState:
+    params = nnx.state(Llama(model_config, rngs=nnx.Rngs(config.seed)), nnx.Param).to_pure_dict()
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.PRNGKey(config.seed), skipped_steps=jnp.zeros([], jnp.int32))
+
+  abstract = jax.eval_shape(init)
+  # Param-shaped optimizer leaves shard like their params; Muon's masked-out slots stay empty.
+  opt_shardings = optax.tree_utils.tree_map_params(
+      tx, lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
+      abstract.opt_state, params_shardings, transform_non_params=lambda _: replicated,
+      is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode))
+  state_shardings = TrainState(step=replicated, params=params_shardings, opt_state=opt_shardings,
+                               rng=replicated, skipped_steps=replicated)
+  abstract_state = jax.tree.map(
+      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+      abstract, state_shardings)
+
+  def loss_fn(params, tokens):
+    return next_token_loss(nnx.merge(graphdef, params), tokens)
+
+  batches = parallel.batch_sharding(mesh, batch_axis=1)
+  step = jax.jit(make_train_step(loss_fn, tx, step_kind(config.optimizer)),
+                 in_shardings=(state_shardings, batches),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+  return Training(model_config=model_config, graphdef=graphdef, tx=tx,
+                  state_shardings=state_shardings, abstract_state=abstract_state,
+                  init=jax.jit(init, out_shardings=state_shardings), step=step,
+                  batch_sharding=batches)

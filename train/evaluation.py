@@ -1,0 +1,161 @@
+"""Evaluation, the same for every optimizer: losses per set and cross-domain gradient cosines.
+
+Losses are reported in nats per token and in bits per byte. With the byte tokenizer a
+target token is one UTF-8 byte or an end-of-document marker, so
+
+  bits per byte = (sum of target nats) / ln 2 / (number of byte targets),
+
+the end-of-document predictions counted in the numerator (they are part of the text's
+code length) but not in the denominator (they are not bytes).
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import nexus_optax as nx
+from train.data import tokenizer
+from train.data.corpus import HELDOUT, VALIDATION, Corpus
+from train.parallel import batch_sharding, replicated_on_every_process
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  """Windows to score: ``tokens [N, T + 1]`` int32 and ``mask [N, T]`` over targets."""
+
+  name: str
+  tokens: np.ndarray
+  mask: np.ndarray
+
+
+def windows_of(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Every target of ``stream`` (all tokens after the first) exactly once, in windows.
+
+  The last window is padded and masked, so nothing is dropped.
+
+  Example:
+    >>> tokens, mask = windows_of(np.arange(6), seq_len=3)
+    >>> tokens.tolist(), mask.tolist()
+    ([[0, 1, 2, 3], [3, 4, 5, 0]], [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+  """
+  targets = len(stream) - 1
+  if targets < 1:
+    raise ValueError("the text has fewer than 2 tokens; nothing to score.")
+  count = -(-targets // seq_len)
+  padded = np.zeros(count * seq_len + 1, np.int32)
+  padded[:len(stream)] = stream
+  starts = np.arange(count) * seq_len
+  tokens = padded[starts[:, None] + np.arange(seq_len + 1)]
+  mask = (starts[:, None] + np.arange(1, seq_len + 1) <= targets).astype(np.float32)
+  return tokens, mask
+
+
+def corpus_eval_sets(corpus: Corpus, seq_len: int, max_sequences: int) -> list[EvalSet]:
+  """``validation/<domain>`` and ``heldout/<set>``: up to ``max_sequences`` windows each,
+  evenly spaced through the set so that every part of it is represented."""
+  sets = []
+  for role in (VALIDATION, HELDOUT):
+    for name in corpus.names(role):
+      windows = tokenizer.pack(corpus.documents(role, name), seq_len)
+      if len(windows) == 0:
+        continue
+      picks = np.unique(np.linspace(0, len(windows) - 1, min(max_sequences, len(windows)))
+                        .round().astype(int))
+      chosen = windows[picks]
+      sets.append(EvalSet(f"{role}/{name}", chosen, np.ones(chosen[:, 1:].shape, np.float32)))
+  return sets
+
+
+def text_eval_set(text: str, seq_len: int, name: str) -> EvalSet:
+  tokens, mask = windows_of(tokenizer.encode(text), seq_len)
+  return EvalSet(name, tokens, mask)
+
+
+def target_sums(model, tokens, mask):
+  """(sum of target nats, target count, byte-target count) of one batch."""
+  logits = model(tokens[:, :-1])
+  targets = tokens[:, 1:]
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  nats = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  is_byte = (targets < tokenizer.END_OF_DOCUMENT).astype(jnp.float32)
+  return jnp.sum(nats * mask), jnp.sum(mask), jnp.sum(mask * is_byte)
+
+
+class Evaluator:
+  """Scores eval sets and measures gradient agreement between training domains.
+
+  Args:
+    graphdef: the model's ``nnx`` graph definition.
+    mesh: the training mesh (batches are split over data x fsdp like training ones).
+    batch_size: windows per forward pass; a multiple of the data-parallel size.
+  """
+
+  def __init__(self, graphdef, mesh, batch_size: int):
+    self.mesh = mesh
+    self.batch_size = batch_size
+    self._sums = jax.jit(lambda params, tokens, mask: target_sums(
+        nnx.merge(graphdef, params), tokens, mask))
+    self._loss = lambda params, tokens: target_sums(
+        nnx.merge(graphdef, params), tokens, jnp.ones(tokens[:, 1:].shape, jnp.float32))[0]
+
+    def cosines(params, batches):
+      mean_loss = lambda p, b: self._loss(p, b) / (b.shape[0] * (b.shape[1] - 1))
+      return nx.diagnostics.gradient_cosine_matrix(mean_loss, params, batches)
+
+    self._cosines = jax.jit(cosines)
+
+  def losses(self, params, eval_set: EvalSet) -> dict[str, float]:
+    """``loss`` (nats/token), ``bpb`` and ``tokens`` of one set."""
+    count = len(eval_set.tokens)
+    padded = -(-count // self.batch_size) * self.batch_size
+    tokens = np.zeros((padded, eval_set.tokens.shape[1]), np.int32)
+    mask = np.zeros((padded, eval_set.mask.shape[1]), np.float32)
+    tokens[:count], mask[:count] = eval_set.tokens, eval_set.mask
+    sharding = batch_sharding(self.mesh, batch_axis=0)
+    totals = np.zeros(3)
+    for start in range(0, padded, self.batch_size):
+      rows = slice(start, start + self.batch_size)
+      sums = self._sums(params, replicated_on_every_process(tokens[rows], sharding),
+                        replicated_on_every_process(mask[rows], sharding))
+      totals += np.array([float(value) for value in sums])
+    nats, targets, byte_targets = totals
+    return {"loss": nats / max(targets, 1.0), "bpb": nats / math.log(2) / max(byte_targets, 1.0),
+            "tokens": int(targets)}
+
+  def gradient_cosines(self, params, domain_batches: np.ndarray) -> np.ndarray:
+    """The [S, S] cosine matrix of per-domain gradients, ``domain_batches [S, B, T + 1]``."""
+    batches = replicated_on_every_process(domain_batches, batch_sharding(self.mesh, batch_axis=1))
+    return np.asarray(self._cosines(params, batches))
+
+  def evaluate(self, params, eval_sets: list[EvalSet], domain_batches: np.ndarray | None,
+               domain_names: list[str]) -> dict:
+    """Flat metrics: ``<set>/loss``, ``<set>/bpb``, and the cosine matrix with its mean."""
+    results = {}
+    for eval_set in eval_sets:
+      for key, value in self.losses(params, eval_set).items():
+        if key != "tokens":
+          results[f"{eval_set.name}/{key}"] = value
+    if domain_batches is not None and len(domain_names) > 1:
+      matrix = self.gradient_cosines(params, domain_batches)
+      off_diagonal = matrix[~np.eye(len(matrix), dtype=bool)]
+      results["gradient_cosine/mean"] = float(off_diagonal.mean())
+      results["gradient_cosine/matrix"] = matrix.round(6).tolist()
+      results["gradient_cosine/domains"] = list(domain_names)
+    return results
+
+
+def domain_batches(eval_sets: list[EvalSet], domains, batch_size: int) -> tuple[np.ndarray | None,
+                                                                                 list[str]]:
+  """One batch per training domain from its validation set, for the cosine matrix."""
+  by_name = {s.name: s for s in eval_sets}
+  names = [d for d in domains if f"{VALIDATION}/{d}" in by_name]
+  if not names:
+    return None, []
+  batches = [np.resize(by_name[f"{VALIDATION}/{d}"].tokens,
+                       (batch_size, by_name[f"{VALIDATION}/{d}"].tokens.shape[1]))
+             for d in names]
+  return np.stack(batches), names

@@ -1,0 +1,115 @@
+"""The training state and the one jitted function that advances it by an outer step.
+
+A step consumes one element of the data stream, ``tokens [K, B, T + 1]``, and runs the
+K micro-batches in order with ``jax.lax.scan``: gradient accumulation for the baselines,
+Nexus's inner loop for ``nexus``, or K calls of ``nexus_multisteps`` for the transparent
+form. A step whose loss or update is not finite leaves params and optimizer state
+untouched and is counted in ``skipped_steps``.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import nexus_optax as nx
+from train.optimizers import ACCUMULATE, NEXUS_MULTISTEPS, NEXUS_SCAN, is_finite
+
+
+class TrainState(NamedTuple):
+  """Everything a checkpoint holds besides data position and config.
+
+  Attributes:
+    step: outer steps taken, int32.
+    params: the model parameters (a pure dict of arrays).
+    opt_state: the optax state.
+    rng: raw ``uint32[2]`` PRNG key the run was seeded with; folded with ``step`` for
+      anything stochastic (the Llama has no dropout, so today only the init uses it).
+    skipped_steps: outer steps skipped for a non-finite loss or update, int32.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  skipped_steps: jax.Array
+
+
+def _accumulated_gradient(loss_fn, params, tokens):
+  """Mean loss and float32 mean gradient of the K micro-batches at ``params``."""
+  grad_fn = jax.value_and_grad(loss_fn)
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
+                       params)
+
+  def add(total, micro_batch):
+    loss, grads = grad_fn(params, micro_batch)
+    return jax.tree.map(lambda t, g: t + g.astype(t.dtype), total, grads), loss
+
+  total, losses = jax.lax.scan(add, zeros, tokens)
+  count = tokens.shape[0]
+  return losses, jax.tree.map(lambda t, p: (t / count).astype(p.dtype), total, params)
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, kind: str):
+  """``step(state, tokens) -> (state, metrics)`` for one outer step.
+
+  Args:
+    loss_fn: ``loss_fn(params, micro_batch_tokens) -> scalar``.
+    tx: the optimizer of :func:`train.optimizers.build_optimizer`.
+    kind: :func:`train.optimizers.step_kind` of the optimizer.
+
+  Returns:
+    The step; ``metrics`` holds ``train_loss`` (mean micro-batch loss: at the outer
+    params for the baselines, along the inner trajectory for Nexus), ``update_norm``
+    (norm of the gradient or pseudo-gradient before clipping), ``finite``, and the
+    Nexus metrics for Nexus runs.
+  """
+
+  def accumulate(state, tokens):
+    losses, grads = _accumulated_gradient(loss_fn, state.params, tokens)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return (jnp.mean(losses), optax.tree.norm(grads), optax.apply_updates(state.params, updates),
+            opt_state)
+
+  def nexus_scan(state, tokens):
+    updates, opt_state = tx.update(None, state.opt_state, state.params, loss_fn=loss_fn,
+                                   microbatches=tokens)
+    metrics = nx.nexus_metrics(opt_state)
+    return (metrics["inner_loss"], metrics["pseudo_grad_norm"],
+            optax.apply_updates(state.params, updates), opt_state)
+
+  def nexus_multisteps(state, tokens):
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def one_call(carry, micro_batch):
+      params, opt_state = carry
+      loss, grads = grad_fn(params, micro_batch)
+      updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+      return (optax.apply_updates(params, updates), opt_state), None
+
+    (params, opt_state), _ = jax.lax.scan(one_call, (state.params, state.opt_state), tokens)
+    metrics = nx.nexus_metrics(opt_state)
+    return metrics["inner_loss"], metrics["pseudo_grad_norm"], params, opt_state
+
+  update = {ACCUMULATE: accumulate, NEXUS_SCAN: nexus_scan,
+            NEXUS_MULTISTEPS: nexus_multisteps}[kind]
+
+  def step(state: TrainState, tokens: jax.Array):
+    loss, update_norm, params, opt_state = update(state, tokens)
+    finite = jnp.isfinite(loss) & jnp.isfinite(update_norm) & is_finite(params)
+    keep = lambda new, old: optax.tree.where(finite, new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        rng=state.rng,
+        skipped_steps=state.skipped_steps + jnp.where(finite, 0, 1).astype(jnp.int32),
+    )
+    metrics = {"train_loss": loss, "update_norm": update_norm, "finite": finite}
+    if kind != ACCUMULATE:
+      metrics.update({f"nexus/{key}": value
+                      for key, value in nx.nexus_metrics(new_state.opt_state).items()})
+    return new_state, metrics
+
+  return step
