@@ -10,7 +10,7 @@ from flax import nnx
 
 from models import DEFAULT_RULES, Llama, LlamaConfig, get_preset, next_token_loss
 from train import parallel
-from train.config import ConfigError, TrainConfig
+from train.config import TrainConfig
 from train.optimizers import build_optimizer, step_kind
 from train.step import TrainState, make_train_step
 
@@ -45,10 +45,6 @@ def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_R
   abstract_model = nnx.eval_shape(lambda: Llama(model_config, rngs=nnx.Rngs(config.seed)))
   graphdef, abstract_params_state = nnx.split(abstract_model, nnx.Param)
   parallel.check_model_fits_mesh(abstract_params_state, mesh, rules)
-  data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.micro_batch_size % data_ways:
-    raise ConfigError(f"--micro-batch-size {config.micro_batch_size} is not divisible by the mesh's "
-                      f"data x fsdp = {data_ways}; use a multiple of {data_ways}.")
   tx = build_optimizer(config)
   params_shardings = parallel.param_shardings(abstract_params_state, mesh, rules)
   replicated = parallel.replicated(mesh)

@@ -38,13 +38,16 @@ class Restored:
 class CheckpointStore:
   """Keep-last-N asynchronous checkpoints under ``OUT/checkpoints``."""
 
-  def __init__(self, out_dir: pathlib.Path, keep: int, warn: Callable[[str], None] = print):
+  def __init__(self, out_dir: pathlib.Path, keep: int, warn: Callable[[str], None] = print,
+               read_only: bool = False):
     self.out_dir = pathlib.Path(out_dir).absolute()
     self.directory = self.out_dir / "checkpoints"
     self.warn = warn
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=True,
-                                           cleanup_tmp_directories=True)
+    self.read_only = read_only
+    options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
+                                           create=not read_only,
+                                           read_only=read_only, enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "config"))
 
@@ -65,27 +68,41 @@ class CheckpointStore:
   def close(self) -> None:
     self.manager.close()
 
-  def read_config(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  def newest_config(self) -> dict:
+    """The config of the newest checkpoint whose config is readable (``{}`` if none)."""
+    for step in reversed(self.steps()):
+      try:
+        return self.manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+      except Exception:  # an unreadable checkpoint is reported by restore_latest
+        continue
+    return {}
 
-  def restore_latest(self, abstract_state) -> Restored | None:
-    """The newest readable checkpoint, restored onto ``abstract_state``'s shardings.
+  def restore(self, step: int, abstract_state) -> Restored:
+    """Checkpoint ``step`` restored onto ``abstract_state``'s shardings.
 
     ``abstract_state`` is a tree of ``jax.ShapeDtypeStruct`` with ``sharding`` set,
     which may differ from the mesh the checkpoint was saved on.
     """
+    items = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=ocp.args.JsonRestore(),
+        config=ocp.args.JsonRestore()))
+    return Restored(step, items["state"], items["data"], items["config"])
+
+  def restore_latest(self, abstract_state) -> Restored | None:
+    """The newest readable checkpoint; unreadable newer ones are set aside, with a warning."""
     for step in reversed(self.steps()):
       try:
-        items = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            config=ocp.args.JsonRestore()))
-        return Restored(step, items["state"], items["data"], items["config"])
+        return self.restore(step, abstract_state)
       except Exception as error:  # orbax raises many types for unreadable files
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        self._quarantine(step)
+        where = "skipping it"
+        if not self.read_only:
+          self._quarantine(step)
+          where = f"moved it to {self.out_dir / 'corrupt'}"
         self.warn(f"warning: checkpoint {step} is unreadable ({type(error).__name__}: {reason}); "
-                  f"moved it to {self.out_dir / 'corrupt'} and falling back to an earlier one.")
+                  f"{where} and falling back to an earlier one.")
     return None
 
   def _quarantine(self, step: int) -> None:

@@ -163,6 +163,10 @@ def process_batch_rows(mesh: Mesh, global_batch: int) -> tuple[int, int]:
   exactly those (grain ``ShardOptions``). They are one contiguous block whenever the
   mesh splits processes over ``data``/``fsdp`` or replicates a batch over ``tensor``.
   """
+  data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  if global_batch % data_ways:
+    raise ConfigError(f"--micro-batch-size {global_batch} is not divisible by the mesh's "
+                      f"data x fsdp = {data_ways}; use a multiple of {data_ways}.")
   sharding = batch_sharding(mesh, batch_axis=0)
   rows = {index[0].indices(global_batch)[:2]
           for index in sharding.addressable_devices_indices_map((global_batch,)).values()}

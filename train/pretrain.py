@@ -1,0 +1,285 @@
+"""Pretrain a Llama with Nexus or a baseline: ``python -m train.pretrain --preset demo``.
+
+One CPU to TPU/GPU pods with the same command: the mesh (``--mesh``) and the processes
+(``--coordinator-address``/``--num-processes``/``--process-id``, ``JAX_*`` variables, or
+``--distributed``) are the only differences. Writes to ``--out``:
+
+  checkpoints/<step>/   params, optimizer state, data position, RNG, config (orbax)
+  metrics.jsonl         one object per logged step: train and eval metrics
+  tensorboard/          the same scalars as TensorBoard events
+  summary.json          the final metrics, also printed as a table
+
+SIGTERM (preemption) saves a checkpoint and exits 0; ``--resume`` continues exactly.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import signal
+import sys
+import time
+
+import grain
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from train import parallel
+from train.build import build_training
+from train.checkpoints import CheckpointStore
+from train.config import ConfigError, TrainConfig
+from train.data import sources
+from train.data.corpus import Corpus, CorpusSpec, ensure_corpus
+from train.data.mixture import LoaderConfig, MixtureError, training_dataset
+from train.evaluation import Evaluator, corpus_eval_sets, domain_batches
+from train.optimizers import learning_rate_schedule
+from train.presets import RUN_PRESETS, get_run_preset
+
+USER_ERRORS = (ConfigError, MixtureError, sources.SourceUnavailable)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m train.pretrain", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument("--preset", default="demo", help=f"run preset: {', '.join(RUN_PRESETS)}")
+  for field in dataclasses.fields(TrainConfig):
+    kind = float if field.type == (float | None) else field.type
+    parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=None,
+                        help=f"(preset's value if not given; TrainConfig.{field.name})")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue from the newest readable checkpoint in --out")
+  parser.add_argument("--corpus", type=pathlib.Path, default=None,
+                      help="a built corpus directory (default: the cached default corpus)")
+  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  group = parser.add_argument_group("multi-host")
+  group.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0")
+  group.add_argument("--num-processes", type=int, default=None)
+  group.add_argument("--process-id", type=int, default=None)
+  group.add_argument("--distributed", action="store_true",
+                     help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM)")
+  return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+  overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
+               if getattr(args, field.name) is not None}
+  return get_run_preset(args.preset, **overrides)
+
+
+def prepare_out_dir(out: pathlib.Path, resume: bool) -> None:
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f".write-probe-{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as error:
+    raise ConfigError(f"--out {out} is not writable ({error.strerror}); choose a directory you "
+                      "can write to.") from None
+  has_checkpoints = any(p.name.isdigit() for p in (out / "checkpoints").glob("*"))
+  if has_checkpoints and not resume:
+    raise ConfigError(f"--out {out} already holds checkpoints; pass --resume to continue that run "
+                      "or choose a new --out.")
+  if resume and not has_checkpoints:
+    raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; drop --resume to start "
+                      "a new run.")
+
+
+def load_corpus(path: pathlib.Path | None, config: TrainConfig, primary: bool) -> Corpus:
+  if path is not None:
+    try:
+      return Corpus(path)
+    except FileNotFoundError as error:
+      raise ConfigError(f"--corpus: {error}") from None
+  spec = CorpusSpec(seed=config.corpus_seed)
+  if jax.process_count() > 1:
+    if primary:  # one builder per shared cache; the others wait, then find it or build their own
+      ensure_corpus(spec, show_progress=True)
+    multihost_utils.sync_global_devices("corpus built")
+  return ensure_corpus(spec, show_progress=primary)
+
+
+class MetricsLog:
+  """``metrics.jsonl`` and TensorBoard, written by process 0; a resume drops later lines."""
+
+  def __init__(self, out: pathlib.Path, start_step: int, primary: bool):
+    self.primary = primary
+    self.path = out / "metrics.jsonl"
+    self.writer = None
+    if not primary:
+      return
+    if start_step and self.path.exists():
+      kept = [line for line in self.path.read_text().splitlines()
+              if line and json.loads(line)["step"] <= start_step]
+      self.path.write_text("".join(line + "\n" for line in kept))
+    elif not start_step:
+      self.path.write_text("")
+    from tensorboardX import SummaryWriter
+    self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1)
+
+  def write(self, record: dict) -> None:
+    if not self.primary:
+      return
+    clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+             for k, v in record.items()}
+    with self.path.open("a") as stream:
+      stream.write(json.dumps(clean) + "\n")
+    for key, value in record.items():
+      if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        self.writer.add_scalar(key, value, record["step"])
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def summary_table(summary: dict) -> str:
+  """The final metrics as an aligned two-column text table."""
+  rows = [(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+          for key, value in summary.items() if not isinstance(value, (list, dict))]
+  width = max(len(key) for key, _ in rows)
+  rule = "-" * (width + 14)
+  return "\n".join([rule, *(f"{key:<{width}}  {value:>12}" for key, value in rows), rule])
+
+
+class StopRequest:
+  """Set by SIGTERM; on multi-process runs every process learns of any one's signal."""
+
+  def __init__(self):
+    self.requested = False
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+
+def to_floats(metrics: dict) -> dict:
+  return {key: float(value) for key, value in jax.device_get(metrics).items()}
+
+
+def run(args: argparse.Namespace) -> int:
+  config = config_from_args(args)
+  multi_process = parallel.initialize_distributed(args.coordinator_address, args.num_processes,
+                                                  args.process_id, auto=args.distributed)
+  primary = jax.process_index() == 0
+  say = print if primary else (lambda *a, **k: None)
+  out = pathlib.Path(config.out)
+  prepare_out_dir(out, args.resume)
+  mesh = parallel.make_mesh(parallel.parse_mesh(config.mesh, jax.device_count()), multi_process)
+  corpus = load_corpus(args.corpus, config, primary)
+  loader_config = LoaderConfig(seq_len=config.seq_len, micro_batch_size=config.micro_batch_size,
+                               microbatches=config.microbatches, mode=config.batch_mode,
+                               seed=config.seed)
+  shard_index, shard_count = parallel.process_batch_rows(mesh, config.micro_batch_size)
+  dataset, domains = training_dataset(corpus, config.mixture, loader_config,
+                                      grain.sharding.ShardOptions(shard_index, shard_count))
+  iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+  training = build_training(config, mesh)
+  schedule = learning_rate_schedule(config)
+  store = CheckpointStore(out, config.keep_checkpoints, warn=say)
+
+  start_step, data_state = 0, None
+  if args.resume:
+    saved = store.newest_config()
+    mismatch = config.trajectory_mismatch(TrainConfig.from_dict(saved)) if saved else []
+    if mismatch:
+      raise ConfigError(f"--resume: the checkpoint's run differs ({'; '.join(mismatch)}); "
+                        "rerun with its settings or choose a new --out.")
+    restored = store.restore_latest(training.abstract_state)
+    if restored is None:
+      raise ConfigError(f"--resume: no readable checkpoint left in {store.directory}; start anew.")
+    state, start_step, data_state = restored.state, restored.step, restored.data_state["iterator"]
+    say(f"resumed from checkpoint {start_step} in {store.directory}")
+  else:
+    state = training.init()
+  if primary:
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+
+  if data_state is not None:
+    iterator.set_state(data_state)
+  global_shape = (config.microbatches, config.micro_batch_size, config.seq_len + 1)
+
+  eval_sets = corpus_eval_sets(corpus, config.seq_len, config.eval_sequences)
+  cosine_batches, cosine_domains = domain_batches(eval_sets, domains, config.micro_batch_size)
+  evaluator = Evaluator(training.graphdef, mesh, config.micro_batch_size)
+
+  say(f"{config.optimizer} on {config.model} ({training.model_config.non_embedding_params() / 1e6:.2f}M "
+      f"non-embedding params), mesh {dict(mesh.shape)}, {jax.process_count()} process(es), "
+      f"{config.tokens_per_step:,} tokens per step, steps {start_step} -> {config.steps}")
+  log = MetricsLog(out, start_step, primary)
+  stop = StopRequest()
+  from tqdm import tqdm
+  progress = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True,
+                  disable=not primary or args.no_progress)
+  summary: dict = {}
+  window_start, window_steps, run_start, run_steps = time.perf_counter(), 0, time.perf_counter(), 0
+  for step in range(start_step + 1, config.steps + 1):
+    element = next(iterator)
+    tokens = parallel.global_batch(element["tokens"], training.batch_sharding, global_shape)
+    state, metrics = training.step(state, tokens)
+    window_steps += 1
+    run_steps += 1
+    record = {}
+    if step % config.log_every == 0 or step == config.steps:
+      values = to_floats(metrics)
+      seconds = time.perf_counter() - window_start
+      record.update(step=step, train_loss=values.pop("train_loss"),
+                    lr=float(schedule(step - 1)),
+                    tokens=step * config.tokens_per_step,
+                    tokens_per_s=window_steps * config.tokens_per_step / seconds,
+                    skipped_steps=int(jax.device_get(state.skipped_steps)),
+                    **{k: v for k, v in values.items() if k != "finite"})
+      progress.set_postfix(loss=f"{record['train_loss']:.4f}",
+                           tok_s=f"{record['tokens_per_s']:,.0f}")
+      summary.update({k: v for k, v in record.items() if k != "tokens_per_s"})
+    if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+      results = evaluator.evaluate(state.params, eval_sets, cosine_batches, cosine_domains)
+      record.update(step=step, **results)
+      summary.update(results)
+    if record:
+      log.write(record)
+    if step % config.checkpoint_every == 0 or step == config.steps:
+      store.save(step, state, {"iterator": iterator.get_state()}, config.to_dict())
+    if record:
+      window_start, window_steps = time.perf_counter(), 0
+    progress.update(1)
+    if step < config.steps and stop.agreed():
+      store.save(step, state, {"iterator": iterator.get_state()}, config.to_dict())
+      store.wait()
+      progress.close()
+      log.close()
+      say(f"SIGTERM: saved checkpoint {step} in {store.directory}; continue with --resume.")
+      return 0
+  progress.close()
+  store.wait()
+  log.close()
+  elapsed = time.perf_counter() - run_start
+  summary.update(steps_this_run=run_steps, seconds_this_run=round(elapsed, 1),
+                 mean_tokens_per_s=run_steps * config.tokens_per_step / max(elapsed, 1e-9))
+  if primary:
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    say(summary_table(summary))
+  return 0
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    return run(args)
+  except USER_ERRORS as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())
