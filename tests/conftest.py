@@ -1,4 +1,5 @@
-"""Shared fixtures: a multi-source softmax regression with hand-written NumPy math."""
+"""Shared fixtures: a multi-source softmax regression with hand-written NumPy math, and a
+small built corpus for the data and training tests."""
 
 import jax
 import numpy as np
@@ -81,3 +82,16 @@ class SoftmaxRegression:
 @pytest.fixture
 def problem():
   return SoftmaxRegression()
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+  """A corpus with every domain and held-out set, small enough to build in seconds."""
+  from train.data import corpus as corpus_lib
+  spec = corpus_lib.CorpusSpec(math_train_rounds=12, math_validation_rounds=4,
+                               math_extrapolate_rounds=2, rounds_per_task=6,
+                               extrapolate_rounds_per_task=1)
+  directory = tmp_path_factory.mktemp("corpus") / "small"
+  download_dir = corpus_lib.default_cache_root() / "downloads"
+  return corpus_lib.Corpus(corpus_lib.build_corpus(directory, spec, download_dir=download_dir,
+                                                   show_progress=False))

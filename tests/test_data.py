@@ -19,18 +19,6 @@ from train.data import corpus as corpus_lib
 from train.data import tokenizer
 
 # A corpus small enough to build in seconds: every source, little generated math.
-SMALL_SPEC = CorpusSpec(math_train_rounds=12, math_validation_rounds=4, math_extrapolate_rounds=2,
-                        rounds_per_task=6, extrapolate_rounds_per_task=1)
-
-
-@pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory) -> Corpus:
-  directory = tmp_path_factory.mktemp("corpus") / "small"
-  download_dir = corpus_lib.default_cache_root() / "downloads"
-  return Corpus(build_corpus(directory, SMALL_SPEC, download_dir=download_dir,
-                             show_progress=False))
-
-
 def numbered_sources(sizes: dict[str, int], seq_len: int = 4) -> dict[str, np.ndarray]:
   """Sequences whose first token is a global id: source s, row r -> 1000 * s + r."""
   return {name: np.stack([np.full(seq_len + 1, 1000 * s + r, np.int32) for r in range(size)])

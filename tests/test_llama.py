@@ -16,7 +16,7 @@ TINY = PRESETS["tiny"]
 
 def numpy_params(model: Llama) -> dict:
   """The model's parameters as a nested dict of float64 arrays."""
-  state = nnx.state(model, nnx.Param).to_pure_dict()
+  state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   return jax.tree.map(lambda x: np.asarray(x, np.float64), state)
 
 
@@ -120,7 +120,7 @@ def test_grouped_query_attention_equals_multi_head_with_shared_key_value_weights
   gqa = Llama(gqa_config, rngs=nnx.Rngs(0))
   mha = Llama(mha_config, rngs=nnx.Rngs(1))
   group = gqa_config.num_heads // gqa_config.num_kv_heads
-  gqa_state = nnx.state(gqa, nnx.Param).to_pure_dict()
+  gqa_state = nnx.to_pure_dict(nnx.state(gqa, nnx.Param))
   mha_state = jax.tree.map(lambda x: x, gqa_state)
   for name in ("key", "value"):  # query head j reads kv head j // group: repeat each kv head
     mha_state["blocks"]["attention"][name] = jnp.repeat(
@@ -179,7 +179,7 @@ PAPER_TOLERANCE = {"130m": 0.033, "520m": 0.033}
 def test_paper_preset_sizes_through_eval_shape(name):
   config = PRESETS[name]
   abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
-  params = nnx.state(abstract, nnx.Param).to_pure_dict()
+  params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
   total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   non_embedding = total - 2 * config.vocab_size * config.hidden_dim

@@ -50,7 +50,8 @@ def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_R
   replicated = parallel.replicated(mesh)
 
   def init() -> TrainState:
-    params = nnx.state(Llama(model_config, rngs=nnx.Rngs(config.seed)), nnx.Param).to_pure_dict()
+    model = Llama(model_config, rngs=nnx.Rngs(config.seed))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
                       rng=jax.random.PRNGKey(config.seed), skipped_steps=jnp.zeros([], jnp.int32))
 

@@ -11,6 +11,7 @@ import os
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -120,8 +121,8 @@ def make_mesh(sizes: dict[str, int], multi_process: bool) -> Mesh:
 
 
 def param_specs(abstract_state, rules) -> dict:
-  """``PartitionSpec`` per parameter, as a pure dict shaped like ``state.to_pure_dict()``."""
-  return logical_partition_specs(abstract_state, rules).to_pure_dict()
+  """``PartitionSpec`` per parameter, as a pure dict shaped like ``nnx.to_pure_dict(state)``."""
+  return nnx.to_pure_dict(logical_partition_specs(abstract_state, rules))
 
 
 def _is_spec(x) -> bool:
@@ -131,7 +132,7 @@ def _is_spec(x) -> bool:
 def check_model_fits_mesh(abstract_state, mesh: Mesh, rules) -> None:
   """One-line error when a mesh axis does not divide the model dimension it shards."""
   specs = jax.tree_util.tree_leaves_with_path(param_specs(abstract_state, rules), is_leaf=_is_spec)
-  shapes = jax.tree.leaves(abstract_state.to_pure_dict())
+  shapes = jax.tree.leaves(nnx.to_pure_dict(abstract_state))
   for (path, spec), leaf in zip(specs, shapes):
     for dim, axes in enumerate(spec):
       axes = (axes,) if isinstance(axes, str) else tuple(axes or ())

@@ -47,7 +47,7 @@ def _accumulated_gradient(loss_fn, params, tokens):
     return jax.tree.map(lambda t, g: t + g.astype(t.dtype), total, grads), loss
 
   total, losses = jax.lax.scan(add, zeros, tokens)
-  count = tokens.shape[0]
+  count = jax.tree.leaves(tokens)[0].shape[0]
   return losses, jax.tree.map(lambda t, p: (t / count).astype(p.dtype), total, params)
 
 
