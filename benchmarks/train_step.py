@@ -43,6 +43,8 @@ def parse_args():
   parser.add_argument("--microbatches", type=int, default=None)
   parser.add_argument("--seq-len", type=int, default=None)
   parser.add_argument("--rounds", type=int, default=10)
+  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "out",
+                      help="folder for the JSON report")
   parser.add_argument("--matmul-size", type=int, default=None,
                       help="side of the peak-measuring matmul (default 2048 on CPU, 8192 else)")
   return parser.parse_args()
@@ -127,12 +129,13 @@ def main():
   result = {"preset": args.preset, "backend": backend, "device": jax.devices()[0].device_kind,
             "jax": jax.__version__, "compute_dtype": model_config.compute_dtype,
             "non_embedding_params": model_config.non_embedding_params(),
+            "params": sum(leaf.size for leaf in jax.tree.leaves(states["adamw"].params)),
             "microbatches": config.microbatches, "micro_batch_size": config.micro_batch_size,
             "seq_len": config.seq_len, "tokens_per_step": config.tokens_per_step,
             "rounds": args.rounds, "matmul_size": size, "matmul_peak_flops": peak,
             "model_flops_per_step": flops_per_step, "optimizers": rows}
-  out = pathlib.Path(__file__).parent / "out" / f"train_step-{args.preset}-{backend}.json"
-  out.parent.mkdir(exist_ok=True)
+  out = args.out / f"train_step-{args.preset}-{backend}.json"
+  out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=1) + "\n")
   print(json.dumps(result))
 

@@ -49,7 +49,7 @@ PRESETS: dict[str, LlamaConfig] = {
                         num_heads=4, num_kv_heads=2, max_seq_len=128),
     # The main job: two runs of it fit in 15 minutes on 2 CPU cores
     # (benchmarks/RESULTS.md has its measured step time). Unrolled: XLA:CPU runs the four
-    # layers 9 % faster than under a scan (benchmarks/RESULTS.md), and compiles them quickly.
+    # layers faster than under a scan (262 against 291 us/token, benchmarks/RESULTS.md).
     "demo": LlamaConfig(vocab_size=BYTE_VOCAB_SIZE, hidden_dim=256, mlp_dim=768, num_layers=4,
                         num_heads=4, num_kv_heads=4, max_seq_len=256, scan_layers=False),
     "130m": _paper(512, 8),

@@ -12,10 +12,9 @@ import grain
 import numpy as np
 import pytest
 
-from train.data import (Corpus, CorpusSpec, LoaderConfig, MixtureError, build_corpus,
+from train.data import (Corpus, CorpusSpec, LoaderConfig, MixtureError,
                         epochs_per_source, outer_step_dataset, parse_mixture, source_sequences,
                         training_dataset)
-from train.data import corpus as corpus_lib
 from train.data import tokenizer
 
 # A corpus small enough to build in seconds: every source, little generated math.

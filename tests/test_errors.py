@@ -1,7 +1,6 @@
 """Every bad input gets a ValueError that names the fix; bad numbers never reach params."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

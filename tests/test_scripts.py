@@ -36,6 +36,20 @@ def test_overhead_benchmark_full_size():
   _check_overhead_json(_run("benchmarks.overhead", timeout=900))
 
 
+def test_train_step_benchmark_quick(tmp_path):
+  stdout = _run("benchmarks.train_step", "--preset", "tiny", "--rounds", "1", "--matmul-size",
+                "256", "--out", str(tmp_path))
+  report = json.loads(stdout.strip().splitlines()[-1])
+  assert (tmp_path / "train_step-tiny-cpu.json").exists()
+  rows = report["optimizers"]
+  assert set(rows) == {"adamw", "nexus", "nexus-multisteps"}
+  for row in rows.values():
+    assert row["median_step_ms"] > 0 and 0 < row["mfu"] < 2 and row["tokens_per_s"] > 0
+  # The Llama step: Nexus's extra temp is at most about one float32 copy of the params.
+  extra_mib = rows["nexus"]["temp_mib"] - rows["adamw"]["temp_mib"]
+  assert extra_mib <= 1.25 * 4 * report["params"] / 2**20
+
+
 def test_quickstart_trains_and_reports():
   stdout = _run("examples.quickstart", "--steps", "6", "--log-every", "3", "--seq-len", "32")
   rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
