@@ -26,6 +26,7 @@ import grain
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from train import parallel
 from train.build import build_training
@@ -156,9 +157,13 @@ class StopRequest:
     del signum, frame
     self.requested = True
 
-  def agreed(self) -> bool:
+  def agreed(self, step: int, every: int) -> bool:
+    """Whether to stop now. Processes compare notes only every ``every`` steps, as a
+    collective each step would stall the host's run-ahead."""
     if jax.process_count() == 1:
       return self.requested
+    if step % every:
+      return False
     return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
 
 
@@ -168,6 +173,7 @@ def to_floats(metrics: dict) -> dict:
 
 def run(args: argparse.Namespace) -> int:
   config = config_from_args(args)
+  stop = StopRequest()
   multi_process = parallel.initialize_distributed(args.coordinator_address, args.num_processes,
                                                   args.process_id, auto=args.distributed)
   primary = jax.process_index() == 0
@@ -216,8 +222,6 @@ def run(args: argparse.Namespace) -> int:
       f"non-embedding params), mesh {dict(mesh.shape)}, {jax.process_count()} process(es), "
       f"{config.tokens_per_step:,} tokens per step, steps {start_step} -> {config.steps}")
   log = MetricsLog(out, start_step, primary)
-  stop = StopRequest()
-  from tqdm import tqdm
   progress = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True,
                   disable=not primary or args.no_progress)
   summary: dict = {}
@@ -252,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     if record:
       window_start, window_steps = time.perf_counter(), 0
     progress.update(1)
-    if step < config.steps and stop.agreed():
+    if step < config.steps and stop.agreed(step, config.log_every):
       store.save(step, state, {"iterator": iterator.get_state()}, config.to_dict())
       store.wait()
       progress.close()
@@ -274,11 +278,14 @@ def run(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
+  previous_handler = signal.getsignal(signal.SIGTERM)  # a caller's own, when run in-process
   try:
     return run(args)
   except USER_ERRORS as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":
