@@ -260,8 +260,11 @@ def test_a_2x2x2_mesh_matches_one_device_and_restores_onto_another_mesh(
   resumed = losses(out)
   assert sorted(resumed) == list(range(1, 9))  # the log was cut back to step 4, then continued
   assert max(abs(resumed[s] - reference[s]) for s in range(5, 9)) < TOLERANCE
+  # Adam divides by sqrt(v), so where a gradient is near zero the summation-order noise of
+  # another mesh moves an element by more than 1e-5; params are compared tensor by tensor
+  # in norm (a misplaced shard or a wrong restore would be off by order one).
   for a, b in zip(final_params(out, 8, reference_run), final_params(reference_run, 8, reference_run)):
-    np.testing.assert_allclose(a, b, atol=TOLERANCE)
+    assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b)
 
 
 def free_port() -> int:

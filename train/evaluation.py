@@ -20,7 +20,7 @@ from flax import nnx
 import nexus_optax as nx
 from train.data import tokenizer
 from train.data.corpus import HELDOUT, VALIDATION, Corpus
-from train.parallel import batch_sharding, replicated_on_every_process
+from train.parallel import batch_sharding, global_array_from_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,19 +119,19 @@ class Evaluator:
     totals = np.zeros(3)
     for start in range(0, padded, self.batch_size):
       rows = slice(start, start + self.batch_size)
-      sums = self._sums(params, replicated_on_every_process(tokens[rows], sharding),
-                        replicated_on_every_process(mask[rows], sharding))
+      sums = self._sums(params, global_array_from_host(tokens[rows], sharding),
+                        global_array_from_host(mask[rows], sharding))
       totals += np.array([float(value) for value in sums])
     nats, targets, byte_targets = totals
     return {"loss": nats / max(targets, 1.0), "bpb": nats / math.log(2) / max(byte_targets, 1.0),
             "tokens": int(targets)}
 
-  def gradient_cosines(self, params, domain_batches: np.ndarray) -> np.ndarray:
-    """The [S, S] cosine matrix of per-domain gradients, ``domain_batches [S, B, T + 1]``."""
-    batches = replicated_on_every_process(domain_batches, batch_sharding(self.mesh, batch_axis=1))
+  def gradient_cosines(self, params, cosine_batches: np.ndarray) -> np.ndarray:
+    """The [S, S] cosine matrix of per-domain gradients, ``cosine_batches [S, B, T + 1]``."""
+    batches = global_array_from_host(cosine_batches, batch_sharding(self.mesh, batch_axis=1))
     return np.asarray(self._cosines(params, batches))
 
-  def evaluate(self, params, eval_sets: list[EvalSet], domain_batches: np.ndarray | None,
+  def evaluate(self, params, eval_sets: list[EvalSet], cosine_batches: np.ndarray | None,
                domain_names: list[str]) -> dict:
     """Flat metrics: ``<set>/loss``, ``<set>/bpb``, and the cosine matrix with its mean."""
     results = {}
@@ -139,8 +139,8 @@ class Evaluator:
       for key, value in self.losses(params, eval_set).items():
         if key != "tokens":
           results[f"{eval_set.name}/{key}"] = value
-    if domain_batches is not None and len(domain_names) > 1:
-      matrix = self.gradient_cosines(params, domain_batches)
+    if cosine_batches is not None and len(domain_names) > 1:
+      matrix = self.gradient_cosines(params, cosine_batches)
       off_diagonal = matrix[~np.eye(len(matrix), dtype=bool)]
       results["gradient_cosine/mean"] = float(off_diagonal.mean())
       results["gradient_cosine/matrix"] = matrix.round(6).tolist()

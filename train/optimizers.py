@@ -12,7 +12,6 @@ schedule, betas, eps and weight decay.
 """
 
 import jax
-import jax.numpy as jnp
 import optax
 
 import nexus_optax as nx
@@ -112,7 +111,3 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   if kind == NEXUS_MULTISTEPS:
     return nx.nexus_multisteps(outer, every_k=config.microbatches, inner_lr=config.inner_lr)
   return outer
-
-
-def is_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))

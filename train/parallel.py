@@ -183,6 +183,6 @@ def global_batch(local: np.ndarray, sharding: NamedSharding, global_shape) -> ja
   return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
 
-def replicated_on_every_process(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+def global_array_from_host(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """A global array from host data that every process holds in full (eval sets)."""
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])

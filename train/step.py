@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 import nexus_optax as nx
-from train.optimizers import ACCUMULATE, NEXUS_MULTISTEPS, NEXUS_SCAN, is_finite
+from train.optimizers import ACCUMULATE, NEXUS_MULTISTEPS, NEXUS_SCAN
 
 
 class TrainState(NamedTuple):
@@ -24,8 +24,9 @@ class TrainState(NamedTuple):
     step: outer steps taken, int32.
     params: the model parameters (a pure dict of arrays).
     opt_state: the optax state.
-    rng: raw ``uint32[2]`` PRNG key the run was seeded with; folded with ``step`` for
-      anything stochastic (the Llama has no dropout, so today only the init uses it).
+    rng: the run's raw ``uint32[2]`` PRNG key, checkpointed so that a stochastic
+      extension (dropout, sampled evaluation) resumes exactly; the Llama has no
+      dropout, so nothing draws from it today.
     skipped_steps: outer steps skipped for a non-finite loss or update, int32.
   """
 
@@ -34,6 +35,10 @@ class TrainState(NamedTuple):
   opt_state: Any
   rng: jax.Array
   skipped_steps: jax.Array
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 def _accumulated_gradient(loss_fn, params, tokens):
@@ -97,7 +102,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, kind: s
 
   def step(state: TrainState, tokens: jax.Array):
     loss, update_norm, params, opt_state = update(state, tokens)
-    finite = jnp.isfinite(loss) & jnp.isfinite(update_norm) & is_finite(params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(update_norm) & _all_finite(params)
     keep = lambda new, old: optax.tree.where(finite, new, old)
     new_state = TrainState(
         step=state.step + 1,
