@@ -22,8 +22,6 @@ class Training:
   Attributes:
     model_config: the Llama's config.
     graphdef: its ``nnx`` graph definition (params are pure dicts).
-    tx: the optimizer.
-    state_shardings: a ``TrainState`` of ``NamedSharding``.
     abstract_state: a ``TrainState`` of ``ShapeDtypeStruct`` with shardings (restore target).
     init: jitted ``() -> TrainState``, born sharded.
     step: jitted ``(state, tokens [K, B, T + 1]) -> (state, metrics)``; donates ``state``.
@@ -32,8 +30,6 @@ class Training:
 
   model_config: LlamaConfig
   graphdef: Any
-  tx: optax.GradientTransformation
-  state_shardings: TrainState
   abstract_state: TrainState
   init: Callable[[], TrainState]
   step: Callable
@@ -74,7 +70,6 @@ def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_R
   step = jax.jit(make_train_step(loss_fn, tx, step_kind(config.optimizer)),
                  in_shardings=(state_shardings, batches),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
-  return Training(model_config=model_config, graphdef=graphdef, tx=tx,
-                  state_shardings=state_shardings, abstract_state=abstract_state,
+  return Training(model_config=model_config, graphdef=graphdef, abstract_state=abstract_state,
                   init=jax.jit(init, out_shardings=state_shardings), step=step,
                   batch_sharding=batches)

@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 from models.presets import PRESETS as MODEL_PRESETS
-from train.data.mixture import MODES
+from train.data.mixture import DEFAULT_MIXTURE, MODES
 
 OPTIMIZERS = ("adamw", "nexus", "nexus-multisteps", "muon", "nexus-muon", "sgd")
 SCHEDULES = ("wsd", "cosine")
@@ -69,7 +69,7 @@ class TrainConfig:
   seq_len: int = 256
   micro_batch_size: int = 8
   microbatches: int = 4
-  mixture: str = "prose=1,code=1,math=1,technical=1"
+  mixture: str = DEFAULT_MIXTURE
   batch_mode: str = "mixed"
   seed: int = 0
   optimizer: str = "nexus"
