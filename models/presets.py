@@ -52,6 +52,10 @@ PRESETS: dict[str, LlamaConfig] = {
     # layers faster than under a scan (262 against 291 us/token, benchmarks/RESULTS.md).
     "demo": LlamaConfig(vocab_size=BYTE_VOCAB_SIZE, hidden_dim=256, mlp_dim=768, num_layers=4,
                         num_heads=4, num_kv_heads=4, max_seq_len=256, scan_layers=False),
+    # The replication study (benchmarks/replicate.py): ~70 runs must fit in 80 minutes on
+    # 2 CPU cores, so a run of 600k tokens takes under a minute (about 25k tokens/s).
+    "mini": LlamaConfig(vocab_size=BYTE_VOCAB_SIZE, hidden_dim=96, mlp_dim=288, num_layers=3,
+                        num_heads=4, num_kv_heads=4, max_seq_len=128, scan_layers=False),
     "130m": _paper(512, 8),
     "300m": _paper(768, 12),
     "520m": _paper(1024, 16),

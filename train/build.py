@@ -36,12 +36,15 @@ class Training:
   batch_sharding: jax.sharding.NamedSharding
 
 
-def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> Training:
+def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES,
+                   tx: optax.GradientTransformation | None = None) -> Training:
+  """The run of ``config`` on ``mesh``; ``tx`` replaces ``build_optimizer(config)``
+  (research variants; it must consume micro-batches the way ``config.optimizer`` does)."""
   model_config = get_preset(config.model)
   abstract_model = nnx.eval_shape(lambda: Llama(model_config, rngs=nnx.Rngs(config.seed)))
   graphdef, abstract_params_state = nnx.split(abstract_model, nnx.Param)
   parallel.check_model_fits_mesh(abstract_params_state, mesh, rules)
-  tx = build_optimizer(config)
+  tx = build_optimizer(config) if tx is None else tx
   params_shardings = parallel.param_shardings(abstract_params_state, mesh, rules)
   replicated = parallel.replicated(mesh)
 

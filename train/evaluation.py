@@ -54,11 +54,13 @@ def windows_of(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray
   return tokens, mask
 
 
-def corpus_eval_sets(corpus: Corpus, seq_len: int, max_sequences: int) -> list[EvalSet]:
-  """``validation/<domain>`` and ``heldout/<set>``: up to ``max_sequences`` windows each,
-  evenly spaced through the set so that every part of it is represented."""
+def corpus_eval_sets(corpus: Corpus, seq_len: int, max_sequences: int,
+                     roles=(VALIDATION, HELDOUT)) -> list[EvalSet]:
+  """``<role>/<set>`` for every set of ``roles`` (``validation/<domain>``, ``heldout/<set>``,
+  and ``train/<domain>`` when asked): up to ``max_sequences`` windows each, evenly spaced
+  through the set so that every part of it is represented."""
   sets = []
-  for role in (VALIDATION, HELDOUT):
+  for role in roles:
     for name in corpus.names(role):
       windows = tokenizer.pack(corpus.documents(role, name), seq_len)
       if len(windows) == 0:

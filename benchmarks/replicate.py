@@ -1,0 +1,472 @@
+"""The replication study: what does Nexus change at matched pretraining loss, and why?
+
+Every arm trains the same Llama on the same default corpus with the same seeds, data
+order, global batch (K x B sequences), schedule and AdamW; only the (pseudo-)gradient
+differs. Arms (``ARMS``):
+
+  adamw           gradient accumulation over the K micro-batches;
+  nexus-0.01      Nexus at the paper's gamma;
+  control         Nexus at gamma = 1e-4: the same per-micro-batch normalization, no
+                  alignment term (its second-order part scales with gamma). Only Nexus
+                  minus this control measures the second-order effect;
+  nexus-large     Nexus at the gamma a short sweep picks (``choose_large_gamma``);
+  k1              Nexus with K = 1 over the whole batch: the paper's NSGD ablation;
+  momentum, dot   the inner-step ablations of ``benchmarks/ablations.py`` at that gamma;
+  and the AdamW / nexus-large / control trio again at K = 2 and 8 (same global batch),
+  with ``source`` micro-batches, and under Math10 / Math70 mixtures.
+
+Every metric is taken at the outer parameters on fixed windows, never from inner-point
+losses: training loss on training windows, pretraining loss (the validation loss of the
+run's own mixture), each validation domain and held-out set, and the mean cross-domain
+gradient cosine with its split-half reliability (each domain's gradient from two
+disjoint halves of its validation windows; their cosine tells how much of the
+gradient is signal). Tables give mean +- std over seeds and paired differences
+(same seed) with t = mean / (sd / sqrt(n)).
+
+Each run's result is a JSON file under ``OUT/runs``; a rerun skips finished runs, so an
+interrupted study resumes where it stopped.
+
+  python -m benchmarks.replicate            # the full study (under 80 min on 2 cores)
+  python -m benchmarks.replicate --quick    # every arm, smaller and fewer seeds (~5 min)
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from benchmarks.ablations import nexus_ablation
+from models import next_token_loss
+from train import parallel
+from train.build import build_training
+from train.config import TrainConfig
+from train.data import tokenizer
+from train.data.corpus import DOMAINS, HELDOUT, HELDOUT_SETS, TRAIN, VALIDATION, ensure_corpus
+from train.data.mixture import (DEFAULT_MIXTURE, LoaderConfig, epochs_per_source,
+                                outer_step_dataset, parse_mixture, source_sequences)
+from train.evaluation import Evaluator, corpus_eval_sets
+from train.optimizers import outer_optimizer
+
+CONTROL_GAMMA = 1e-4
+MIXTURES = {"equal": DEFAULT_MIXTURE,
+            "math10": "prose=0.3,code=0.3,math=0.1,technical=0.3",
+            "math70": "prose=0.1,code=0.1,math=0.7,technical=0.1"}
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySize:
+  """How big the study is. ``global_batch`` sequences per outer step, split into K."""
+
+  model: str
+  seq_len: int
+  global_batch: int
+  steps: int
+  lr: float
+  evals: int
+  eval_sequences: int
+  cosine_sequences: int
+  seeds: int
+  trio_seeds: int
+  sweep_gammas: tuple[float, ...]
+
+
+FULL = StudySize(model="mini", seq_len=128, global_batch=32, steps=150, lr=3e-3, evals=3,
+                 eval_sequences=64, cosine_sequences=192, seeds=3, trio_seeds=5,
+                 sweep_gammas=(0.03, 0.1, 0.3))
+QUICK = StudySize(model="tiny", seq_len=64, global_batch=16, steps=24, lr=3e-3, evals=2,
+                  eval_sequences=16, cosine_sequences=32, seeds=2, trio_seeds=2,
+                  sweep_gammas=(0.1, 0.3))
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One optimizer setting. ``kind``: adamw, nexus, dot or momentum."""
+
+  name: str
+  kind: str
+  gamma: float = 0.0
+  microbatches: int = 4
+  batch_mode: str = "mixed"
+  mixture: str = "equal"
+
+
+def trio(suffix: str, large_gamma: float, **setting) -> list[Arm]:
+  return [Arm(f"adamw{suffix}", "adamw", **setting),
+          Arm(f"nexus-large{suffix}", "nexus", large_gamma, **setting),
+          Arm(f"control{suffix}", "nexus", CONTROL_GAMMA, **setting)]
+
+
+def main_arms() -> list[Arm]:
+  return [Arm("adamw", "adamw"), Arm("nexus-0.01", "nexus", 0.01),
+          Arm("control", "nexus", CONTROL_GAMMA)]
+
+
+def sweep_arms(size: StudySize) -> list[Arm]:
+  return [Arm(f"sweep-{gamma:g}", "nexus", gamma) for gamma in size.sweep_gammas]
+
+
+def ablation_arms(large_gamma: float) -> list[Arm]:
+  """Everything after the sweep, in the order it runs."""
+  arms = [Arm("nexus-large", "nexus", large_gamma), Arm("k1", "nexus", 0.01, microbatches=1),
+          Arm("momentum", "momentum", large_gamma), Arm("dot", "dot", large_gamma)]
+  for k in (2, 8):
+    arms += trio(f"-k{k}", large_gamma, microbatches=k)[1:]  # AdamW does not depend on K
+  # With equal weights and K = 4 the source and mixed loaders put the same sequences in a
+  # step, so AdamW's accumulated gradient, and its run, are the same in both modes.
+  arms += trio("-source", large_gamma, batch_mode="source")[1:]
+  for mixture in ("math10", "math70"):
+    arms += trio(f"-{mixture}", large_gamma, mixture=mixture)
+  return arms
+
+
+def seeds_for(arm: Arm, size: StudySize) -> range:
+  return range(size.trio_seeds if arm in main_arms() else size.seeds)
+
+
+class Study:
+  """Shared data, eval sets and cosine batches; ``run`` trains and measures one arm/seed."""
+
+  def __init__(self, size: StudySize, out: pathlib.Path):
+    self.size, self.out = size, out
+    self.corpus = ensure_corpus(show_progress=True)
+    self.sequences = {name: source_sequences(self.corpus, name, size.seq_len)
+                      for name in self.corpus.names(TRAIN)}
+    self.eval_sets = corpus_eval_sets(self.corpus, size.seq_len, size.eval_sequences,
+                                      roles=(TRAIN, VALIDATION, HELDOUT))
+    self.cosine_batches = self._cosine_batches()
+    self.mesh = parallel.make_mesh(parallel.parse_mesh("fsdp=-1", jax.device_count()), False)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+
+  def _cosine_batches(self) -> np.ndarray:
+    """[2 * domains, N / 2, T + 1]: halves A then B of each domain's validation windows,
+    evenly spaced and interleaved so that both halves span the whole set."""
+    halves = []
+    for domain in DOMAINS:
+      windows = tokenizer.pack(self.corpus.documents(VALIDATION, domain), self.size.seq_len)
+      count = min(self.size.cosine_sequences, len(windows) - len(windows) % 2)
+      picks = np.linspace(0, len(windows) - 1, count).round().astype(int)
+      halves += [windows[picks[0::2]], windows[picks[1::2]]]
+    rows = min(len(half) for half in halves)
+    return np.stack([half[:rows] for half in halves])
+
+  def config(self, arm: Arm, seed: int) -> TrainConfig:
+    return TrainConfig(model=self.size.model, seq_len=self.size.seq_len,
+                       micro_batch_size=self.size.global_batch // arm.microbatches,
+                       microbatches=arm.microbatches, mixture=MIXTURES[arm.mixture],
+                       batch_mode=arm.batch_mode, seed=seed,
+                       optimizer="adamw" if arm.kind == "adamw" else "nexus", lr=self.size.lr,
+                       inner_lr=arm.gamma if arm.gamma else 0.01, steps=self.size.steps,
+                       eval_sequences=self.size.eval_sequences, out=str(self.out))
+
+  def run(self, arm: Arm, seed: int) -> dict:
+    path = self.out / "runs" / f"{arm.name}-seed{seed}.json"
+    if path.exists():
+      return json.loads(path.read_text())
+    config = self.config(arm, seed)
+    tx = None
+    if arm.kind in ("dot", "momentum"):
+      tx = optax.chain(nexus_ablation(arm.gamma, arm.kind), outer_optimizer(config))
+    training = build_training(config, self.mesh, tx=tx)
+    weights = parse_mixture(config.mixture, list(self.sequences))
+    loader = LoaderConfig(config.seq_len, config.micro_batch_size, config.microbatches,
+                          config.batch_mode, seed)
+    iterator = iter(outer_step_dataset(self.sequences, weights, loader).to_iter_dataset())
+    evaluator = Evaluator(training.graphdef, self.mesh, batch_size=64)
+    cosines = cosine_statistics_fn(training.graphdef)
+    eval_steps = {round(self.size.steps * (i + 1) / self.size.evals)
+                  for i in range(self.size.evals)}
+    state, started, points = training.init(), time.perf_counter(), []
+    for step in range(1, self.size.steps + 1):
+      tokens = jnp.asarray(next(iterator)["tokens"])
+      state, metrics = training.step(state, tokens)
+      if step in eval_steps:
+        point = {"step": step, "tokens": step * config.tokens_per_step,
+                 "inner_or_batch_loss": float(metrics["train_loss"])}
+        for eval_set in self.eval_sets:
+          point[eval_set.name] = evaluator.losses(state.params, eval_set)["loss"]
+        point.update(cosines(state.params, self.cosine_batches))
+        point.update(summary_losses(point, weights))
+        points.append(point)
+    result = {"arm": dataclasses.asdict(arm), "seed": seed, "config": config.to_dict(),
+              "skipped_steps": int(state.skipped_steps), "points": points,
+              "final": points[-1], "seconds": round(time.perf_counter() - started, 1),
+              "epochs": epochs_per_source(self.sequences, weights, loader, self.size.steps)}
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def cosine_statistics_fn(graphdef):
+  """``stats(params, batches [2S, N, T + 1]) -> dict``: the cross-domain cosine of full
+  per-domain gradients (halves pooled), each domain's split-half gradient cosine, and
+  the mean cross-domain cosine within each half alone."""
+
+  def mean_loss(params, tokens):
+    return next_token_loss(nnx.merge(graphdef, params), tokens)
+
+  @jax.jit
+  def gram(params, batches):
+    grads = jax.lax.map(lambda batch: jax.grad(mean_loss)(params, batch), batches)
+    flat = jnp.concatenate([g.reshape(g.shape[0], -1) for g in jax.tree.leaves(grads)], axis=1)
+    return flat @ flat.T
+
+  def stats(params, batches) -> dict:
+    g = np.asarray(gram(params, batches), np.float64)
+    return cosine_statistics(g)
+
+  return stats
+
+
+def cosine_statistics(gram: np.ndarray) -> dict:
+  """Cosine statistics from the Gram matrix of [A_1, B_1, A_2, B_2, ...] half gradients.
+
+  The full gradient of domain d is (A_d + B_d) / 2, so its inner products follow from
+  the Gram matrix without recomputing any gradient.
+  """
+  domains = len(gram) // 2
+  pool = np.zeros((domains, 2 * domains))
+  for d in range(domains):
+    pool[d, 2 * d:2 * d + 2] = 0.5
+  full = pool @ gram @ pool.T
+
+  def mean_off_diagonal_cosine(matrix):
+    norms = np.sqrt(np.diag(matrix))
+    cos = matrix / np.outer(norms, norms)
+    return float(cos[~np.eye(len(cos), dtype=bool)].mean())
+
+  split_half = [gram[2 * d, 2 * d + 1] / math.sqrt(gram[2 * d, 2 * d] * gram[2 * d + 1, 2 * d + 1])
+                for d in range(domains)]
+  return {"cosine": mean_off_diagonal_cosine(full),
+          "cosine_half_a": mean_off_diagonal_cosine(gram[0::2, 0::2]),
+          "cosine_half_b": mean_off_diagonal_cosine(gram[1::2, 1::2]),
+          "split_half": dict(zip(DOMAINS, map(float, split_half))),
+          "split_half_min": float(min(split_half))}
+
+
+def summary_losses(point: dict, weights: dict[str, float]) -> dict:
+  """Mixture-weighted training and pretraining (validation) loss; mean held-out loss."""
+  total = sum(weights.values())
+  weighted = lambda role: sum(w * point[f"{role}/{d}"] for d, w in weights.items()) / total
+  return {"train_loss": weighted(TRAIN), "pretrain_loss": weighted(VALIDATION),
+          "heldout_mean": statistics.fmean(point[f"{HELDOUT}/{s}"] for s in HELDOUT_SETS)}
+
+
+def choose_large_gamma(sweep: dict[float, dict], control: dict, tolerance: float = 0.02) -> float:
+  """The largest swept gamma whose pretraining loss is within ``tolerance`` of the control's
+  (same seed): the strongest alignment term still in the paper's same-loss regime. With
+  none inside, the smallest gamma."""
+  inside = [g for g, r in sweep.items()
+            if r["final"]["pretrain_loss"] - control["final"]["pretrain_loss"] <= tolerance]
+  return max(inside) if inside else min(sweep)
+
+
+# ----------------------------------------------------------------------------- analysis
+
+METRICS = ("train_loss", "pretrain_loss", "heldout_mean", "cosine", "split_half_min")
+
+
+def mean_std(values) -> str:
+  values = list(values)
+  if len(values) < 2:
+    return f"{values[0]:.4f}"
+  return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def paired(results: dict, arm: str, baseline: str, metric: str) -> dict | None:
+  """Mean, sd and t of ``arm - baseline`` over the seeds both ran."""
+  seeds = sorted(set(results.get(arm, {})) & set(results.get(baseline, {})))
+  if not seeds:
+    return None
+  diffs = [results[arm][s]["final"][metric] - results[baseline][s]["final"][metric]
+           for s in seeds]
+  mean = statistics.fmean(diffs)
+  sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+  t = mean / (sd / math.sqrt(len(diffs))) if len(diffs) > 1 and sd > 0 else float("nan")
+  return {"mean": mean, "sd": sd, "t": t, "n": len(diffs)}
+
+
+def format_paired(p: dict | None) -> str:
+  if p is None:
+    return "–"
+  return f"{p['mean']:+.4f} ± {p['sd']:.4f} (t {p['t']:+.1f})"
+
+
+CONTRASTS = [("nexus-0.01", "adamw"), ("control", "adamw"), ("nexus-0.01", "control"),
+             ("nexus-large", "adamw"), ("nexus-large", "control"), ("k1", "adamw"),
+             ("momentum", "nexus-large"), ("dot", "adamw"),
+             ("nexus-large-k2", "control-k2"), ("nexus-large-k2", "adamw"),
+             ("nexus-large-k8", "control-k8"), ("nexus-large-k8", "adamw"),
+             ("nexus-large-source", "control-source"), ("nexus-large-source", "adamw"),
+             ("control-source", "adamw"),
+             ("nexus-large-math10", "control-math10"), ("nexus-large-math10", "adamw-math10"),
+             ("nexus-large-math70", "control-math70"), ("nexus-large-math70", "adamw-math70")]
+
+
+def report(results: dict, size: StudySize, large_gamma: float, out: pathlib.Path,
+           command: str, seconds: float) -> str:
+  arms = list(results)
+  first = next(iter(results[arms[0]].values()))
+  sets = [k for k in first["final"] if k.startswith((f"{VALIDATION}/", f"{HELDOUT}/"))]
+  lines = [f"# Replication study results ({size.model}, generated)", "",
+           f"Command: `{command}`  ", f"Date: {datetime.date.today().isoformat()}, "
+           f"{seconds / 60:.1f} min for the runs not already on disk, "
+           f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s).",
+           "", f"Model `{size.model}`, {size.steps} outer steps of {size.global_batch} x "
+           f"{size.seq_len} tokens ({size.steps * size.global_batch * size.seq_len:,} tokens "
+           f"per run), WSD lr {size.lr}, AdamW betas (0.9, 0.95), wd 0.2, clip 1.0. "
+           f"Large gamma chosen by the sweep: **{large_gamma:g}**. Losses in nats per token at "
+           "the outer parameters; t = paired mean / (sd / sqrt(n)).", "",
+           "## Arms (mean ± std over seeds, final step)", "",
+           "| arm | seeds | " + " | ".join(METRICS) + " |",
+           "|---|---|" + "---|" * len(METRICS)]
+  for arm in arms:
+    runs = results[arm].values()
+    lines.append(f"| {arm} | {len(runs)} | " + " | ".join(
+        mean_std(r["final"][m] for r in runs) for m in METRICS) + " |")
+  lines += ["", "## Paired differences (same seeds)", "",
+            "| arm - baseline | n | " + " | ".join(METRICS[:4]) + " |",
+            "|---|---|" + "---|" * 4]
+  for arm, baseline in CONTRASTS:
+    cells = [paired(results, arm, baseline, m) for m in METRICS[:4]]
+    if cells[0] is not None:
+      lines.append(f"| {arm} - {baseline} | {cells[0]['n']} | "
+                   + " | ".join(format_paired(c) for c in cells) + " |")
+  lines += ["", "## Every validation and held-out set (mean over seeds)", "",
+            "| arm | " + " | ".join(s.replace("validation/", "val/").replace("heldout/", "ho/")
+                                   for s in sets) + " |", "|---|" + "---|" * len(sets)]
+  for arm in arms:
+    runs = list(results[arm].values())
+    lines.append(f"| {arm} | " + " | ".join(
+        f"{statistics.fmean(r['final'][s] for r in runs):.4f}" for s in sets) + " |")
+  lines += ["", "## Cross-domain gradient cosine through training (mean over seeds)", "",
+            "| arm | " + " | ".join(f"step {p['step']}" for p in first["points"])
+            + " | split-half min (final) |", "|---|" + "---|" * (len(first["points"]) + 1)]
+  for arm in arms:
+    runs = list(results[arm].values())
+    lines.append(f"| {arm} | " + " | ".join(
+        f"{statistics.fmean(r['points'][i]['cosine'] for r in runs):.4f}"
+        for i in range(len(first["points"])))
+        + f" | {statistics.fmean(r['final']['split_half_min'] for r in runs):.3f} |")
+  lines += ["", "## Epochs per domain", "", "| data setting | " + " | ".join(DOMAINS) + " |",
+            "|---|" + "---|" * len(DOMAINS)]
+  seen = set()
+  for arm in arms:
+    run = next(iter(results[arm].values()))
+    key = (run["arm"]["mixture"], run["arm"]["batch_mode"])
+    if key not in seen:
+      seen.add(key)
+      lines.append(f"| {key[0]}, {key[1]} | " + " | ".join(
+          f"{run['epochs'].get(d, 0):.3f}" for d in DOMAINS) + " |")
+  lines += ["", "![cosine through training](cosine_through_training.png)",
+            "![held-out against pretraining loss](same_loss.png)",
+            "![paired differences](paired_differences.png)", ""]
+  text = "\n".join(lines)
+  (out / "results.md").write_text(text)
+  return text
+
+
+def plots(results: dict, out: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  main = [a for a in ("adamw", "control", "nexus-0.01", "nexus-large", "k1", "momentum", "dot")
+          if a in results]
+  figure, axis = plt.subplots(figsize=(6, 4))
+  for arm in main:
+    runs = list(results[arm].values())
+    steps = [p["step"] for p in runs[0]["points"]]
+    values = np.array([[p["cosine"] for p in r["points"]] for r in runs])
+    axis.errorbar(steps, values.mean(0), yerr=values.std(0), label=arm, capsize=3)
+  axis.set(xlabel="outer step", ylabel="mean cross-domain gradient cosine",
+           title="Gradient agreement through training")
+  axis.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(out / "cosine_through_training.png", dpi=120)
+
+  figure, axis = plt.subplots(figsize=(6, 4))
+  for arm in main:
+    points = [p for r in results[arm].values() for p in r["points"]]
+    axis.scatter([p["pretrain_loss"] for p in points], [p["heldout_mean"] for p in points],
+                 label=arm, s=14)
+  axis.set(xlabel="pretraining (validation) loss", ylabel="mean held-out loss",
+           title="Held-out against pretraining loss (every eval point, every seed)")
+  axis.legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(out / "same_loss.png", dpi=120)
+
+  contrasts = [(a, b) for a, b in CONTRASTS if paired(results, a, b, "heldout_mean")]
+  figure, axes = plt.subplots(1, 2, figsize=(10, 0.35 * len(contrasts) + 1.5), sharey=True)
+  for axis, metric in zip(axes, ("pretrain_loss", "heldout_mean")):
+    stats = [paired(results, a, b, metric) for a, b in contrasts]
+    axis.errorbar([s["mean"] for s in stats], range(len(stats)),
+                  xerr=[s["sd"] / math.sqrt(s["n"]) if s["n"] > 1 else 0 for s in stats],
+                  fmt="o", capsize=3)
+    axis.axvline(0, color="grey", lw=0.8)
+    axis.set(xlabel=f"paired difference in {metric} (± s.e.)")
+  axes[0].set_yticks(range(len(contrasts)), [f"{a} - {b}" for a, b in contrasts], fontsize=7)
+  axes[0].invert_yaxis()
+  figure.tight_layout()
+  figure.savefig(out / "paired_differences.png", dpi=120)
+  plt.close("all")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="every arm, smaller and fewer seeds")
+  parser.add_argument("--out", type=pathlib.Path, default=None,
+                      help="results directory (default benchmarks/replication[-quick])")
+  args = parser.parse_args(argv)
+  size = QUICK if args.quick else FULL
+  out = args.out or pathlib.Path("benchmarks/replication" + ("-quick" if args.quick else ""))
+  command = "python -m benchmarks.replicate" + (" --quick" if args.quick else "")
+  study = Study(size, out)
+  results: dict[str, dict[int, dict]] = {}
+  started = time.perf_counter()
+
+  def run_all(arms, progress):
+    for arm in arms:
+      for seed in seeds_for(arm, size):
+        progress.set_postfix_str(f"{arm.name} seed {seed}")
+        result = study.run(arm, seed)
+        results.setdefault(arm.name, {})[seed] = result
+        progress.update(1)
+        final = result["final"]
+        progress.write(f"{arm.name:<20} seed {seed}: train {final['train_loss']:.4f} "
+                       f"pretrain {final['pretrain_loss']:.4f} held-out "
+                       f"{final['heldout_mean']:.4f} cosine {final['cosine']:+.4f} "
+                       f"(split-half min {final['split_half_min']:.2f}) {result['seconds']}s")
+
+  first_phase = main_arms() + sweep_arms(size)
+  total = sum(len(seeds_for(a, size)) for a in first_phase + ablation_arms(1.0)) - 1
+  with tqdm(total=total, unit="run", dynamic_ncols=True) as progress:
+    run_all(first_phase, progress)
+    sweep = {gamma: results[f"sweep-{gamma:g}"][0] for gamma in size.sweep_gammas}
+    large_gamma = choose_large_gamma(sweep, results["control"][0])
+    progress.write(f"sweep: large gamma = {large_gamma:g}")
+    # The sweep's seed-0 run at that gamma is nexus-large's seed 0.
+    seed0 = out / "runs" / "nexus-large-seed0.json"
+    if not seed0.exists():
+      reused = dict(sweep[large_gamma], arm=dataclasses.asdict(ablation_arms(large_gamma)[0]))
+      seed0.write_text(json.dumps(reused, indent=1) + "\n")
+    run_all(ablation_arms(large_gamma), progress)
+  seconds = time.perf_counter() - started
+  print(report(results, size, large_gamma, out, command, seconds))
+  plots(results, out)
+  print(f"\nwrote {out / 'results.md'} and its plots in {seconds / 60:.1f} min")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
