@@ -132,6 +132,8 @@ def ablation_arms(large_gamma: float) -> list[Arm]:
 
 
 def seeds_for(arm: Arm, size: StudySize) -> range:
+  if arm.name.startswith("sweep-"):
+    return range(1)
   return range(size.trio_seeds if arm in main_arms() else size.seeds)
 
 

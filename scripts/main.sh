@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: a real multi-source Nexus + AdamW run (examples/quickstart.py).
+# The main job: the demo Llama trained with AdamW and with AdamW + Nexus on the default
+# corpus, then the comparison table and plots (train/compare.py). Writes results/<timestamp>/.
 set -euo pipefail
 source "$(dirname "$0")/env.sh" test
-python -m examples.quickstart "$@"
+python -m train.compare "$@"

@@ -33,7 +33,7 @@ from train.build import build_training
 from train.checkpoints import CheckpointStore
 from train.config import ConfigError, TrainConfig
 from train.data import sources
-from train.data.corpus import Corpus, CorpusSpec, ensure_corpus
+from train.data.corpus import HELDOUT, TRAIN, VALIDATION, Corpus, CorpusSpec, ensure_corpus
 from train.data.mixture import LoaderConfig, MixtureError, training_dataset
 from train.evaluation import Evaluator, corpus_eval_sets, domain_batches
 from train.optimizers import learning_rate_schedule
@@ -214,8 +214,11 @@ def run(args: argparse.Namespace) -> int:
     iterator.set_state(data_state)
   global_shape = (config.microbatches, config.micro_batch_size, config.seq_len + 1)
 
-  eval_sets = corpus_eval_sets(corpus, config.seq_len, config.eval_sequences)
-  cosine_batches, cosine_domains = domain_batches(eval_sets, domains, config.micro_batch_size)
+  # Training windows too: every optimizer's training loss measured at its outer params
+  # (Nexus's logged train_loss is taken along its inner trajectory).
+  eval_sets = corpus_eval_sets(corpus, config.seq_len, config.eval_sequences,
+                               roles=(TRAIN, VALIDATION, HELDOUT))
+  cosine_batches, cosine_domains = domain_batches(eval_sets, domains, config.eval_sequences)
   evaluator = Evaluator(training.graphdef, mesh, config.micro_batch_size)
 
   say(f"{config.optimizer} on {config.model} ({training.model_config.non_embedding_params() / 1e6:.2f}M "

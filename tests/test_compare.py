@@ -1,0 +1,97 @@
+"""The main job (train/compare.py): both runs, the Table-1 summary and the plots."""
+
+import json
+import math
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_pretrain import REPO, checked, run_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def table_rows(summary: str) -> tuple[list[str], dict[str, list[float]]]:
+  lines = [line for line in summary.splitlines() if line.startswith("|")]
+  header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+  rows = {}
+  for line in lines[2:]:
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    rows[cells[0]] = [float(cell) for cell in cells[1:]]
+  return header[1:], rows
+
+
+@pytest.fixture(scope="module")
+def comparison(small_corpus, tmp_path_factory):
+  out = tmp_path_factory.mktemp("compare")
+  result = checked(subprocess.run(
+      [sys.executable, "-m", "train.compare", "--preset", "tiny", "--out", str(out), "--steps", "6",
+       "--eval-every", "3", "--corpus", str(small_corpus.root), "--no-progress"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+      env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"}))
+  (run_dir,) = out.iterdir()
+  return run_dir, result.stdout
+
+
+def final_eval(run: pathlib.Path) -> dict:
+  records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  return [r for r in records if "gradient_cosine/mean" in r][-1]
+
+
+def test_summary_table_holds_both_runs_measured_losses(comparison):
+  run_dir, stdout = comparison
+  summary = (run_dir / "summary.md").read_text()
+  assert summary.strip() in stdout  # printed at the end
+  header, rows = table_rows(summary)
+  assert set(rows) == {"AdamW", "AdamW + Nexus", "Nexus - AdamW"}
+  for label, name in (("AdamW", "adamw"), ("AdamW + Nexus", "nexus")):
+    record = final_eval(run_dir / name)
+    values = dict(zip(header, rows[label]))
+    validation = [record[f"validation/{d}/loss"] for d in ("prose", "code", "math", "technical")]
+    heldout = [v for k, v in record.items() if k.startswith("heldout/") and k.endswith("/loss")]
+    training = [record[f"train/{d}/loss"] for d in ("prose", "code", "math", "technical")]
+    # Equal mixture weights: the pretraining loss is the plain mean of the domains.
+    assert math.isclose(values["pretrain (val)"], sum(validation) / 4, abs_tol=1e-4)
+    assert math.isclose(values["train"], sum(training) / 4, abs_tol=1e-4)
+    assert math.isclose(values["held-out mean"], sum(heldout) / len(heldout), abs_tol=1e-4)
+    assert math.isclose(values["code (val)"], record["validation/code/loss"], abs_tol=1e-4)
+    assert math.isclose(values["grad cosine"], record["gradient_cosine/mean"], abs_tol=1e-4)
+  for column, nexus, adamw, difference in zip(header, rows["AdamW + Nexus"], rows["AdamW"],
+                                               rows["Nexus - AdamW"]):
+    assert math.isclose(difference, nexus - adamw, abs_tol=2e-4), column
+
+
+def test_both_runs_share_everything_but_the_optimizer(comparison):
+  run_dir, _ = comparison
+  configs = {name: json.loads((run_dir / name / "config.json").read_text())
+             for name in ("adamw", "nexus")}
+  assert configs["adamw"]["optimizer"] == "adamw" and configs["nexus"]["optimizer"] == "nexus"
+  differing = {k for k in configs["adamw"] if configs["adamw"][k] != configs["nexus"][k]}
+  assert differing == {"optimizer", "out"}
+
+
+def test_plots_are_pngs_and_checkpoints_load_in_train_evaluate(comparison, tmp_path):
+  run_dir, _ = comparison
+  for name in ("curves.png", "same_loss.png"):
+    assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  text = tmp_path / "text.txt"
+  text.write_text("def add(a, b):\n    return a + b\n" * 8)
+  result = checked(run_cli(["--checkpoint", run_dir / "nexus", "--text-file", text, "--json"],
+                           module="train.evaluate"))
+  assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 6
+
+
+def test_flags_that_the_job_sets_are_refused(tmp_path):
+  from train import compare
+  assert compare.main(["--optimizer", "nexus", "--out", str(tmp_path)]) == 2
+  assert not any(tmp_path.iterdir())
+
+
+def test_summary_header_names_the_command_and_date(comparison):
+  run_dir, _ = comparison
+  summary = (run_dir / "summary.md").read_text()
+  assert "Command: `python -m train.compare --preset tiny" in summary
+  assert re.search(r"Date: \d{4}-\d{2}-\d{2} \d{2}:\d{2}", summary)
