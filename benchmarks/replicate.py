@@ -275,11 +275,48 @@ def choose_large_gamma(sweep: dict[float, dict], control: dict, tolerance: float
 
 # ----------------------------------------------------------------------------- analysis
 
-METRICS = ("train_loss", "pretrain_loss", "heldout_mean", "cosine", "split_half_min")
+METRICS = ("train_loss", "pretrain_loss", "heldout_mean", "heldout_matched", "cosine",
+           "split_half_min")
+PAIRED_METRICS = METRICS[:5]
+
+
+def baseline_of(arm: str) -> str:
+  """The AdamW run with the same data (mixture) as ``arm``."""
+  for mixture in MIXTURES:
+    if arm.endswith(f"-{mixture}"):
+      return f"adamw-{mixture}"
+  return "adamw"
+
+
+def heldout_line(runs) -> tuple[float, float, float, float]:
+  """AdamW's held-out mean as a linear function of pretraining loss, fitted to every eval
+  point of every seed: (slope, intercept, lowest, highest pretraining loss seen)."""
+  x, y = np.array([(p["pretrain_loss"], p["heldout_mean"])
+                   for run in runs for p in run["points"]]).T
+  slope, intercept = np.polyfit(x, y, 1)
+  return float(slope), float(intercept), float(x.min()), float(x.max())
+
+
+def add_matched_heldout(results: dict) -> None:
+  """Adds ``heldout_matched`` to each run's final metrics: the mean, over its eval points
+  whose pretraining loss lies inside the range AdamW visited, of held-out loss minus
+  AdamW's at that same pretraining loss (Fig. 7a as a number; NaN without such a point).
+  Interpolation only: a run that reaches losses AdamW never saw is not extrapolated."""
+  lines = {b: heldout_line(results[b].values()) for b in {baseline_of(a) for a in results}
+           if b in results}
+  for arm, runs in results.items():
+    slope, intercept, low, high = lines[baseline_of(arm)]
+    for run in runs.values():
+      gaps = [p["heldout_mean"] - (slope * p["pretrain_loss"] + intercept)
+              for p in run["points"] if low <= p["pretrain_loss"] <= high]
+      run["final"]["heldout_matched"] = statistics.fmean(gaps) if gaps else float("nan")
+      run["matched_points"] = len(gaps)
 
 
 def mean_std(values) -> str:
   values = list(values)
+  if not values:
+    return ""
   if len(values) < 2:
     return f"{values[0]:.4f}"
   return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
@@ -288,10 +325,11 @@ def mean_std(values) -> str:
 def paired(results: dict, arm: str, baseline: str, metric: str) -> dict | None:
   """Mean, sd and t of ``arm - baseline`` over the seeds both ran."""
   seeds = sorted(set(results.get(arm, {})) & set(results.get(baseline, {})))
-  if not seeds:
-    return None
   diffs = [results[arm][s]["final"][metric] - results[baseline][s]["final"][metric]
            for s in seeds]
+  diffs = [d for d in diffs if not math.isnan(d)]
+  if not diffs:
+    return None
   mean = statistics.fmean(diffs)
   sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
   t = mean / (sd / math.sqrt(len(diffs))) if len(diffs) > 1 and sd > 0 else float("nan")
@@ -317,30 +355,39 @@ CONTRASTS = [("nexus-0.01", "adamw"), ("control", "adamw"), ("nexus-0.01", "cont
 
 def report(results: dict, size: StudySize, large_gamma: float, out: pathlib.Path,
            command: str, seconds: float) -> str:
+  add_matched_heldout(results)
   arms = list(results)
   first = next(iter(results[arms[0]].values()))
+  run_minutes = sum(r["seconds"] for runs in results.values() for r in runs.values()) / 60
   sets = [k for k in first["final"] if k.startswith((f"{VALIDATION}/", f"{HELDOUT}/"))]
   lines = [f"# Replication study results ({size.model}, generated)", "",
            f"Command: `{command}`  ", f"Date: {datetime.date.today().isoformat()}, "
-           f"{seconds / 60:.1f} min for the runs not already on disk, "
+           f"{run_minutes:.1f} min of training and evaluation summed over the runs "
+           f"({seconds / 60:.1f} min in this invocation; finished runs are read from disk), "
            f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s).",
            "", f"Model `{size.model}`, {size.steps} outer steps of {size.global_batch} x "
            f"{size.seq_len} tokens ({size.steps * size.global_batch * size.seq_len:,} tokens "
            f"per run), WSD lr {size.lr}, AdamW betas (0.9, 0.95), wd 0.2, clip 1.0. "
            f"Large gamma chosen by the sweep: **{large_gamma:g}**. Losses in nats per token at "
-           "the outer parameters; t = paired mean / (sd / sqrt(n)).", "",
+           "the outer parameters; t = paired mean / (sd / sqrt(n)). `heldout_matched`: held-out "
+           "mean minus the AdamW line (held-out against pretraining loss, fitted to every "
+           "AdamW eval point of the same data) at the run's own pretraining loss, averaged "
+           "over its eval points inside AdamW's loss range (`matched points` counts them; "
+           "none means no number). `split_half_min`: the lowest over domains of the cosine "
+           "between a domain's gradients on two disjoint halves of its windows.", "",
            "## Arms (mean ± std over seeds, final step)", "",
-           "| arm | seeds | " + " | ".join(METRICS) + " |",
-           "|---|---|" + "---|" * len(METRICS)]
+           "| arm | seeds | " + " | ".join(METRICS) + " | matched points |",
+           "|---|---|" + "---|" * (len(METRICS) + 1)]
   for arm in arms:
     runs = results[arm].values()
     lines.append(f"| {arm} | {len(runs)} | " + " | ".join(
-        mean_std(r["final"][m] for r in runs) for m in METRICS) + " |")
+        mean_std(v for r in runs if not math.isnan(v := r["final"][m])) or "–"
+        for m in METRICS) + f" | {sum(r['matched_points'] for r in runs)} |")
   lines += ["", "## Paired differences (same seeds)", "",
-            "| arm - baseline | n | " + " | ".join(METRICS[:4]) + " |",
-            "|---|---|" + "---|" * 4]
+            "| arm - baseline | n | " + " | ".join(PAIRED_METRICS) + " |",
+            "|---|---|" + "---|" * len(PAIRED_METRICS)]
   for arm, baseline in CONTRASTS:
-    cells = [paired(results, arm, baseline, m) for m in METRICS[:4]]
+    cells = [paired(results, arm, baseline, m) for m in PAIRED_METRICS]
     if cells[0] is not None:
       lines.append(f"| {arm} - {baseline} | {cells[0]['n']} | "
                    + " | ".join(format_paired(c) for c in cells) + " |")
@@ -398,6 +445,9 @@ def plots(results: dict, out: pathlib.Path) -> None:
   figure.savefig(out / "cosine_through_training.png", dpi=120)
 
   figure, axis = plt.subplots(figsize=(6, 4))
+  slope, intercept, low, high = heldout_line(results["adamw"].values())
+  axis.plot([low, high], [slope * low + intercept, slope * high + intercept], color="grey",
+            lw=1, label="AdamW line (fit)")
   for arm in main:
     points = [p for r in results[arm].values() for p in r["points"]]
     axis.scatter([p["pretrain_loss"] for p in points], [p["heldout_mean"] for p in points],

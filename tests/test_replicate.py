@@ -94,3 +94,21 @@ def test_large_gamma_is_the_largest_within_tolerance_of_the_control():
   arms = {arm.name: arm for arm in ablation_arms(0.1)}
   assert arms["control-k8"].gamma == CONTROL_GAMMA and arms["nexus-large-k8"].microbatches == 8
   assert arms["k1"].microbatches == 1 and arms["dot"].kind == "dot"
+
+
+def test_matched_heldout_is_the_gap_to_adamws_line_inside_its_range():
+  from benchmarks.replicate import add_matched_heldout
+  point = lambda x, y: {"pretrain_loss": x, "heldout_mean": y}
+  run = lambda *points: {"points": list(points), "final": {}}
+  results = {
+      "adamw": {0: run(point(3.0, 7.0), point(2.0, 5.0)), 1: run(point(2.5, 6.0))},  # y = 2x + 1
+      "nexus": {0: run(point(2.5, 5.9), point(2.2, 5.5), point(1.5, 0.0))},  # last is outside
+      "control": {0: run(point(1.0, 3.0))},
+  }
+  add_matched_heldout(results)
+  nexus = results["nexus"][0]
+  assert nexus["matched_points"] == 2
+  assert math.isclose(nexus["final"]["heldout_matched"], ((5.9 - 6.0) + (5.5 - 5.4)) / 2,
+                      abs_tol=1e-9)
+  assert math.isnan(results["control"][0]["final"]["heldout_matched"])
+  assert math.isclose(results["adamw"][1]["final"]["heldout_matched"], 0.0, abs_tol=1e-9)
