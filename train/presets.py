@@ -27,7 +27,7 @@ RUN_PRESETS: dict[str, TrainConfig] = {
                         steps=20, checkpoint_every=10, eval_every=10, eval_sequences=8,
                         log_every=1, out="runs/tiny"),
     "demo": TrainConfig(model="demo", seq_len=256, micro_batch_size=8, microbatches=4, lr=2e-3,
-                        steps=150, checkpoint_every=50, eval_every=30, eval_sequences=32,
+                        steps=140, checkpoint_every=35, eval_every=35, eval_sequences=32,
                         log_every=10, out="runs/demo"),
     **{name: TrainConfig(model=name, lr=lr, steps=_chinchilla_steps(name), checkpoint_every=1000,
                          eval_every=1000, eval_sequences=64, log_every=10, out=f"runs/{name}",
