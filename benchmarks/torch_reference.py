@@ -35,9 +35,7 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import torch
 import torch.nn.functional as F
 from flax import nnx
@@ -237,15 +235,6 @@ class TorchNexus:
     self.optimizer.zero_grad(set_to_none=True)
 
 
-def first_order_part(loss_fn, params, microbatches, gamma):
-  """gamma * sum_m u_m(theta_start): g_hat with every unit gradient taken at the start."""
-  def add_unit_gradient(total, microbatch):
-    grads = jax.grad(loss_fn)(params, microbatch)
-    scale = gamma / optax.tree.norm(grads)
-    return jax.tree.map(lambda t, g: t + scale * g, total, grads), None
-  return jax.lax.scan(add_unit_gradient, optax.tree.zeros_like(params), microbatches)[0]
-
-
 def distance(tree: dict, other: dict | None = None) -> float:
   """||tree - other|| (or ||tree||) over dicts of arrays, summed in float64."""
   return float(np.sqrt(sum(
@@ -276,7 +265,8 @@ def compare_pseudo_gradients(config: TrainConfig, model_config: LlamaConfig, gra
 
   gamma = config.inner_lr
   jax_g_hat = jax.jit(lambda p, b: nx.inner_loop(jax_loss, p, b, gamma).displacement)(params, tokens)
-  first = jax.jit(lambda p, b: first_order_part(jax_loss, p, b, gamma))(params, tokens)
+  first = jax.jit(lambda p, b: nx.diagnostics.first_order_pseudo_gradient(
+      jax_loss, p, b, gamma))(params, tokens)
   torch_tokens = torch.from_numpy(np.asarray(tokens, np.int64))
   torch_g_hat = {}
   for dtype in (torch.float32, torch.float64):

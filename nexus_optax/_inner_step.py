@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 NORMALIZE_MODES = ("global", "per_leaf")
+INNER_ROUNDINGS = ("nearest", "stochastic")
 
 
 class InnerStep(NamedTuple):
@@ -51,6 +52,31 @@ def check_normalize(normalize: str) -> None:
         f"normalize={normalize!r} is not a normalization mode; use 'global' "
         "(the paper: one L2 norm over the whole pytree) or 'per_leaf'."
     )
+
+
+def check_inner_rounding(inner_rounding: str) -> None:
+  if inner_rounding not in INNER_ROUNDINGS:
+    raise ValueError(
+        f"inner_rounding={inner_rounding!r} is not a rounding mode; use 'nearest' (the "
+        "default) or 'stochastic' (unbiased rounding of bfloat16/float16 inner points)."
+    )
+
+
+def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
+  """Rounds ``x`` to ``dtype`` up or down at random, so that ``E[result] == x``.
+
+  Of the two ``dtype`` neighbours of ``x`` it picks the far one with probability
+  ``|x - nearest| / |far - nearest|``. A change of ``x`` smaller than the spacing of
+  ``dtype`` then survives in expectation instead of being rounded away.
+  """
+  nearest = x.astype(dtype)
+  back = nearest.astype(x.dtype)
+  error = x - back  # exact: x and back are adjacent on the wider grid's scale
+  toward = jnp.where(error > 0, jnp.inf, -jnp.inf).astype(dtype)
+  far = jnp.nextafter(nearest, toward)
+  gap = far.astype(x.dtype) - back
+  probability = jnp.where(gap != 0, error / jnp.where(gap != 0, gap, 1), 0)
+  return jnp.where(jax.random.uniform(key, x.shape) < probability, far, nearest)
 
 
 def check_inner_lr(inner_lr) -> None:

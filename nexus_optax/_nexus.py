@@ -110,6 +110,8 @@ def inner_loop(
     normalize: str = "global",
     has_aux: bool = False,
     skip_nonfinite: bool = True,
+    inner_rounding: str = "nearest",
+    rounding_key: jax.Array | None = None,
 ) -> InnerLoopResult:
   """Runs Algorithm 1's inner loop with ``jax.lax.scan`` over micro-batches.
 
@@ -129,6 +131,12 @@ def inner_loop(
     normalize: ``"global"`` (the paper) or ``"per_leaf"``.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     skip_nonfinite: skip (and flag) steps whose gradient or loss is not finite.
+    inner_rounding: how the inner point reaches a parameter dtype narrower than
+      float32. ``"nearest"`` rounds to nearest, which erases every inner step smaller
+      than half a bfloat16 spacing; ``"stochastic"`` rounds up or down at random, so
+      that the inner point is exact in expectation (benchmarks/bf16_fidelity.py
+      measures what either keeps). Float32 parameters are never rounded.
+    rounding_key: a PRNG key, required with ``inner_rounding="stochastic"``.
 
   Returns:
     An :class:`InnerLoopResult`.
@@ -142,14 +150,36 @@ def inner_loop(
     Array([-0.6, -0.8], dtype=float32)
   """
   _inner_step.check_normalize(normalize)
-  _num_microbatches(microbatches)
+  _inner_step.check_inner_rounding(inner_rounding)
+  num_steps = _num_microbatches(microbatches)
   _check_loss_signature(loss_fn, params, microbatches, has_aux)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
-
-  def one_inner_step(displacement, microbatch):
-    inner_params = jax.tree.map(
-        lambda p, d: (p - d).astype(p.dtype), params, displacement
+  stochastic = inner_rounding == "stochastic"
+  if stochastic and rounding_key is None:
+    raise ValueError(
+        "inner_rounding='stochastic' needs rounding_key=jax.random.key(seed), a fresh "
+        "key per outer step (nexus() folds in the step count for you)."
     )
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
+  leaf_count = len(jax.tree.leaves(params))
+
+  def inner_point(displacement, step_index):
+    if not stochastic:
+      return jax.tree.map(lambda p, d: (p - d).astype(p.dtype), params, displacement)
+    step_key = jax.random.fold_in(rounding_key, step_index)
+    leaf_keys = jax.tree.unflatten(jax.tree.structure(params),
+                                   list(jax.random.split(step_key, leaf_count)))
+
+    def rounded(p, d, key):
+      exact = p.astype(d.dtype) - d
+      if jnp.dtype(p.dtype) == jnp.dtype(d.dtype):
+        return exact
+      return _inner_step.stochastic_round(exact, p.dtype, key)
+
+    return jax.tree.map(rounded, params, displacement, leaf_keys)
+
+  def one_inner_step(displacement, indexed_microbatch):
+    step_index, microbatch = indexed_microbatch
+    inner_params = inner_point(displacement, step_index)
     value, grads = grad_fn(inner_params, microbatch)
     loss, aux = value if has_aux else (value, None)
     inner = _inner_step.normalized_step(
@@ -173,7 +203,7 @@ def inner_loop(
       lambda p: jnp.zeros(jnp.shape(p), _inner_step.accumulation_dtype(p.dtype)), params
   )
   displacement, (losses, grad_norms, unit_sq_norms, finite, aux) = jax.lax.scan(
-      one_inner_step, initial, microbatches
+      one_inner_step, initial, (jnp.arange(num_steps), microbatches)
   )
   return InnerLoopResult(displacement, losses, grad_norms, unit_sq_norms, finite, aux)
 
@@ -196,6 +226,8 @@ def nexus(
     normalize: str = "global",
     has_aux: bool = False,
     skip_nonfinite: bool = True,
+    inner_rounding: str = "nearest",
+    rounding_seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Nexus pseudo-gradient: K normalized inner steps, then the displacement.
 
@@ -227,6 +259,13 @@ def nexus(
       (call :func:`inner_loop` directly to keep it).
     skip_nonfinite: a micro-batch whose gradient or loss is NaN or Inf gives a
       zero inner step and is counted in ``nexus_metrics(state)["skipped_steps"]``.
+    inner_rounding: ``"nearest"`` or ``"stochastic"``: how the inner point is
+      rounded to bfloat16 or float16 parameters (see :func:`inner_loop`). With
+      bfloat16 parameters and many of them, nearest rounding loses the inner steps
+      and with them the second-order term; stochastic rounding keeps it in
+      expectation. No effect on float32 parameters.
+    rounding_seed: seed of the stochastic rounding; outer step t uses
+      ``fold_in(key(rounding_seed), t)``, so a resumed run rounds as the original did.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` is
@@ -253,6 +292,7 @@ def nexus(
   """
   _inner_step.check_inner_lr(inner_lr)
   _inner_step.check_normalize(normalize)
+  _inner_step.check_inner_rounding(inner_rounding)
 
   def init_fn(params):
     del params
@@ -282,6 +322,8 @@ def nexus(
         normalize=normalize,
         has_aux=has_aux,
         skip_nonfinite=skip_nonfinite,
+        inner_rounding=inner_rounding,
+        rounding_key=jax.random.fold_in(jax.random.key(rounding_seed), state.count),
     )
     taken = (result.finite if skip_nonfinite else jnp.ones_like(result.finite)).astype(
         jnp.float32

@@ -6,7 +6,8 @@ different training sources,
   C_ij = <g_i, g_j> / (||g_i|| ||g_j||),   g_i = grad L_i(theta),
 
 which Nexus is meant to raise (Sec. 3.1: it upper-bounds the distance between
-the sources' minimizers).
+the sources' minimizers), and the first-order part of Nexus's pseudo-gradient,
+whose difference from the real one is the second-order term that does the raising.
 """
 
 from typing import Any, Callable, Sequence, Union
@@ -79,3 +80,55 @@ def gradient_cosine_matrix(
   norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
   denominator = norms[:, None] * norms[None, :]
   return jnp.where(denominator > 0, gram / jnp.where(denominator > 0, denominator, 1.0), 0.0)
+
+
+def first_order_pseudo_gradient(
+    loss_fn: Callable[..., Any],
+    params: optax.Params,
+    microbatches: Any,
+    inner_lr: float,
+    *,
+    normalize: str = "global",
+) -> Any:
+  r"""Nexus's pseudo-gradient with every unit gradient taken at the start point.
+
+  .. math::
+    F = \gamma \sum_{m=1}^{K} \frac{\nabla L_{s_m}(\theta_{t,0})}
+        {\|\nabla L_{s_m}(\theta_{t,0})\|_2}
+
+  This is :func:`nexus_optax.inner_loop`'s displacement without the inner steps'
+  feedback: ``inner_loop(...).displacement - F`` is the Hessian-coupling term
+  ``-gamma^2 sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3)`` (DESIGN.md), the part that
+  numerics such as a bfloat16 forward pass can erase (benchmarks/bf16_fidelity.py).
+
+  Args:
+    loss_fn: ``loss_fn(params, microbatch) -> scalar``.
+    params: theta_{t,0}.
+    microbatches: a pytree whose leaves stack K micro-batches along axis 0.
+    inner_lr: gamma.
+    normalize: ``"global"`` or ``"per_leaf"``, as in :func:`nexus_optax.nexus`.
+
+  Returns:
+    F with the structure of ``params``, each leaf in at least float32.
+
+  Example:
+    >>> import jax.numpy as jnp, nexus_optax as nx
+    >>> loss_fn = lambda w, target: jnp.sum((w - target) ** 2)
+    >>> targets = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> nx.diagnostics.first_order_pseudo_gradient(loss_fn, jnp.zeros(2), targets, 0.5)
+    Array([-0.5, -0.5], dtype=float32)
+    >>> displacement = nx.inner_loop(loss_fn, jnp.zeros(2), targets, 0.5).displacement
+    >>> [round(x, 3) for x in displacement.tolist()]  # the second step saw the first
+    [-0.276, -0.447]
+  """
+  _inner_step.check_normalize(normalize)
+
+  def add_unit_step(total, microbatch):
+    grads = jax.grad(loss_fn)(params, microbatch)
+    step = _inner_step.normalized_step(grads, inner_lr, normalize=normalize,
+                                       skip_nonfinite=False).step
+    return jax.tree.map(jnp.add, total, step), None
+
+  zeros = jax.tree.map(
+      lambda p: jnp.zeros(jnp.shape(p), _inner_step.accumulation_dtype(p.dtype)), params)
+  return jax.lax.scan(add_unit_step, zeros, microbatches)[0]

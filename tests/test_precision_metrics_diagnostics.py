@@ -15,7 +15,7 @@ def _flat(tree):
 
 
 @pytest.mark.parametrize("gamma", [0.01, 0.001])
-def test_bf16_params_keep_dtype_and_the_second_order_signal(gamma):
+def test_bf16_params_keep_dtype_and_avoid_the_cancellation_of_differencing(gamma):
   problem = SoftmaxRegression(num_sources=3, n=64, d=32, c=16, seed=3)
   sequence = [0, 1, 2, 1]
   # |theta| ~ 1, so the per-element inner steps (~ gamma / sqrt(N)) sit below bf16 spacing.
