@@ -18,7 +18,9 @@ This script measures, in one process on the same weights and tokens:
   * speed: tokens/s of ``train.pretrain``'s jitted Nexus step (``train.build``: Nexus,
     clip, AdamW, one ``jax.jit``) against ``TorchNexus`` eager and with the loss under
     ``torch.compile``, interleaved round by round; the ratio is the median of per-round
-    ratios (target nexus-optax / eager >= 1.5).
+    ratios (target nexus-optax / eager >= 1.5);
+  * where the time goes: one micro-batch's forward and forward + backward in each
+    framework, and each framework's float32 matmul throughput, best of 5.
 
 Run from the repository root (PyTorch comes with the ``bench`` extra):
   python -m benchmarks.torch_reference [--preset demo] [--rounds 8] [--no-compile]
@@ -35,6 +37,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -282,6 +285,53 @@ def compare_pseudo_gradients(config: TrainConfig, model_config: LlamaConfig, gra
   return result
 
 
+def best_seconds(fn, repeats: int) -> float:
+  """Best wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
+  fn()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def time_breakdown(model_config: LlamaConfig, graphdef, params: dict, microbatch: np.ndarray,
+                   repeats: int = 5) -> dict:
+  """Milliseconds of one micro-batch's forward and forward + backward in each framework,
+  and GFLOP/s of a 2048 x 768 x 768 float32 matmul (the demo MLP's shape at 2048 tokens)."""
+  def jax_loss(p, batch):
+    return next_token_loss(nnx.merge(graphdef, p), batch)
+
+  forward = jax.jit(jax_loss)
+  forward_backward = jax.jit(jax.value_and_grad(jax_loss))
+  model = TorchLlama(model_config, params)
+  weights = list(model.parameters())
+  tokens = torch.from_numpy(np.asarray(microbatch, np.int64))
+
+  def torch_forward():
+    with torch.no_grad():
+      next_token_loss_torch(model, tokens)
+
+  a, b = jnp.ones((2048, 768)), jnp.ones((768, 768))
+  matmul = jax.jit(jnp.matmul)
+  torch_a, torch_b = torch.ones(2048, 768), torch.ones(768, 768)
+  flops = 2 * 2048 * 768 * 768
+  seconds = {
+      "jax_forward_ms": best_seconds(lambda: jax.block_until_ready(forward(params, microbatch)),
+                                     repeats),
+      "jax_forward_backward_ms": best_seconds(
+          lambda: jax.block_until_ready(forward_backward(params, microbatch)), repeats),
+      "torch_forward_ms": best_seconds(torch_forward, repeats),
+      "torch_forward_backward_ms": best_seconds(
+          lambda: torch.autograd.grad(next_token_loss_torch(model, tokens), weights), repeats)}
+  result = {name: round(value * 1e3, 1) for name, value in seconds.items()}
+  result["jax_matmul_gflops"] = round(
+      flops / best_seconds(lambda: jax.block_until_ready(matmul(a, b)), 10) / 1e9, 1)
+  result["torch_matmul_gflops"] = round(flops / best_seconds(lambda: torch_a @ torch_b, 10) / 1e9, 1)
+  return result
+
+
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--preset", default="demo")
@@ -320,6 +370,10 @@ def main():
         f"of the second-order part (itself {agreed['second_order_over_g_hat']:.2e} of g_hat); "
         f"against float64 PyTorch: nexus-optax {agreed['jax_vs_float64']:.2e}, PyTorch float32 "
         f"{agreed['torch_vs_float64']:.2e}", flush=True)
+
+  breakdown = time_breakdown(model_config, training.graphdef, params, tokens[0])
+  print("one micro-batch, best of 5: " + ", ".join(f"{k} {v}" for k, v in breakdown.items()),
+        flush=True)
 
   steppers = {"nexus-optax": None,
               "torch-eager": TorchNexus(TorchLlama(model_config, params), config)}
@@ -368,6 +422,7 @@ def main():
             "microbatches": config.microbatches, "micro_batch_size": config.micro_batch_size,
             "seq_len": config.seq_len, "tokens_per_step": config.tokens_per_step,
             "inner_lr": config.inner_lr, "rounds": args.rounds, "agreement": agreed,
+            "breakdown": breakdown,
             "implementations": rows}
   out = args.out / f"torch_reference-{args.preset}.json"
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,9 @@ Engineering choices, all set in :class:`LlamaConfig`:
   * ``remat`` recomputes each block's activations in the backward pass;
   * ``param_dtype`` stores parameters, ``compute_dtype`` runs the matmuls; norms,
     RoPE, softmax and the logits stay in float32.
-  * every parameter carries logical axis names (:mod:`models.sharding`).
+  * every parameter carries logical axis names (:mod:`models.sharding`), and so do the
+    activations: inside ``models.sharding.activation_sharding(mesh)`` the residual
+    stream, heads, MLP hidden layer and logits are pinned to the batch axes.
 """
 
 import dataclasses
@@ -28,7 +30,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.sharding import EMBED, HEAD_DIM, HEADS, KV_HEADS, LAYERS, MLP, NORM, VOCAB
+from models.sharding import (ACTIVATION_EMBED, ACTIVATION_HEADS, ACTIVATION_KV_HEADS,
+                             ACTIVATION_MLP, ACTIVATION_VOCAB, BATCH, EMBED, HEAD_DIM, HEADS,
+                             KV_HEADS, LAYERS, LENGTH, MLP, NORM, VOCAB, constrain)
+
+RESIDUAL = (BATCH, LENGTH, ACTIVATION_EMBED)
 
 RematPolicy = Literal["none", "full", "dots"]
 _REMAT_POLICIES = {
@@ -181,9 +187,11 @@ class Attention(nnx.Module):
 
   def __call__(self, x, cos, sin):
     dtype = x.dtype
-    q = jnp.einsum("btd,dnh->btnh", x, self.query[...].astype(dtype))
-    k = jnp.einsum("btd,dnh->btnh", x, self.key[...].astype(dtype))
-    v = jnp.einsum("btd,dnh->btnh", x, self.value[...].astype(dtype))
+    heads = (BATCH, LENGTH, ACTIVATION_HEADS, None)
+    kv_heads = (BATCH, LENGTH, ACTIVATION_KV_HEADS, None)
+    q = constrain(jnp.einsum("btd,dnh->btnh", x, self.query[...].astype(dtype)), heads)
+    k = constrain(jnp.einsum("btd,dnh->btnh", x, self.key[...].astype(dtype)), kv_heads)
+    v = constrain(jnp.einsum("btd,dnh->btnh", x, self.value[...].astype(dtype)), kv_heads)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     mixed = jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                          implementation=self.config.attention_impl)
@@ -202,7 +210,7 @@ class SwiGLU(nnx.Module):
   def __call__(self, x):
     dtype = x.dtype
     hidden = jax.nn.silu(x @ self.gate[...].astype(dtype)) * (x @ self.up[...].astype(dtype))
-    return hidden @ self.down[...].astype(dtype)
+    return constrain(hidden, (BATCH, LENGTH, ACTIVATION_MLP)) @ self.down[...].astype(dtype)
 
 
 class Block(nnx.Module):
@@ -215,8 +223,8 @@ class Block(nnx.Module):
     self.mlp = SwiGLU(config, rngs=rngs)
 
   def __call__(self, x, cos, sin):
-    x = x + self.attention(self.attention_norm(x), cos, sin)
-    return x + self.mlp(self.mlp_norm(x))
+    x = constrain(x + self.attention(self.attention_norm(x), cos, sin), RESIDUAL)
+    return constrain(x + self.mlp(self.mlp_norm(x)), RESIDUAL)
 
 
 def _run_block(block: Block, x, cos, sin):
@@ -257,7 +265,8 @@ class Llama(nnx.Module):
     if positions is None:
       positions = jnp.arange(tokens.shape[-1])
     cos, sin = rope_angles(positions, config.resolved_head_dim, config.rope_theta)
-    x = jnp.take(self.embedding[...], tokens, axis=0).astype(config.compute_dtype)
+    x = constrain(jnp.take(self.embedding[...], tokens, axis=0).astype(config.compute_dtype),
+                  RESIDUAL)
 
     run_block = _run_block
     if config.remat != "none":
@@ -275,8 +284,9 @@ class Llama(nnx.Module):
 
     x = self.final_norm(x)
     unembedding = (self.embedding[...].T if config.tie_embeddings else self.unembedding[...])
-    return jnp.einsum("btd,dv->btv", x, unembedding.astype(x.dtype),
-                      preferred_element_type=jnp.float32)
+    logits = jnp.einsum("btd,dv->btv", x, unembedding.astype(x.dtype),
+                        preferred_element_type=jnp.float32)
+    return constrain(logits, (BATCH, LENGTH, ACTIVATION_VOCAB))
 
 
 def next_token_loss(model: Llama, tokens):

@@ -10,6 +10,8 @@ axes follow the usual pretraining split:
   ``tensor``  Megatron-style tensor parallelism over heads, MLP width and vocabulary.
 """
 
+import contextlib
+import contextvars
 from collections.abc import Sequence
 
 import jax
@@ -25,6 +27,17 @@ VOCAB = "vocab"
 LAYERS = "layers"
 NORM = "norm"
 
+# Activations. Without them XLA may follow the FSDP-sharded weights and shard the
+# residual stream along ``embed``, replicating every batch-only tensor (attention
+# scores, logits) on all devices: 8x the attention memory and work on fsdp=8.
+BATCH = "activation_batch"
+LENGTH = "activation_length"
+ACTIVATION_EMBED = "activation_embed"
+ACTIVATION_HEADS = "activation_heads"
+ACTIVATION_KV_HEADS = "activation_kv_heads"
+ACTIVATION_MLP = "activation_mlp"
+ACTIVATION_VOCAB = "activation_vocab"
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical name -> mesh axis (None: replicated). The first matching rule wins, so
@@ -38,7 +51,17 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (HEAD_DIM, None),
     (LAYERS, None),
     (NORM, None),
+    (BATCH, ("data", "fsdp")),
+    (LENGTH, None),
+    (ACTIVATION_EMBED, None),
+    (ACTIVATION_HEADS, "tensor"),
+    (ACTIVATION_KV_HEADS, "tensor"),
+    (ACTIVATION_MLP, "tensor"),
+    (ACTIVATION_VOCAB, "tensor"),
 )
+
+_ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar("activation_sharding",
+                                                                      default=None)
 
 
 def logical_partition_specs(state, rules: Sequence = DEFAULT_RULES):
@@ -68,3 +91,43 @@ def named_shardings(state, mesh: jax.sharding.Mesh, rules: Sequence = DEFAULT_RU
   """``NamedSharding`` for every variable of ``state`` on ``mesh`` under ``rules``."""
   specs = logical_partition_specs(state, rules)
   return jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec), specs)
+
+
+def logical_to_mesh(logical_axes: Sequence[str | None], rules: Sequence = DEFAULT_RULES
+                    ) -> jax.sharding.PartitionSpec:
+  """The ``PartitionSpec`` of a tensor whose axes carry ``logical_axes`` (first rule wins).
+
+  Example:
+    >>> logical_to_mesh((BATCH, LENGTH, ACTIVATION_MLP))
+    PartitionSpec(('data', 'fsdp'), None, 'tensor')
+  """
+  table = {}
+  for name, mesh_axis in rules:
+    table.setdefault(name, mesh_axis)
+  return jax.sharding.PartitionSpec(*(None if name is None else table.get(name)
+                                      for name in logical_axes))
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: jax.sharding.Mesh, rules: Sequence = DEFAULT_RULES):
+  """While tracing inside this context, :func:`constrain` pins activations to ``mesh``.
+
+  Enter it inside the function that ``jax.jit`` traces (the loss), so that every trace
+  sees it. Outside it the model places nothing and XLA propagates shardings freely.
+  """
+  token = _ACTIVATION_SHARDING.set((mesh, tuple(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATION_SHARDING.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """``x`` with a sharding constraint from ``logical_axes``, under :func:`activation_sharding`;
+  ``x`` itself otherwise."""
+  context = _ACTIVATION_SHARDING.get()
+  if context is None:
+    return x
+  mesh, rules = context
+  sharding = jax.sharding.NamedSharding(mesh, logical_to_mesh(logical_axes, rules))
+  return jax.lax.with_sharding_constraint(x, sharding)

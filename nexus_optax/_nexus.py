@@ -136,7 +136,10 @@ def inner_loop(
       than half a bfloat16 spacing; ``"stochastic"`` rounds up or down at random, so
       that the inner point is exact in expectation (benchmarks/bf16_fidelity.py
       measures what either keeps). Float32 parameters are never rounded.
-    rounding_key: a PRNG key, required with ``inner_rounding="stochastic"``.
+    rounding_key: a PRNG key, required with ``inner_rounding="stochastic"``. Prefer
+      ``jax.random.key(seed, impl="rbg")``: XLA's bit generator draws the per-weight
+      random numbers in place, where the default threefry key needs about 2.4 float32
+      copies of the parameters in temporaries.
 
   Returns:
     An :class:`InnerLoopResult`.
@@ -265,7 +268,8 @@ def nexus(
       and with them the second-order term; stochastic rounding keeps it in
       expectation. No effect on float32 parameters.
     rounding_seed: seed of the stochastic rounding; outer step t uses
-      ``fold_in(key(rounding_seed), t)``, so a resumed run rounds as the original did.
+      ``fold_in(key(rounding_seed, impl="rbg"), t)``, so a resumed run on the same
+      mesh rounds as the original did.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` is
@@ -323,7 +327,8 @@ def nexus(
         has_aux=has_aux,
         skip_nonfinite=skip_nonfinite,
         inner_rounding=inner_rounding,
-        rounding_key=jax.random.fold_in(jax.random.key(rounding_seed), state.count),
+        rounding_key=jax.random.fold_in(jax.random.key(rounding_seed, impl="rbg"),
+                                        state.count),
     )
     taken = (result.finite if skip_nonfinite else jnp.ones_like(result.finite)).astype(
         jnp.float32

@@ -75,3 +75,49 @@ def test_data_pipeline_benchmark_reports_a_loader_faster_than_the_model(tmp_path
   assert report["forward_backward_us_per_token"] > 0
   saved = json.loads((tmp_path / "data_pipeline.json").read_text())
   assert {row["set"] for row in saved["corpus"]} >= {"train/prose", "heldout/milton"}
+
+
+def test_compiled_memory_benchmark_shards_the_state_over_the_mesh(tmp_path):
+  stdout = _run("benchmarks.compiled_memory", "--presets", "tiny", "--mesh", "fsdp=4",
+                "--micro-batch-size", "8", "--seq-len", "64", "--out", str(tmp_path))
+  report = json.loads(stdout.strip().splitlines()[-1])
+  assert report["devices"] == 8 and report["mesh"]["fsdp"] == 4
+  rows = report["presets"]["tiny"]
+  for row in rows.values():
+    # Parameters, AdamW's two moments and the batch, split four ways (norm scales and
+    # small leaves replicate, so allow a margin), never the whole state on each device.
+    state_bytes = 3 * 4 * row["params"]
+    assert state_bytes / 4 <= row["argument_size_in_bytes"] <= 0.5 * state_bytes
+    assert row["temp_size_in_bytes"] > 0
+  assert rows["adamw"]["temp_over_accumulation"] == 1.0
+  assert 0.9 <= rows["nexus"]["temp_over_accumulation"] <= 1.5
+
+
+def test_bf16_fidelity_benchmark_reports_each_mode(tmp_path, small_corpus, monkeypatch):
+  from benchmarks import bf16_fidelity  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(bf16_fidelity.corpus_lib, "ensure_corpus", lambda: small_corpus)
+  monkeypatch.setattr(sys, "argv", ["bf16_fidelity", "--sizes", "tiny", "--batch", "2",
+                                    "--seq-len", "32", "--gamma-scales", "10",
+                                    "--out", str(tmp_path)])
+  bf16_fidelity.main()
+  report = json.loads((tmp_path / "results.json").read_text())
+  (size,) = report["sizes"]
+  assert set(size["modes"]) == {"bf16-compute", "bf16-compute (gamma 0.1)", "bf16-params",
+                                "bf16-params+fp32", "bf16-params+sr"}
+  for row in size["modes"].values():
+    assert all(math.isfinite(row[key]) for key in ("survival", "cosine", "to_fp32", "first_err"))
+  assert (tmp_path / "fidelity.png").stat().st_size > 10_000
+  assert "| tiny |" in (tmp_path / "results.md").read_text()
+
+
+def test_torch_reference_benchmark_quick(tmp_path):
+  stdout = _run("benchmarks.torch_reference", "--preset", "tiny", "--rounds", "1",
+                "--no-compile", "--out", str(tmp_path))
+  report = json.loads(stdout.strip().splitlines()[-1])
+  assert (tmp_path / "torch_reference-tiny.json").exists()
+  assert report["agreement"]["relative_error"] <= 1e-4
+  assert set(report["implementations"]) == {"nexus-optax", "torch-eager"}
+  for row in report["implementations"].values():
+    assert row["tokens_per_s"] > 0 and row["nexus_optax_speedup"] > 0
+  assert report["breakdown"]["jax_forward_backward_ms"] > report["breakdown"]["jax_forward_ms"] > 0

@@ -9,6 +9,7 @@ import optax
 from flax import nnx
 
 from models import DEFAULT_RULES, Llama, LlamaConfig, get_preset, next_token_loss
+from models.sharding import activation_sharding
 from train import parallel
 from train.config import TrainConfig
 from train.optimizers import build_optimizer, step_kind
@@ -67,7 +68,8 @@ def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_R
       abstract, state_shardings)
 
   def loss_fn(params, tokens):
-    return next_token_loss(nnx.merge(graphdef, params), tokens)
+    with activation_sharding(mesh, rules):
+      return next_token_loss(nnx.merge(graphdef, params), tokens)
 
   batches = parallel.batch_sharding(mesh, batch_axis=1)
   step = jax.jit(make_train_step(loss_fn, tx, step_kind(config.optimizer)),

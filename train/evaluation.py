@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from models import DEFAULT_RULES
+from models.sharding import activation_sharding
 import nexus_optax as nx
 from train.data import tokenizer
 from train.data.corpus import HELDOUT, VALIDATION, Corpus
@@ -94,15 +96,20 @@ class Evaluator:
     graphdef: the model's ``nnx`` graph definition.
     mesh: the training mesh (batches are split over data x fsdp like training ones).
     batch_size: windows per forward pass; a multiple of the data-parallel size.
+    rules: the logical-axis rules that place the activations (``models.sharding``).
   """
 
-  def __init__(self, graphdef, mesh, batch_size: int):
+  def __init__(self, graphdef, mesh, batch_size: int, rules=DEFAULT_RULES):
     self.mesh = mesh
     self.batch_size = batch_size
-    self._sums = jax.jit(lambda params, tokens, mask: target_sums(
-        nnx.merge(graphdef, params), tokens, mask))
-    self._loss = lambda params, tokens: target_sums(
-        nnx.merge(graphdef, params), tokens, jnp.ones(tokens[:, 1:].shape, jnp.float32))[0]
+
+    def sums(params, tokens, mask):
+      with activation_sharding(mesh, rules):
+        return target_sums(nnx.merge(graphdef, params), tokens, mask)
+
+    self._sums = jax.jit(sums)
+    self._loss = lambda params, tokens: sums(
+        params, tokens, jnp.ones(tokens[:, 1:].shape, jnp.float32))[0]
 
     def cosines(params, batches):
       mean_loss = lambda p, b: self._loss(p, b) / (b.shape[0] * (b.shape[1] - 1))
