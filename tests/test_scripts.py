@@ -112,6 +112,7 @@ def test_bf16_fidelity_benchmark_reports_each_mode(tmp_path, small_corpus, monke
 
 
 def test_torch_reference_benchmark_quick(tmp_path):
+  pytest.importorskip("torch", reason="PyTorch comes with the bench extra on Python 3.11")
   stdout = _run("benchmarks.torch_reference", "--preset", "tiny", "--rounds", "1",
                 "--no-compile", "--out", str(tmp_path))
   report = json.loads(stdout.strip().splitlines()[-1])

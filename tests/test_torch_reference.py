@@ -8,13 +8,16 @@ compute the same Llama and the same pseudo-gradient.
 import jax
 import numpy as np
 import pytest
-import torch
 from flax import nnx
 
-from benchmarks.torch_reference import (TorchLlama, TorchNexus, compare_pseudo_gradients,
-                                        next_token_loss_torch, torch_layout)
-from models import Llama, get_preset, next_token_loss
-from train.presets import get_run_preset
+torch = pytest.importorskip("torch", reason="PyTorch comes with the bench extra on Python 3.11")
+
+# pylint: disable=wrong-import-position
+from benchmarks.torch_reference import (TorchLlama, TorchNexus,  # noqa: E402
+                                        compare_pseudo_gradients, next_token_loss_torch,
+                                        torch_layout)
+from models import Llama, get_preset, next_token_loss  # noqa: E402
+from train.presets import get_run_preset  # noqa: E402
 
 
 def _jax_model(**overrides):
