@@ -138,8 +138,8 @@ def inner_loop(
       measures what either keeps). Float32 parameters are never rounded.
     rounding_key: a PRNG key, required with ``inner_rounding="stochastic"``. Prefer
       ``jax.random.key(seed, impl="rbg")``: XLA's bit generator draws the per-weight
-      random numbers in place, where the default threefry key needs about 2.4 float32
-      copies of the parameters in temporaries.
+      random numbers in place, where the default threefry key needs temporaries
+      larger than a float32 copy of the parameters.
 
   Returns:
     An :class:`InnerLoopResult`.

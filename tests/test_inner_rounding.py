@@ -110,3 +110,27 @@ def test_bad_inner_rounding_and_missing_key_are_one_line_errors():
     nx.nexus(GAMMA, inner_rounding="round")
   with pytest.raises(ValueError, match="needs rounding_key"):
     nx.inner_loop(problem.loss, params, microbatches, GAMMA, inner_rounding="stochastic")
+
+
+def test_an_rbg_key_draws_the_rounding_noise_without_parameter_sized_temporaries():
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from models import Llama, get_preset, next_token_loss  # pylint: disable=import-outside-toplevel
+
+  config = get_preset("tiny", param_dtype="bfloat16", compute_dtype="bfloat16")
+  abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+  graphdef, params = nnx.graphdef(abstract), nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+  tokens = jax.ShapeDtypeStruct((4, 2, 33), jnp.int32)
+  param_bytes = 4 * sum(leaf.size for leaf in jax.tree.leaves(params))
+
+  def temp_bytes(**rounding):
+    def displacement(p, t):
+      loss_fn = lambda q, b: next_token_loss(nnx.merge(graphdef, q), b)  # noqa: E731
+      return nx.inner_loop(loss_fn, p, t, GAMMA, **rounding).displacement
+    compiled = jax.jit(displacement).lower(params, tokens).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  nearest = temp_bytes()
+  rbg = temp_bytes(inner_rounding="stochastic", rounding_key=jax.random.key(0, impl="rbg"))
+  threefry = temp_bytes(inner_rounding="stochastic", rounding_key=jax.random.key(0))
+  assert rbg - nearest < 0.1 * param_bytes
+  assert threefry - nearest > param_bytes
