@@ -98,8 +98,8 @@ def logical_to_mesh(logical_axes: Sequence[str | None], rules: Sequence = DEFAUL
   """The ``PartitionSpec`` of a tensor whose axes carry ``logical_axes`` (first rule wins).
 
   Example:
-    >>> logical_to_mesh((BATCH, LENGTH, ACTIVATION_MLP))
-    PartitionSpec(('data', 'fsdp'), None, 'tensor')
+    >>> tuple(logical_to_mesh((BATCH, LENGTH, ACTIVATION_MLP)))
+    (('data', 'fsdp'), None, 'tensor')
   """
   table = {}
   for name, mesh_axis in rules:

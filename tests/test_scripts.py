@@ -111,6 +111,7 @@ def test_bf16_fidelity_benchmark_reports_each_mode(tmp_path, small_corpus, monke
   assert "| tiny |" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_torch_reference_benchmark_quick(tmp_path):
   pytest.importorskip("torch", reason="PyTorch comes with the bench extra on Python 3.11")
   stdout = _run("benchmarks.torch_reference", "--preset", "tiny", "--rounds", "1",
