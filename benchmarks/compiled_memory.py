@@ -28,13 +28,13 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 # pylint: disable=wrong-import-position
 import argparse
-import json
 import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks import write_report
 from train import parallel
 from train.build import build_training
 from train.presets import get_run_preset
@@ -103,10 +103,7 @@ def main():
   result = {"jax": jax.__version__, "backend": jax.default_backend(),
             "devices": jax.device_count(), "mesh": dict(mesh.shape), "overrides": overrides,
             "presets": results}
-  out = args.out / "compiled_memory.json"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=1) + "\n")
-  print(json.dumps(result))
+  write_report(args.out / "compiled_memory.json", result)
 
 
 if __name__ == "__main__":

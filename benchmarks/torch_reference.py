@@ -30,7 +30,6 @@ The last line printed is a JSON object with every figure; it is also written to
 
 import argparse
 import copy
-import json
 import pathlib
 import platform
 import statistics
@@ -45,6 +44,7 @@ from flax import nnx
 
 import nexus_optax as nx
 from models import LlamaConfig, next_token_loss
+from benchmarks import write_report
 from train import parallel
 from train.build import build_training
 from train.config import TrainConfig
@@ -424,10 +424,7 @@ def main():
             "inner_lr": config.inner_lr, "rounds": args.rounds, "agreement": agreed,
             "breakdown": breakdown,
             "implementations": rows}
-  out = args.out / f"torch_reference-{args.preset}.json"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=1) + "\n")
-  print(json.dumps(result))
+  write_report(args.out / f"torch_reference-{args.preset}.json", result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ bf16. The last line printed is a JSON object with every figure; it is also writt
 """
 
 import argparse
-import json
 import pathlib
 import platform
 import statistics
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import write_report
 from train import parallel
 from train.build import build_training
 from train.presets import get_run_preset
@@ -134,10 +134,7 @@ def main():
             "seq_len": config.seq_len, "tokens_per_step": config.tokens_per_step,
             "rounds": args.rounds, "matmul_size": size, "matmul_peak_flops": peak,
             "model_flops_per_step": flops_per_step, "optimizers": rows}
-  out = args.out / f"train_step-{args.preset}-{backend}.json"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=1) + "\n")
-  print(json.dumps(result))
+  write_report(args.out / f"train_step-{args.preset}-{backend}.json", result)
 
 
 if __name__ == "__main__":
