@@ -219,7 +219,12 @@ def plot(sizes: list[dict], path: pathlib.Path) -> None:
 def main():
   args = parse_args()
   names = [name.strip() for name in args.sizes.split(",") if name.strip()]
-  gammas = [args.inner_lr] + [args.inner_lr * float(x) for x in args.gamma_scales.split(",") if x]
+  try:
+    for name in names:
+      get_preset(name)
+    gammas = [args.inner_lr] + [args.inner_lr * float(x) for x in args.gamma_scales.split(",") if x]
+  except ValueError as error:
+    raise SystemExit(f"error: {error} (--sizes takes preset names, --gamma-scales numbers)") from None
   tokens = domain_microbatches(args.batch, args.seq_len, args.seed)
   print(f"jax {jax.__version__} on {jax.default_backend()}; K = {tokens.shape[0]} micro-batches "
         f"(one per domain) of {args.batch} x {args.seq_len} tokens; gamma {gammas}", flush=True)

@@ -76,11 +76,17 @@ def main():
   overrides = {k: v for k, v in (("micro_batch_size", args.micro_batch_size),
                                  ("seq_len", args.seq_len),
                                  ("microbatches", args.microbatches)) if v is not None}
-  mesh = parallel.make_mesh(parallel.parse_mesh(args.mesh, jax.device_count()), False)
+  presets = [name.strip() for name in args.presets.split(",") if name.strip()]
+  try:
+    mesh = parallel.make_mesh(parallel.parse_mesh(args.mesh, jax.device_count()), False)
+    for preset in presets:
+      get_run_preset(preset, **overrides)
+  except ValueError as error:  # ConfigError included: its message names the fix
+    raise SystemExit(f"error: {error}") from None
   print(f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} devices, mesh "
         f"{dict(mesh.shape)}; abstract inputs only", flush=True)
   results = {}
-  for preset in [name.strip() for name in args.presets.split(",") if name.strip()]:
+  for preset in presets:
     for optimizer in OPTIMIZERS:
       row = compiled_memory(preset, optimizer, mesh, overrides)
       results.setdefault(preset, {})[optimizer] = row

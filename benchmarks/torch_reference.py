@@ -345,7 +345,10 @@ def parse_args():
 def main():
   args = parse_args()
   torch.manual_seed(0)
-  config = get_run_preset(args.preset, optimizer="nexus")
+  try:
+    config = get_run_preset(args.preset, optimizer="nexus")
+  except ValueError as error:  # ConfigError: its message names the presets
+    raise SystemExit(f"error: {error}") from None
   if config.microbatches < 2:
     raise SystemExit("--preset needs K >= 2 micro-batches for a second-order term to compare.")
   mesh = parallel.make_mesh(parallel.parse_mesh("data=1", jax.device_count()), False)
@@ -353,7 +356,7 @@ def main():
   model_config = training.model_config
   if model_config.compute_dtype != "float32":
     raise SystemExit(f"--preset {args.preset} computes in {model_config.compute_dtype}; the "
-                     "agreement check is float32: pick tiny, mini or demo.")
+                     "agreement check is float32: pick tiny or demo.")
   state = training.init()
   params = jax.device_get(state.params)
   shape = (config.microbatches, config.micro_batch_size, config.seq_len + 1)

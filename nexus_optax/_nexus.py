@@ -327,8 +327,8 @@ def nexus(
         has_aux=has_aux,
         skip_nonfinite=skip_nonfinite,
         inner_rounding=inner_rounding,
-        rounding_key=jax.random.fold_in(jax.random.key(rounding_seed, impl="rbg"),
-                                        state.count),
+        rounding_key=(jax.random.fold_in(jax.random.key(rounding_seed, impl="rbg"), state.count)
+                      if inner_rounding == "stochastic" else None),
     )
     taken = (result.finite if skip_nonfinite else jnp.ones_like(result.finite)).astype(
         jnp.float32
