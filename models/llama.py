@@ -240,7 +240,7 @@ class Llama(nnx.Module):
     >>> from models import PRESETS, Llama
     >>> model = Llama(PRESETS["tiny"], rngs=nnx.Rngs(0))
     >>> model(jnp.zeros((2, 16), jnp.int32)).shape
-    (2, 16, 320)
+    (2, 16, 384)
   """
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):

@@ -18,9 +18,10 @@ width, head width and MLP ratio fixed, depth is the free dimension and 34 layers
 
 The paper's totals (520M = "1B", 2.3B = "3B" with embeddings) fit untied
 embeddings over a vocabulary of about 150K tokens (2.28B + 2 * 151936 * 2048 = 2.90B).
-Here ``vocab_size`` is 320 everywhere: the byte-level tokenizer of ``train.data``
-(256 bytes and an end-of-document token, padded to a multiple of 64 so that the vocab
-axis shards). Replace it with ``dataclasses.replace`` for another tokenizer.
+Here ``vocab_size`` is 384 everywhere: the byte-level tokenizer of ``train.data``
+(256 bytes and an end-of-document token, padded to a multiple of 128 so that the vocab
+axis shards). A run on another tokenizer takes its vocabulary from its token cache,
+padded the same way (``train.build.build_training``'s ``vocab_size``).
 
 The paper presets compute in bfloat16 with float32 parameters and full
 rematerialisation, as one would train them on accelerators; ``tiny`` and ``demo``
@@ -31,7 +32,7 @@ import dataclasses
 
 from models.llama import LlamaConfig
 
-BYTE_VOCAB_SIZE = 320
+BYTE_VOCAB_SIZE = 384
 
 # Sizes the paper names, in non-embedding parameters (Sec. 4.1).
 PAPER_SIZES = {"130m": 130e6, "300m": 300e6, "520m": 520e6, "1.2b": 1.2e9, "2.3b": 2.3e9}

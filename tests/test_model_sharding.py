@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 8, jax.devices()
     model = Llama(PRESETS["tiny"], rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
-    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 320, (8, 33)), jnp.int32)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 384, (8, 33)), jnp.int32)
     loss_and_grad = jax.jit(jax.value_and_grad(
         lambda p, t: next_token_loss(nnx.merge(graphdef, p), t)))
     one = jax.devices()[0]
@@ -60,7 +60,7 @@ ACTIVATION_SCRIPT = textwrap.dedent("""
 
     model = Llama(get_preset("tiny", max_seq_len=512), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
-    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 320, (8, 513)), jnp.int32)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 384, (8, 513)), jnp.int32)
     one = jax.devices()[0]
     reference = jax.device_get(jax.jit(jax.value_and_grad(
         lambda p, t: next_token_loss(nnx.merge(graphdef, p), t)))(

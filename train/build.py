@@ -38,10 +38,14 @@ class Training:
 
 
 def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES,
-                   tx: optax.GradientTransformation | None = None) -> Training:
+                   tx: optax.GradientTransformation | None = None,
+                   vocab_size: int | None = None) -> Training:
   """The run of ``config`` on ``mesh``; ``tx`` replaces ``build_optimizer(config)``
-  (research variants; it must consume micro-batches the way ``config.optimizer`` does)."""
+  (research variants; it must consume micro-batches the way ``config.optimizer`` does);
+  ``vocab_size`` replaces the preset's (a token cache's padded vocabulary)."""
   model_config = get_preset(config.model)
+  if vocab_size is not None:
+    model_config = dataclasses.replace(model_config, vocab_size=vocab_size)
   abstract_model = nnx.eval_shape(lambda: Llama(model_config, rngs=nnx.Rngs(config.seed)))
   graphdef, abstract_params_state = nnx.split(abstract_model, nnx.Param)
   parallel.check_model_fits_mesh(abstract_params_state, mesh, rules)

@@ -1,6 +1,6 @@
 """The main job: AdamW against AdamW + Nexus, same everything else, one table and two plots.
 
-  python -m train.compare [--preset demo] [--out results] [any train.pretrain flag]
+  python -m train.compare [--preset demo] [--out results] [--data CACHE] [any train.pretrain flag]
 
 Trains the preset twice with ``train.pretrain``: ``--optimizer adamw`` (gradient
 accumulation over the K micro-batches) and ``--optimizer nexus`` (Nexus's inner loop over
@@ -27,7 +27,7 @@ import statistics
 import sys
 
 from train import pretrain
-from train.data.corpus import DOMAINS, HELDOUT, TRAIN, VALIDATION
+from train.data.corpus import HELDOUT, TRAIN, VALIDATION
 from train.data.mixture import parse_mixture
 
 OPTIMIZERS = ("adamw", "nexus")
@@ -133,7 +133,8 @@ def main(argv=None) -> int:
     if status != 0:
       return status
     config = json.loads((out / optimizer / "config.json").read_text())
-    weights = parse_mixture(config["mixture"], DOMAINS)
+    domains = [item.split("=")[0].strip() for item in config["mixture"].split(",")]
+    weights = parse_mixture(config["mixture"], domains)
     records = [json.loads(line)
                for line in (out / optimizer / "metrics.jsonl").read_text().splitlines()]
     evaluations = [with_summary_losses(r, weights) for r in records

@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 from models.presets import PRESETS as MODEL_PRESETS
-from train.data.mixture import DEFAULT_MIXTURE, MODES
+from train.data.mixture import MODES
 
 OPTIMIZERS = ("adamw", "nexus", "nexus-multisteps", "muon", "nexus-muon", "sgd")
 SCHEDULES = ("wsd", "cosine")
@@ -37,7 +37,8 @@ class TrainConfig:
     micro_batch_size: sequences per micro-batch, over all devices and processes.
     microbatches: K, micro-batches per outer step (Nexus inner steps, or the
       accumulation steps of the baselines). Global batch = K x micro_batch_size.
-    mixture: ``name=weight,...`` over the corpus's training domains.
+    mixture: ``name=weight,...`` over the data's training domains; empty means the data
+      spec's own weights (the run records the weights it used).
     batch_mode: ``mixed`` (every micro-batch holds every domain; Algorithm 3) or
       ``source`` (one domain per micro-batch; Algorithm 1).
     seed: seed of the initialisation and of every data shuffle.
@@ -55,7 +56,9 @@ class TrainConfig:
       0.2, or 0.1 for Muon.
     clip_norm: global-norm clip of the (pseudo-)gradient.
     steps: outer steps.
-    corpus_seed: seed of the generated part of the default corpus.
+    corpus_seed: seed of the generated part of the built-in corpus.
+    data: a token cache prepared by ``python -m train.data.prepare``; empty means the
+      built-in corpus, prepared with the byte tokenizer on first use.
     mesh: ``data=..,fsdp=..,tensor=..``; one axis may be -1 (all remaining devices).
     out: run directory (checkpoints, metrics.jsonl, TensorBoard events).
     checkpoint_every: save every N steps (and at the end, and on SIGTERM).
@@ -69,7 +72,7 @@ class TrainConfig:
   seq_len: int = 256
   micro_batch_size: int = 8
   microbatches: int = 4
-  mixture: str = DEFAULT_MIXTURE
+  mixture: str = ""
   batch_mode: str = "mixed"
   seed: int = 0
   optimizer: str = "nexus"
@@ -86,6 +89,7 @@ class TrainConfig:
   clip_norm: float = 1.0
   steps: int = 300
   corpus_seed: int = 0
+  data: str = ""
   mesh: str = "fsdp=-1"
   out: str = "runs/demo"
   checkpoint_every: int = 100

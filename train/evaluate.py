@@ -3,12 +3,19 @@
   python -m train.evaluate --checkpoint runs/demo --text-file my_heldout.txt [--name mine]
 
 ``--checkpoint`` is a run directory (its newest checkpoint), its ``checkpoints/`` folder,
-or one ``checkpoints/<step>`` folder. Prints the loss in nats per token and bits per byte
-over every byte of the file (the tokenizer is byte-level, so any text works).
+or one ``checkpoints/<step>`` folder. The text is tokenized with the run's tokenizer (the
+copy in the run directory, checked against the hash the run recorded) and scored as one
+document, every token a target. Prints the loss in nats per token and bits per byte,
+
+  bpb = loss * tokens / (bytes * ln 2),
+
+``bytes`` being the file's UTF-8 bytes, so runs with different tokenizers compare;
+``--json`` prints ``loss``, ``tokens``, ``bytes`` and ``bpb`` as one object.
 """
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 
@@ -19,6 +26,7 @@ from train import parallel
 from train.build import build_training
 from train.checkpoints import CheckpointStore
 from train.config import ConfigError, TrainConfig
+from train.data.tokenizer import BYTES, Tokenizer, TokenizerError, load_tokenizer
 from train.evaluation import Evaluator, text_eval_set
 
 
@@ -44,14 +52,15 @@ def main(argv=None) -> int:
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax notes that the directory is read-only
   try:
     result = evaluate(args)
-  except ConfigError as error:
+  except (ConfigError, TokenizerError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   if args.json:
     print(json.dumps(result))
   else:
     print(f"{result['name']}: {result['loss']:.4f} nats/token, {result['bpb']:.4f} bits/byte over "
-          f"{result['tokens']:,} tokens (checkpoint step {result['step']}, {result['model']})")
+          f"{result['tokens']:,} tokens and {result['bytes']:,} bytes (checkpoint step "
+          f"{result['step']}, {result['model']}, {result['tokenizer']} tokenizer)")
   return 0
 
 
@@ -75,9 +84,12 @@ def evaluate(args) -> dict:
   if not steps or (step is not None and step not in steps):
     raise ConfigError(f"--checkpoint {args.checkpoint}: no checkpoint there (found steps {steps} in "
                       f"{store.directory}); point at a run directory written by train.pretrain.")
-  config = TrainConfig.from_dict(store.newest_config())
+  saved = store.newest_config()
+  config = TrainConfig.from_dict(saved)
+  dataset = saved.get("dataset")
+  tokenizer = run_tokenizer(run_dir, dataset)
   mesh = parallel.make_mesh(parallel.parse_mesh("data=1", jax.device_count()), False)
-  training = build_training(config, mesh)
+  training = build_training(config, mesh, vocab_size=dataset["vocab_size"] if dataset else None)
   if step is not None:
     restored = store.restore(step, training.abstract_state)
   else:
@@ -85,12 +97,31 @@ def evaluate(args) -> dict:
   if restored is None:
     raise ConfigError(f"--checkpoint {args.checkpoint}: no readable checkpoint.")
   try:
-    eval_set = text_eval_set(text, config.seq_len, args.name or args.text_file.name)
+    eval_set = text_eval_set(text, config.seq_len, args.name or args.text_file.name, tokenizer)
   except ValueError as error:
     raise ConfigError(f"--text-file {args.text_file}: {error}") from None
   scores = Evaluator(training.graphdef, mesh, args.batch_size).losses(restored.state.params, eval_set)
   store.close()
-  return {"name": eval_set.name, "step": restored.step, "model": config.model, **scores}
+  scores["bytes"] = len(text.encode("utf-8"))
+  scores["bpb"] = scores["loss"] * scores["tokens"] / (scores["bytes"] * math.log(2))
+  return {"name": eval_set.name, "step": restored.step, "model": config.model,
+          "tokenizer": tokenizer.kind, **scores}
+
+
+def run_tokenizer(run_dir: pathlib.Path, dataset: dict | None) -> Tokenizer:
+  """The tokenizer a run trained with: bytes, or its copy in the run directory."""
+  if not dataset or dataset["tokenizer"]["kind"] == BYTES:
+    return load_tokenizer(BYTES)
+  recorded = dataset["tokenizer"]
+  path = run_dir / recorded["file"]
+  if not path.exists():
+    raise ConfigError(f"--checkpoint {run_dir}: the run's tokenizer copy {path.name} is missing; "
+                      f"copy {recorded['source']} there.")
+  tokenizer = load_tokenizer(path)
+  if tokenizer.hash != recorded["hash"]:
+    raise ConfigError(f"--checkpoint {run_dir}: {path.name} is not the tokenizer the run trained "
+                      f"with (hash differs); copy {recorded['source']} there.")
+  return tokenizer
 
 
 if __name__ == "__main__":

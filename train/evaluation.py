@@ -1,12 +1,13 @@
 """Evaluation, the same for every optimizer: losses per set and cross-domain gradient cosines.
 
-Losses are reported in nats per token and in bits per byte. With the byte tokenizer a
-target token is one UTF-8 byte or an end-of-document marker, so
+Losses are reported in nats per token and in bits per byte, for every tokenizer:
 
-  bits per byte = (sum of target nats) / ln 2 / (number of byte targets),
+  bpb = loss * tokens / (bytes * ln 2) = (sum of target nats) / ln 2 / (bytes scored),
 
-the end-of-document predictions counted in the numerator (they are part of the text's
-code length) but not in the denominator (they are not bytes).
+where a target's bytes are the UTF-8 bytes its token stands for
+(``Tokenizer.token_bytes``; for a text file, the file's own bytes). End-of-document
+predictions count in the numerator (they are part of the text's code length) but add
+no bytes. Runs with different tokenizers compare in bpb.
 """
 
 import dataclasses
@@ -20,18 +21,21 @@ from flax import nnx
 from models import DEFAULT_RULES
 from models.sharding import activation_sharding
 import nexus_optax as nx
-from train.data import tokenizer
-from train.data.corpus import HELDOUT, VALIDATION, Corpus
+from train.data.cache import TokenCache
+from train.data.corpus import HELDOUT, VALIDATION
+from train.data.tokenizer import Tokenizer
 from train.parallel import batch_sharding, global_array_from_host
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
-  """Windows to score: ``tokens [N, T + 1]`` int32 and ``mask [N, T]`` over targets."""
+  """Windows to score: ``tokens [N, T + 1]`` int32, ``mask [N, T]`` over targets, and
+  ``target_bytes [N, T]``, the UTF-8 bytes each scored target stands for."""
 
   name: str
   tokens: np.ndarray
   mask: np.ndarray
+  target_bytes: np.ndarray
 
 
 def windows_of(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,37 +60,45 @@ def windows_of(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray
   return tokens, mask
 
 
-def corpus_eval_sets(corpus: Corpus, seq_len: int, max_sequences: int,
-                     roles=(VALIDATION, HELDOUT)) -> list[EvalSet]:
+def cache_eval_sets(cache: TokenCache, seq_len: int, max_sequences: int,
+                    roles=(VALIDATION, HELDOUT)) -> list[EvalSet]:
   """``<role>/<set>`` for every set of ``roles`` (``validation/<domain>``, ``heldout/<set>``,
   and ``train/<domain>`` when asked): up to ``max_sequences`` windows each, evenly spaced
   through the set so that every part of it is represented."""
+  token_bytes = cache.tokenizer.token_bytes().astype(np.float32)
   sets = []
   for role in roles:
-    for name in corpus.names(role):
-      windows = tokenizer.pack(corpus.documents(role, name), seq_len)
+    for name in cache.names(role):
+      windows = cache.windows(role, name, seq_len)
       if len(windows) == 0:
         continue
       picks = np.unique(np.linspace(0, len(windows) - 1, min(max_sequences, len(windows)))
                         .round().astype(int))
-      chosen = windows[picks]
-      sets.append(EvalSet(f"{role}/{name}", chosen, np.ones(chosen[:, 1:].shape, np.float32)))
+      chosen = np.stack([windows[i] for i in picks])
+      sets.append(EvalSet(f"{role}/{name}", chosen, np.ones(chosen[:, 1:].shape, np.float32),
+                          token_bytes[chosen[:, 1:]]))
   return sets
 
 
-def text_eval_set(text: str, seq_len: int, name: str) -> EvalSet:
-  tokens, mask = windows_of(tokenizer.encode(text), seq_len)
-  return EvalSet(name, tokens, mask)
+def text_eval_set(text: str, seq_len: int, name: str, tokenizer: Tokenizer) -> EvalSet:
+  """Every token of ``text`` as a target once: the text follows an end-of-document token,
+  as a document does in training. Its bytes are the text's UTF-8 bytes, spread over the
+  targets by the tokens' byte counts (they add up to the text's for byte-level tokenizers)."""
+  stream = np.concatenate([[tokenizer.eod_id], tokenizer.encode(text)]).astype(np.int32)
+  tokens, mask = windows_of(stream, seq_len)
+  per_token = tokenizer.token_bytes().astype(np.float64)[tokens[:, 1:]] * mask
+  total = len(text.encode("utf-8"))
+  scale = total / per_token.sum() if per_token.sum() else 0.0
+  return EvalSet(name, tokens, mask, (per_token * scale).astype(np.float32))
 
 
-def target_sums(model, tokens, mask):
-  """(sum of target nats, target count, byte-target count) of one batch."""
+def target_sums(model, tokens, mask, target_bytes):
+  """(sum of target nats, target count, target bytes) of one batch."""
   logits = model(tokens[:, :-1])
   targets = tokens[:, 1:]
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nats = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  is_byte = (targets < tokenizer.END_OF_DOCUMENT).astype(jnp.float32)
-  return jnp.sum(nats * mask), jnp.sum(mask), jnp.sum(mask * is_byte)
+  return jnp.sum(nats * mask), jnp.sum(mask), jnp.sum(mask * target_bytes)
 
 
 class Evaluator:
@@ -103,13 +115,13 @@ class Evaluator:
     self.mesh = mesh
     self.batch_size = batch_size
 
-    def sums(params, tokens, mask):
+    def sums(params, tokens, mask, target_bytes):
       with activation_sharding(mesh, rules):
-        return target_sums(nnx.merge(graphdef, params), tokens, mask)
+        return target_sums(nnx.merge(graphdef, params), tokens, mask, target_bytes)
 
     self._sums = jax.jit(sums)
-    self._loss = lambda params, tokens: sums(
-        params, tokens, jnp.ones(tokens[:, 1:].shape, jnp.float32))[0]
+    ones = lambda tokens: jnp.ones(tokens[:, 1:].shape, jnp.float32)
+    self._loss = lambda params, tokens: sums(params, tokens, ones(tokens), ones(tokens))[0]
 
     def cosines(params, batches):
       mean_loss = lambda p, b: self._loss(p, b) / (b.shape[0] * (b.shape[1] - 1))
@@ -118,22 +130,24 @@ class Evaluator:
     self._cosines = jax.jit(cosines)
 
   def losses(self, params, eval_set: EvalSet) -> dict[str, float]:
-    """``loss`` (nats/token), ``bpb`` and ``tokens`` of one set."""
+    """``loss`` (nats/token), ``bpb``, ``tokens`` and ``bytes`` of one set."""
     count = len(eval_set.tokens)
     padded = -(-count // self.batch_size) * self.batch_size
     tokens = np.zeros((padded, eval_set.tokens.shape[1]), np.int32)
     mask = np.zeros((padded, eval_set.mask.shape[1]), np.float32)
-    tokens[:count], mask[:count] = eval_set.tokens, eval_set.mask
+    target_bytes = np.zeros_like(mask)
+    tokens[:count], mask[:count], target_bytes[:count] = (eval_set.tokens, eval_set.mask,
+                                                          eval_set.target_bytes)
     sharding = batch_sharding(self.mesh, batch_axis=0)
     totals = np.zeros(3)
     for start in range(0, padded, self.batch_size):
       rows = slice(start, start + self.batch_size)
-      sums = self._sums(params, global_array_from_host(tokens[rows], sharding),
-                        global_array_from_host(mask[rows], sharding))
+      sums = self._sums(params, *(global_array_from_host(array[rows], sharding)
+                                  for array in (tokens, mask, target_bytes)))
       totals += np.array([float(value) for value in sums])
-    nats, targets, byte_targets = totals
-    return {"loss": nats / max(targets, 1.0), "bpb": nats / math.log(2) / max(byte_targets, 1.0),
-            "tokens": int(targets)}
+    nats, targets, scored_bytes = totals
+    return {"loss": nats / max(targets, 1.0), "bpb": nats / math.log(2) / max(scored_bytes, 1.0),
+            "tokens": int(targets), "bytes": int(round(scored_bytes))}
 
   def gradient_cosines(self, params, cosine_batches: np.ndarray) -> np.ndarray:
     """The [S, S] cosine matrix of per-domain gradients, ``cosine_batches [S, B, T + 1]``."""
@@ -146,7 +160,7 @@ class Evaluator:
     results = {}
     for eval_set in eval_sets:
       for key, value in self.losses(params, eval_set).items():
-        if key != "tokens":
+        if key not in ("tokens", "bytes"):
           results[f"{eval_set.name}/{key}"] = value
     if cosine_batches is not None and len(domain_names) > 1:
       matrix = self.gradient_cosines(params, cosine_batches)

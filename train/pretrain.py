@@ -33,13 +33,16 @@ from train.build import build_training
 from train.checkpoints import CheckpointStore
 from train.config import ConfigError, TrainConfig
 from train.data import sources
-from train.data.corpus import HELDOUT, TRAIN, VALIDATION, Corpus, CorpusSpec, ensure_corpus
+from train.data.cache import TokenCache
+from train.data.corpus import HELDOUT, TRAIN, VALIDATION, CorpusSpec, ensure_default_cache
 from train.data.mixture import LoaderConfig, MixtureError, training_dataset
-from train.evaluation import Evaluator, corpus_eval_sets, domain_batches
+from train.data.spec import DataError
+from train.data.tokenizer import TokenizerError
+from train.evaluation import Evaluator, cache_eval_sets, domain_batches
 from train.optimizers import learning_rate_schedule
 from train.presets import RUN_PRESETS, get_run_preset
 
-USER_ERRORS = (ConfigError, MixtureError, sources.SourceUnavailable)
+USER_ERRORS = (ConfigError, MixtureError, DataError, TokenizerError, sources.SourceUnavailable)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"(preset's value if not given; TrainConfig.{field.name})")
   parser.add_argument("--resume", action="store_true",
                       help="continue from the newest readable checkpoint in --out")
-  parser.add_argument("--corpus", type=pathlib.Path, default=None,
-                      help="a built corpus directory (default: the cached default corpus)")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   group = parser.add_argument_group("multi-host")
   group.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0")
@@ -89,18 +90,29 @@ def prepare_out_dir(out: pathlib.Path, resume: bool) -> None:
                       "a new run.")
 
 
-def load_corpus(path: pathlib.Path | None, config: TrainConfig, primary: bool) -> Corpus:
-  if path is not None:
-    try:
-      return Corpus(path)
-    except FileNotFoundError as error:
-      raise ConfigError(f"--corpus: {error}") from None
+def load_data(config: TrainConfig, primary: bool) -> TokenCache:
+  """``--data``'s token cache, or the built-in corpus's (prepared on first use)."""
+  if config.data:
+    return TokenCache(config.data)
   spec = CorpusSpec(seed=config.corpus_seed)
   if jax.process_count() > 1:
     if primary:  # one builder per shared cache; the others wait, then find it or build their own
-      ensure_corpus(spec, show_progress=True)
+      ensure_default_cache(spec, show_progress=True)
     multihost_utils.sync_global_devices("corpus built")
-  return ensure_corpus(spec, show_progress=primary)
+  return ensure_default_cache(spec, show_progress=primary)
+
+
+def check_resumed_data(saved: dict, cache: TokenCache) -> None:
+  """A resumed run must read the same tokens: the same tokenizer and spec as it saved."""
+  recorded = saved.get("dataset")
+  if not recorded:
+    return
+  for what, then, now in (("tokenizer", recorded["tokenizer"]["hash"], cache.tokenizer_info["hash"]),
+                          ("data spec", recorded["spec_hash"], cache.spec_hash)):
+    if then != now:
+      raise ConfigError(f"--resume: the cache {cache.root} has another {what} than the checkpoint's "
+                        f"(hash {now[:12]} vs {then[:12]}); resume with the cache the run started "
+                        "on, or start a new --out.")
 
 
 class MetricsLog:
@@ -181,15 +193,17 @@ def run(args: argparse.Namespace) -> int:
   out = pathlib.Path(config.out)
   prepare_out_dir(out, args.resume)
   mesh = parallel.make_mesh(parallel.parse_mesh(config.mesh, jax.device_count()), multi_process)
-  corpus = load_corpus(args.corpus, config, primary)
+  cache = load_data(config, primary)
+  if not config.mixture:
+    config = dataclasses.replace(config, mixture=cache.default_mixture)
   loader_config = LoaderConfig(seq_len=config.seq_len, micro_batch_size=config.micro_batch_size,
                                microbatches=config.microbatches, mode=config.batch_mode,
                                seed=config.seed)
   shard_index, shard_count = parallel.process_batch_rows(mesh, config.micro_batch_size)
-  dataset, domains = training_dataset(corpus, config.mixture, loader_config,
+  dataset, domains = training_dataset(cache, config.mixture, loader_config,
                                       grain.sharding.ShardOptions(shard_index, shard_count))
   iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
-  training = build_training(config, mesh)
+  training = build_training(config, mesh, vocab_size=cache.padded_vocab_size)
   schedule = learning_rate_schedule(config)
   store = CheckpointStore(out, config.keep_checkpoints, warn=say)
 
@@ -200,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     if mismatch:
       raise ConfigError(f"--resume: the checkpoint's run differs ({'; '.join(mismatch)}); "
                         "rerun with its settings or choose a new --out.")
+    check_resumed_data(saved, cache)
     restored = store.restore_latest(training.abstract_state)
     if restored is None:
       raise ConfigError(f"--resume: no readable checkpoint left in {store.directory}; start anew.")
@@ -207,8 +222,10 @@ def run(args: argparse.Namespace) -> int:
     say(f"resumed from checkpoint {start_step} in {store.directory}")
   else:
     state = training.init()
+  run_record = {**config.to_dict(), "dataset": cache.identity()}
   if primary:
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+    (out / "config.json").write_text(json.dumps(run_record, indent=1) + "\n")
+    cache.tokenizer.save_copy(out)  # the run stays scorable without its cache
 
   if data_state is not None:
     iterator.set_state(data_state)
@@ -216,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
 
   # Training windows too: every optimizer's training loss measured at its outer params
   # (Nexus's logged train_loss is taken along its inner trajectory).
-  eval_sets = corpus_eval_sets(corpus, config.seq_len, config.eval_sequences,
+  eval_sets = cache_eval_sets(cache, config.seq_len, config.eval_sequences,
                                roles=(TRAIN, VALIDATION, HELDOUT))
   cosine_batches, cosine_domains = domain_batches(eval_sets, domains, config.eval_sequences)
   evaluator = Evaluator(training.graphdef, mesh, config.micro_batch_size)
@@ -255,12 +272,12 @@ def run(args: argparse.Namespace) -> int:
     if record:
       log.write(record)
     if step % config.checkpoint_every == 0 or step == config.steps:
-      store.save(step, state, {"iterator": iterator.get_state()}, config.to_dict())
+      store.save(step, state, {"iterator": iterator.get_state()}, run_record)
     if record:
       window_start, window_steps = time.perf_counter(), 0
     progress.update(1)
     if step < config.steps and stop.agreed(step, config.log_every):
-      store.save(step, state, {"iterator": iterator.get_state()}, config.to_dict())
+      store.save(step, state, {"iterator": iterator.get_state()}, run_record)
       store.wait()
       progress.close()
       log.close()

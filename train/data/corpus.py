@@ -42,12 +42,13 @@ from tqdm.auto import tqdm
 
 from train.data import sources
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 CORPUS_DIR_ENV = "NEXUS_CORPUS_DIR"
 TRAIN, VALIDATION, HELDOUT = "train", "validation", "heldout"
 ROLES = (TRAIN, VALIDATION, HELDOUT)
 DOMAINS = ("prose", "code", "math", "technical")
 HELDOUT_SETS = ("milton", "humaneval", "math_extrapolate", "champ")
+SPEC_FILE = "spec.yaml"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +166,19 @@ def _drop_training_text(sets) -> dict[str, int]:
   return dropped
 
 
+def corpus_spec_yaml(keys) -> str:
+  """The data spec (:mod:`train.data.spec`) of a built corpus: its own JSONL files, the
+  training domains at equal weights (:data:`DOMAINS` order) and every held-out set."""
+  names = lambda role: sorted(name for r, name in keys if r == role)
+  lines = ["# The default corpus as a data spec (written by train.data.corpus).", "domains:"]
+  for name in sorted(names(TRAIN), key=lambda n: DOMAINS.index(n) if n in DOMAINS else len(DOMAINS)):
+    validation = f", validation: [{VALIDATION}/{name}.jsonl]" if name in names(VALIDATION) else ""
+    lines.append(f"  {name}: {{train: [{TRAIN}/{name}.jsonl]{validation}, weight: 1}}")
+  lines.append("heldout:")
+  lines += [f"  {name}: [{HELDOUT}/{name}.jsonl]" for name in names(HELDOUT)]
+  return "\n".join(lines) + "\n"
+
+
 def build_corpus(directory: pathlib.Path, spec: CorpusSpec = CorpusSpec(),
                  download_dir: pathlib.Path | None = None, show_progress: bool = True) -> pathlib.Path:
   """Builds the corpus into ``directory`` (atomically) and returns it."""
@@ -189,11 +203,13 @@ def build_corpus(directory: pathlib.Path, spec: CorpusSpec = CorpusSpec(),
       raise RuntimeError(f"corpus set {role}/{name} came out empty; its source is missing text.")
     path = staging / role / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs).encode("utf-8")
+    payload = "".join(json.dumps({"text": doc}, ensure_ascii=False) + "\n"
+                      for doc in docs).encode("utf-8")
     path.write_bytes(payload)
     manifest["sets"][f"{role}/{name}"] = {
         "documents": len(docs), "bytes": sum(len(doc.encode("utf-8")) for doc in docs),
         "sha256": hashlib.sha256(payload).hexdigest()}
+  (staging / SPEC_FILE).write_text(corpus_spec_yaml(sorted(sets)))
   (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
   if directory.exists():
     shutil.rmtree(directory)
@@ -222,7 +238,7 @@ class Corpus:
       raise KeyError(f"corpus has no set {key!r}; it has {', '.join(sorted(self.manifest['sets']))}.")
     if (role, name) not in self._cache:
       lines = (self.root / role / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
-      self._cache[role, name] = [json.loads(line) for line in lines]
+      self._cache[role, name] = [json.loads(line)["text"] for line in lines]
     return self._cache[role, name]
 
 
@@ -233,6 +249,21 @@ def ensure_corpus(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = N
   if not (directory / "manifest.json").exists():
     build_corpus(directory, spec, show_progress=show_progress)
   return Corpus(directory)
+
+
+def ensure_default_cache(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = None,
+                         show_progress: bool = True):
+  """The default corpus prepared with the byte tokenizer: a token cache like any other
+  (:mod:`train.data.prepare`), built and prepared on first use."""
+  from train.data import prepare as prepare_lib
+  from train.data import spec as spec_lib
+  from train.data.cache import MANIFEST, TokenCache
+  corpus = ensure_corpus(spec, root, show_progress)
+  directory = (root or default_cache_root()) / "caches" / f"{corpus.root.name}-bytes"
+  if (directory / MANIFEST).exists():
+    return TokenCache(directory)
+  return prepare_lib.prepare(spec_lib.load_spec(corpus.root / SPEC_FILE), "bytes", directory,
+                             show_progress=show_progress)
 
 
 def main(argv=None):

@@ -15,7 +15,7 @@ Two micro-batch modes:
               norm, which reweights the mixture on its own.
 
 An outer step's element is ``{"tokens": int32 [K, B, T + 1], "source": int32 [K, B]}``.
-The stream is a pure function of (corpus, weights, seed, shapes): two optimizers fed by
+The stream is a pure function of (token cache, weights, seed, shapes): two optimizers fed by
 the same arguments see exactly the same micro-batches. The iterator's state
 (``get_state``/``set_state``, or grain's orbax handler) restores it exactly.
 
@@ -37,8 +37,8 @@ from collections.abc import Mapping, Sequence
 import grain
 import numpy as np
 
-from train.data import tokenizer
-from train.data.corpus import TRAIN, Corpus
+from train.data.cache import TokenCache
+from train.data.corpus import TRAIN
 
 MODES = ("mixed", "source")
 
@@ -117,16 +117,17 @@ def _label(tokens, source_id):
   return {"tokens": tokens, "source": np.int32(source_id)}
 
 
-def source_sequences(corpus: Corpus, name: str, seq_len: int, role: str = TRAIN) -> np.ndarray:
-  """Packed sequences [N, seq_len + 1] of one corpus set; a one-line error when too short."""
-  sequences = tokenizer.pack(corpus.documents(role, name), seq_len)
+def source_sequences(cache: TokenCache, name: str, seq_len: int, role: str = TRAIN):
+  """Packed sequences [N, seq_len + 1] of one cache set, read lazily from disk
+  (:class:`train.data.cache.PackedWindows`); a one-line error when too short."""
+  sequences = cache.windows(role, name, seq_len)
   if len(sequences) == 0:
     raise MixtureError(f"source {name!r} has fewer than {seq_len + 1} tokens; lower the "
-                       "sequence length or rebuild the corpus with more text.")
+                       "sequence length or give the domain more text.")
   return sequences
 
 
-def outer_step_dataset(sequences: Mapping[str, np.ndarray], weights: Mapping[str, float],
+def outer_step_dataset(sequences: Mapping[str, Sequence[np.ndarray]], weights: Mapping[str, float],
                        config: LoaderConfig,
                        shard: grain.sharding.ShardOptions = grain.sharding.NoSharding()
                        ) -> grain.MapDataset:
@@ -180,15 +181,15 @@ def epochs_per_source(sequences: Mapping[str, np.ndarray], weights: Mapping[str,
 DEFAULT_MIXTURE = "prose=1,code=1,math=1,technical=1"
 
 
-def training_dataset(corpus: Corpus, mixture: str, config: LoaderConfig,
+def training_dataset(cache: TokenCache, mixture: str, config: LoaderConfig,
                      shard: grain.sharding.ShardOptions = grain.sharding.NoSharding()):
-  """The outer-step stream of a corpus under a ``name=weight,...`` mixture.
+  """The outer-step stream of a token cache under a ``name=weight,...`` mixture.
 
   Returns:
     ``(dataset, names)``: the ``grain.MapDataset`` of outer steps and the source names
     in the order of the ``"source"`` ids. Iterate with
     ``iter(dataset.to_iter_dataset())``; the iterator's ``get_state()`` checkpoints it.
   """
-  weights = parse_mixture(mixture, corpus.names(TRAIN))
-  sequences = {name: source_sequences(corpus, name, config.seq_len) for name in weights}
+  weights = parse_mixture(mixture, cache.names(TRAIN))
+  sequences = {name: source_sequences(cache, name, config.seq_len) for name in weights}
   return outer_step_dataset(sequences, weights, config, shard), list(weights)
