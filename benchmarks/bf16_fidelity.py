@@ -73,12 +73,13 @@ def parse_args():
 
 def domain_microbatches(batch: int, seq_len: int, seed: int) -> np.ndarray:
   """[K, batch, seq_len + 1] tokens: micro-batch k is drawn from training domain k."""
-  corpus = corpus_lib.ensure_corpus()
+  cache = corpus_lib.ensure_default_cache()
   rng = np.random.default_rng(seed)
   stacks = []
   for domain in corpus_lib.DOMAINS:
-    sequences = source_sequences(corpus, domain, seq_len)
-    stacks.append(sequences[rng.choice(len(sequences), batch, replace=False)])
+    sequences = source_sequences(cache, domain, seq_len)
+    stacks.append(np.stack([sequences[i] for i in rng.choice(len(sequences), batch,
+                                                               replace=False)]))
   return np.stack(stacks).astype(np.int32)
 
 

@@ -1,9 +1,10 @@
-"""The default corpus's size, the grain pipeline's throughput, and the demo model's speed.
+"""A token cache's size, the grain pipeline's throughput from it, and the demo model's speed.
 
 Measures, in one run on this machine:
-  * bytes, documents and byte-level tokens of every corpus set;
-  * tokens/s that the grain mixture delivers (outer steps of K micro-batches, through
-    ``to_iter_dataset`` exactly as training reads them);
+  * documents, bytes and tokens of every set of the cache (the built-in corpus's,
+    byte-level, unless ``--data`` names another);
+  * tokens/s that the grain mixture delivers from the memory-mapped cache (outer steps of
+    K micro-batches, through ``to_iter_dataset`` exactly as training reads them);
   * the demo Llama's forward + backward time per token (one jitted value_and_grad on a
     micro-batch), and its full AdamW + Nexus outer step rate in tokens/s;
   * their ratio: the loader must outrun the model by a wide margin.
@@ -26,16 +27,12 @@ from flax import nnx
 
 import nexus_optax as nx
 from models import Llama, get_preset, next_token_loss
-from train.data import DEFAULT_MIXTURE, LoaderConfig, ensure_corpus, training_dataset
+from train.data import LoaderConfig, TokenCache, ensure_default_cache, training_dataset
 
 
-def corpus_table(corpus) -> list[dict]:
-  rows = []
-  for key, stats in corpus.manifest["sets"].items():
-    # A byte-level token per byte, plus one end-of-document token per document.
-    rows.append({"set": key, "documents": stats["documents"], "bytes": stats["bytes"],
-                 "tokens": stats["bytes"] + stats["documents"]})
-  return rows
+def cache_table(cache) -> list[dict]:
+  return [{"set": key, "documents": stats["documents"], "bytes": stats["bytes"],
+           "tokens": stats["tokens"]} for key, stats in cache.manifest["sets"].items()]
 
 
 def loader_tokens_per_second(dataset, steps: int, tokens_per_step: int) -> float:
@@ -57,28 +54,30 @@ def best_seconds(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def main():
+def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--preset", default="demo")
   parser.add_argument("--micro-batch-size", type=int, default=8)
   parser.add_argument("--microbatches", type=int, default=4)
   parser.add_argument("--steps", type=int, default=200, help="outer steps read from the loader")
   parser.add_argument("--repeats", type=int, default=5, help="timed model steps (median)")
+  parser.add_argument("--data", type=pathlib.Path, default=None,
+                      help="a prepared token cache (default: the built-in corpus's)")
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/out"))
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
 
-  corpus = ensure_corpus()
-  rows = corpus_table(corpus)
-  print(f"corpus: {corpus.root} (built in {corpus.manifest['build_seconds']} s)")
+  cache = TokenCache(args.data) if args.data else ensure_default_cache()
+  rows = cache_table(cache)
+  print(f"cache: {cache.root} ({cache.tokenizer_info['kind']} tokenizer)")
   print("| set | documents | bytes | tokens |\n|---|---:|---:|---:|")
   for row in rows:
     print(f"| {row['set']} | {row['documents']:,} | {row['bytes']:,} | {row['tokens']:,} |")
 
-  config = get_preset(args.preset)
+  config = get_preset(args.preset, vocab_size=cache.padded_vocab_size)
   seq_len = config.max_seq_len
   loader = LoaderConfig(seq_len=seq_len, micro_batch_size=args.micro_batch_size,
                         microbatches=args.microbatches)
-  dataset, _ = training_dataset(corpus, DEFAULT_MIXTURE, loader)
+  dataset, _ = training_dataset(cache, cache.default_mixture, loader)
   tokens_per_step = args.microbatches * args.micro_batch_size * seq_len
   loader_rate = loader_tokens_per_second(dataset, args.steps, tokens_per_step)
 
@@ -117,7 +116,7 @@ def main():
       "loader_over_model": round(loader_rate / model_rate, 1),
       "tokens_in_6_minutes": round(model_rate * 360),
       "backend": jax.default_backend(), "devices": jax.device_count(),
-      "corpus_build_seconds": corpus.manifest["build_seconds"], "corpus": rows,
+      "tokenizer": cache.tokenizer_info["kind"], "cache": str(cache.root), "corpus": rows,
       "jax": jax.__version__,
   }
   print(f"\n{args.preset}: {non_embedding / 1e6:.2f}M non-embedding parameters, "
@@ -129,6 +128,7 @@ def main():
   args.out.mkdir(parents=True, exist_ok=True)
   (args.out / "data_pipeline.json").write_text(json.dumps(report, indent=1) + "\n")
   print(json.dumps({k: v for k, v in report.items() if k != "corpus"}))
+  return report
 
 
 if __name__ == "__main__":

@@ -53,10 +53,11 @@ from train import parallel
 from train.build import build_training
 from train.config import TrainConfig
 from train.data import tokenizer
-from train.data.corpus import DOMAINS, HELDOUT, HELDOUT_SETS, TRAIN, VALIDATION, ensure_corpus
+from train.data.corpus import (DOMAINS, HELDOUT, HELDOUT_SETS, TRAIN, VALIDATION,
+                               ensure_default_cache)
 from train.data.mixture import (DEFAULT_MIXTURE, LoaderConfig, epochs_per_source,
                                 outer_step_dataset, parse_mixture, source_sequences)
-from train.evaluation import Evaluator, corpus_eval_sets
+from train.evaluation import Evaluator, cache_eval_sets
 from train.optimizers import outer_optimizer
 
 CONTROL_GAMMA = 1e-4
@@ -142,11 +143,11 @@ class Study:
 
   def __init__(self, size: StudySize, out: pathlib.Path):
     self.size, self.out = size, out
-    self.corpus = ensure_corpus(show_progress=True)
-    self.sequences = {name: source_sequences(self.corpus, name, size.seq_len)
-                      for name in self.corpus.names(TRAIN)}
-    self.eval_sets = corpus_eval_sets(self.corpus, size.seq_len, size.eval_sequences,
-                                      roles=(TRAIN, VALIDATION, HELDOUT))
+    self.cache = ensure_default_cache(show_progress=True)
+    self.sequences = {name: source_sequences(self.cache, name, size.seq_len)
+                      for name in self.cache.names(TRAIN)}
+    self.eval_sets = cache_eval_sets(self.cache, size.seq_len, size.eval_sequences,
+                                     roles=(TRAIN, VALIDATION, HELDOUT))
     self.cosine_batches = self._cosine_batches()
     self.mesh = parallel.make_mesh(parallel.parse_mesh("fsdp=-1", jax.device_count()), False)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -156,10 +157,11 @@ class Study:
     evenly spaced and interleaved so that both halves span the whole set."""
     halves = []
     for domain in DOMAINS:
-      windows = tokenizer.pack(self.corpus.documents(VALIDATION, domain), self.size.seq_len)
+      windows = self.cache.windows(VALIDATION, domain, self.size.seq_len)
       count = min(self.size.cosine_sequences, len(windows) - len(windows) % 2)
       picks = np.linspace(0, len(windows) - 1, count).round().astype(int)
-      halves += [windows[picks[0::2]], windows[picks[1::2]]]
+      halves += [np.stack([windows[i] for i in picks[0::2]]),
+                 np.stack([windows[i] for i in picks[1::2]])]
     rows = min(len(half) for half in halves)
     return np.stack([half[:rows] for half in halves])
 

@@ -95,3 +95,13 @@ def small_corpus(tmp_path_factory):
   download_dir = corpus_lib.default_cache_root() / "downloads"
   return corpus_lib.Corpus(corpus_lib.build_corpus(directory, spec, download_dir=download_dir,
                                                    show_progress=False))
+
+
+@pytest.fixture(scope="session")
+def small_cache(small_corpus, tmp_path_factory):
+  """The small corpus prepared with the byte tokenizer: the token cache runs read."""
+  from train.data import load_spec
+  from train.data.corpus import SPEC_FILE
+  from train.data.prepare import prepare
+  return prepare(load_spec(small_corpus.root / SPEC_FILE), "bytes",
+                 tmp_path_factory.mktemp("cache") / "small", show_progress=False)

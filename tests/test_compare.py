@@ -25,11 +25,11 @@ def table_rows(summary: str) -> tuple[list[str], dict[str, list[float]]]:
 
 
 @pytest.fixture(scope="module")
-def comparison(small_corpus, tmp_path_factory):
+def comparison(small_cache, tmp_path_factory):
   out = tmp_path_factory.mktemp("compare")
   result = checked(subprocess.run(
       [sys.executable, "-m", "train.compare", "--preset", "tiny", "--out", str(out), "--steps", "6",
-       "--eval-every", "3", "--corpus", str(small_corpus.root), "--no-progress"],
+       "--eval-every", "3", "--data", str(small_cache.root), "--no-progress"],
       cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
       env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"}))
   (run_dir,) = out.iterdir()

@@ -162,7 +162,7 @@ def test_bad_mixture_text_gets_a_one_line_error(text, message):
   assert "\n" not in str(error.value)
 
 
-def test_bad_loader_input_gets_a_one_line_error(small_corpus):
+def test_bad_loader_input_gets_a_one_line_error(small_cache):
   errors = []
   with pytest.raises(MixtureError, match="micro_batch_size must be an integer >= 1") as e:
     LoaderConfig(seq_len=8, micro_batch_size=0, microbatches=2)
@@ -171,7 +171,7 @@ def test_bad_loader_input_gets_a_one_line_error(small_corpus):
     LoaderConfig(seq_len=8, micro_batch_size=2, microbatches=2, mode="domain")
   errors.append(e)
   with pytest.raises(MixtureError, match="fewer than .* tokens; lower the sequence length") as e:
-    source_sequences(small_corpus, "technical", seq_len=10_000_000)
+    source_sequences(small_cache, "technical", seq_len=10_000_000)
   errors.append(e)
   with pytest.raises(MixtureError, match="not divisible by the 2 data shards") as e:
     outer_step_dataset(numbered_sources({"a": 8}), {"a": 1}, LoaderConfig(4, 3, 2),
@@ -253,15 +253,19 @@ def test_math_generation_does_not_depend_on_the_callers_hash_seed():
   assert len(digests) == 1
 
 
-def test_training_dataset_streams_the_corpus(small_corpus):
+def test_training_dataset_streams_the_cache(small_corpus, small_cache):
   config = LoaderConfig(seq_len=64, micro_batch_size=4, microbatches=4, seed=0)
-  dataset, names = training_dataset(small_corpus, "prose=2,code=1,math=1", config)
+  dataset, names = training_dataset(small_cache, "prose=2,code=1,math=1", config)
   assert names == ["prose", "code", "math"]
   step = dataset[0]
   assert step["tokens"].shape == (4, 4, 65) and step["tokens"].dtype == np.int32
   assert step["tokens"].max() <= tokenizer.END_OF_DOCUMENT
   counts = collections.Counter(np.concatenate([dataset[i]["source"].ravel() for i in range(10)]))
   assert counts[0] == 80 and counts[1] == counts[2] == 40
-  prose = {tuple(row) for row in source_sequences(small_corpus, "prose", 64).tolist()}
+  # The cache's windows are exactly the byte-level packing of the corpus's documents.
+  prose = {tuple(row) for row in tokenizer.pack(small_corpus.documents("train", "prose"), 64).tolist()}
+  windows = source_sequences(small_cache, "prose", 64)
+  assert len(windows) == len(prose)
+  assert {tuple(windows[i].tolist()) for i in range(0, len(windows), 97)} <= prose
   first_prose = step["tokens"][step["source"] == 0][0]
   assert tuple(first_prose.tolist()) in prose

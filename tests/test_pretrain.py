@@ -47,9 +47,9 @@ def run_cli(args, devices=1, env=None, module="train.pretrain", wait=True):
                         timeout=600, check=False)
 
 
-def tiny_args(corpus, out, **overrides):
+def tiny_args(cache, out, **overrides):
   values = {"preset": "tiny", "optimizer": "nexus", "steps": 8, "checkpoint-every": 4,
-            "eval-every": 0, "log-every": 1, "mesh": "data=1", "corpus": corpus.root, "out": out}
+            "eval-every": 0, "log-every": 1, "mesh": "data=1", "data": cache.root, "out": out}
   values.update(overrides)
   return [item for key, value in values.items() for item in (f"--{key}", value)]
 
@@ -77,10 +77,10 @@ def final_params(out, step, reference_run):
 
 
 @pytest.fixture(scope="module")
-def reference_run(small_corpus, tmp_path_factory):
+def reference_run(small_cache, tmp_path_factory):
   """The single-process, single-device run every distributed run must reproduce."""
   out = tmp_path_factory.mktemp("runs") / "reference"
-  checked(run_cli(tiny_args(small_corpus, out)))
+  checked(run_cli(tiny_args(small_cache, out)))
   return out
 
 
@@ -116,19 +116,19 @@ def test_bad_flags_get_a_one_line_error(argv, message, capsys, tmp_path):
     ("prose=-1,code=1", "weight of 'prose' must be a finite number > 0"),
     ("poetry=1", "unknown source 'poetry'"),
 ])
-def test_bad_mixture_gets_a_one_line_error(mixture, message, small_corpus, capsys, tmp_path):
-  expect_error(tiny_args(small_corpus, tmp_path / "run", mixture=mixture), message, capsys)
+def test_bad_mixture_gets_a_one_line_error(mixture, message, small_cache, capsys, tmp_path):
+  expect_error(tiny_args(small_cache, tmp_path / "run", mixture=mixture), message, capsys)
 
 
-def test_out_dir_and_resume_errors(small_corpus, reference_run, capsys, tmp_path):
+def test_out_dir_and_resume_errors(small_cache, reference_run, capsys, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  expect_error(tiny_args(small_corpus, blocker / "run"), "is not writable", capsys)
-  expect_error([*tiny_args(small_corpus, tmp_path / "empty"), "--resume"],
+  expect_error(tiny_args(small_cache, blocker / "run"), "is not writable", capsys)
+  expect_error([*tiny_args(small_cache, tmp_path / "empty"), "--resume"],
                "--resume: no checkpoint in", capsys)
-  expect_error(tiny_args(small_corpus, reference_run), "already holds checkpoints; pass --resume",
+  expect_error(tiny_args(small_cache, reference_run), "already holds checkpoints; pass --resume",
                capsys)
-  expect_error([*tiny_args(small_corpus, reference_run, optimizer="adamw"), "--resume"],
+  expect_error([*tiny_args(small_cache, reference_run, optimizer="adamw"), "--resume"],
                "the checkpoint's run differs (optimizer: 'nexus' -> 'adamw')", capsys)
 
 
@@ -246,15 +246,15 @@ def test_muon_orthogonalizes_every_block_matrix_over_its_non_layer_axes():
 # ---------------------------------------------------------------- end to end
 
 def test_a_2x2x2_mesh_matches_one_device_and_restores_onto_another_mesh(
-    small_corpus, reference_run, tmp_path):
+    small_cache, reference_run, tmp_path):
   reference = losses(reference_run)
   out = tmp_path / "mesh"
-  checked(run_cli(tiny_args(small_corpus, out, mesh="data=2,fsdp=2,tensor=2"), devices=8))
+  checked(run_cli(tiny_args(small_cache, out, mesh="data=2,fsdp=2,tensor=2"), devices=8))
   sharded = losses(out)
   assert sorted(sharded) == list(range(1, 9))
   assert max(abs(sharded[s] - reference[s]) for s in reference) < TOLERANCE
   shutil.rmtree(out / "checkpoints" / "8")  # as if preempted after step 4's checkpoint
-  result = checked(run_cli([*tiny_args(small_corpus, out, mesh="fsdp=4,tensor=2"), "--resume"],
+  result = checked(run_cli([*tiny_args(small_cache, out, mesh="fsdp=4,tensor=2"), "--resume"],
                            devices=8))
   assert "resumed from checkpoint 4" in result.stdout
   resumed = losses(out)
@@ -273,10 +273,10 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
-def test_two_processes_train_together_and_resume_in_one(small_corpus, reference_run, tmp_path):
+def test_two_processes_train_together_and_resume_in_one(small_cache, reference_run, tmp_path):
   out = tmp_path / "two"
   address = f"127.0.0.1:{free_port()}"
-  workers = [run_cli([*tiny_args(small_corpus, out, mesh="data=-1"), "--coordinator-address",
+  workers = [run_cli([*tiny_args(small_cache, out, mesh="data=-1"), "--coordinator-address",
                       address, "--num-processes", 2, "--process-id", index], wait=False)
              for index in range(2)]
   outputs = [worker.communicate(timeout=600) for worker in workers]
@@ -288,7 +288,7 @@ def test_two_processes_train_together_and_resume_in_one(small_corpus, reference_
   assert sorted(together) == list(range(1, 9))
   assert max(abs(together[s] - reference[s]) for s in reference) < TOLERANCE
   shutil.rmtree(out / "checkpoints" / "8")
-  checked(run_cli([*tiny_args(small_corpus, out), "--resume"]))
+  checked(run_cli([*tiny_args(small_cache, out), "--resume"]))
   alone = losses(out)
   assert max(abs(alone[s] - reference[s]) for s in range(5, 9)) < TOLERANCE
 
@@ -309,20 +309,20 @@ def logged_steps(out) -> int:
   return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def test_sigkill_sigterm_and_a_corrupt_checkpoint_all_resume_exactly(small_corpus, tmp_path):
+def test_sigkill_sigterm_and_a_corrupt_checkpoint_all_resume_exactly(small_cache, tmp_path):
   args = dict(steps=120, **{"checkpoint-every": 10, "eval-every": 60, "micro-batch-size": 8})
   reference = tmp_path / "uninterrupted"
-  checked(run_cli(tiny_args(small_corpus, reference, **args)))
+  checked(run_cli(tiny_args(small_cache, reference, **args)))
 
   out = tmp_path / "interrupted"
-  run = run_cli(tiny_args(small_corpus, out, **args), wait=False)
+  run = run_cli(tiny_args(small_cache, out, **args), wait=False)
   wait_for(lambda: (out / "checkpoints" / "10" / "commit_success.txt").exists(), run)
   run.send_signal(signal.SIGKILL)
   run.wait()
   killed_at = logged_steps(out)
   assert killed_at < 115
 
-  run = run_cli([*tiny_args(small_corpus, out, **args), "--resume"], wait=False)
+  run = run_cli([*tiny_args(small_cache, out, **args), "--resume"], wait=False)
   # The log is cut back to the checkpoint on resume, so growing past where the killed run
   # stopped means the resumed run is in its loop, with the SIGTERM handler installed.
   wait_for(lambda: logged_steps(out) > killed_at + 2, run)
@@ -336,7 +336,7 @@ def test_sigkill_sigterm_and_a_corrupt_checkpoint_all_resume_exactly(small_corpu
   for file in (out / "checkpoints" / str(latest) / "state").rglob("*"):
     if file.is_file():
       file.write_bytes(b"\0garbage")
-  result = checked(run_cli([*tiny_args(small_corpus, out, **args), "--resume"]))
+  result = checked(run_cli([*tiny_args(small_cache, out, **args), "--resume"]))
   assert f"checkpoint {latest} is unreadable" in result.stdout
   assert (out / "corrupt").is_dir()
 
@@ -355,19 +355,20 @@ def test_evaluate_scores_a_text_file_like_the_model_loss(reference_run, tmp_path
   seq_len = 64
   text = ("It is a truth universally acknowledged, that a single man in possession of a good "
           "fortune, must be in want of a wife. ") * 4
-  text = text[:3 * seq_len + 1]  # ASCII: three full windows, one byte per token
+  text = text[:3 * seq_len]  # ASCII: after the leading end-of-document token, three windows
   path = tmp_path / "mine.txt"
   path.write_text(text)
   result = checked(run_cli(["--checkpoint", reference_run, "--text-file", path, "--name", "austen",
                             "--json"], module="train.evaluate"))
   scored = json.loads(result.stdout.strip().splitlines()[-1])
   assert scored["name"] == "austen" and scored["step"] == 8 and scored["tokens"] == 3 * seq_len
+  assert scored["bytes"] == 3 * seq_len
 
   model = Llama(PRESETS["tiny"], rngs=nnx.Rngs(0))
   graphdef, _ = nnx.split(model, nnx.Param)
   params = jax.tree.unflatten(jax.tree.structure(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
                               final_params(reference_run, 8, reference_run))
-  stream = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
+  stream = np.append(256, np.frombuffer(text.encode(), np.uint8)).astype(np.int32)
   windows = np.stack([stream[i * seq_len:(i + 1) * seq_len + 1] for i in range(3)])
   want = float(next_token_loss(nnx.merge(graphdef, params), jnp.asarray(windows)))
   assert math.isclose(scored["loss"], want, rel_tol=1e-5)

@@ -93,10 +93,10 @@ def test_compiled_memory_benchmark_shards_the_state_over_the_mesh(tmp_path):
   assert 0.9 <= rows["nexus"]["temp_over_accumulation"] <= 1.5
 
 
-def test_bf16_fidelity_benchmark_reports_each_mode(tmp_path, small_corpus, monkeypatch):
+def test_bf16_fidelity_benchmark_reports_each_mode(tmp_path, small_cache, monkeypatch):
   from benchmarks import bf16_fidelity  # pylint: disable=import-outside-toplevel
 
-  monkeypatch.setattr(bf16_fidelity.corpus_lib, "ensure_corpus", lambda: small_corpus)
+  monkeypatch.setattr(bf16_fidelity.corpus_lib, "ensure_default_cache", lambda: small_cache)
   monkeypatch.setattr(sys, "argv", ["bf16_fidelity", "--sizes", "tiny", "--batch", "2",
                                     "--seq-len", "32", "--gamma-scales", "10",
                                     "--out", str(tmp_path)])

@@ -246,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
                   disable=not primary or args.no_progress)
   summary: dict = {}
   window_start, window_steps, run_start, run_steps = time.perf_counter(), 0, time.perf_counter(), 0
+  eval_seconds = 0.0
   for step in range(start_step + 1, config.steps + 1):
     element = next(iterator)
     tokens = parallel.global_batch(element["tokens"], training.batch_sharding, global_shape)
@@ -266,8 +267,12 @@ def run(args: argparse.Namespace) -> int:
                            tok_s=f"{record['tokens_per_s']:,.0f}")
       summary.update({k: v for k, v in record.items() if k != "tokens_per_s"})
     if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+      eval_start = time.perf_counter()
       results = evaluator.evaluate(state.params, eval_sets, cosine_batches, cosine_domains)
-      record.update(step=step, **results)
+      eval_seconds += time.perf_counter() - eval_start
+      # Wall time of this process so far, and the part of it spent evaluating.
+      record.update(step=step, **results, seconds=time.perf_counter() - run_start,
+                    eval_seconds=eval_seconds)
       summary.update(results)
     if record:
       log.write(record)

@@ -35,7 +35,8 @@ from train.data.corpus import HELDOUT, TRAIN, VALIDATION
 from train.data.spec import DataError, DataSpec
 from train.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
-TASK_BYTES = 32 << 20
+# Input bytes per task (and part file); NEXUS_PREPARE_TASK_BYTES overrides it (tests).
+TASK_BYTES = int(os.environ.get("NEXUS_PREPARE_TASK_BYTES", 32 << 20))
 BATCH_CHARACTERS = 1 << 20
 STATE = ".prepare.json"
 
