@@ -203,8 +203,12 @@ def prepare(spec: DataSpec, tokenizer_source: str, out: pathlib.Path, workers: i
   with tqdm(total=sum(sizes.values()), initial=sum(sizes.values()) - sum(sizes[t.name] for t in todo),
             unit="B", unit_scale=True, desc=f"tokenizing ({tokenizer.kind})",
             disable=not show_progress, dynamic_ncols=True) as progress:
-    if todo:
-      workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    if workers == 1:  # no pool: a process start costs more than a small task
+      for task in todo:
+        records[task.name] = run_task(task, str(tokenizer_source), str(out), dtype)
+        progress.update(sizes[task.name])
+    elif todo:
       # Spawned, not forked: forking a process that runs JAX's or the tokenizer's threads
       # can deadlock. Each worker tokenizes on one thread; the processes are the parallelism.
       context = multiprocessing.get_context("spawn")
