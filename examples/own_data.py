@@ -19,15 +19,15 @@ import json
 import pathlib
 import sys
 
-from train.data.corpus import ensure_corpus
+from train.data.corpus import Corpus, ensure_corpus
 
 SPEC = """\
 # A data spec: each domain's training files, its weight and (optionally) its validation files.
 domains:
   code:  {{train: ["code/train-*.jsonl.gz"], validation: ["code/validation.jsonl.gz"], weight: 0.4, text_key: content}}
   math:  {{train: ["math/*.parquet"], weight: 0.3}}
-  prose: {{train: ["prose/*.txt"], weight: 0.3}}
-validation_fraction: {validation_fraction}
+  prose: {{train: ["prose/*.txt"], weight: 0.3, validation_fraction: 0.2}}
+validation_fraction: 0.05
 heldout:
   humaneval: ["heldout/humaneval.jsonl"]
   milton: ["heldout/milton.jsonl"]
@@ -53,11 +53,13 @@ def main(argv=None) -> int:
   parser.add_argument("--out", type=pathlib.Path, required=True)
   parser.add_argument("--fraction", type=float, default=0.25,
                       help="share of each built-in training set to write")
+  parser.add_argument("--corpus", type=pathlib.Path, default=None,
+                      help="a built corpus folder (default: the built-in corpus, built on first use)")
   args = parser.parse_args(argv)
   if not 0 < args.fraction <= 1:
     print(f"error: --fraction must be in (0, 1], got {args.fraction}.", file=sys.stderr)
     return 2
-  corpus = ensure_corpus()
+  corpus = Corpus(args.corpus) if args.corpus else ensure_corpus()
   out = args.out
   code = take(corpus.documents("train", "code"), args.fraction)
   half = len(code) // 2
@@ -74,8 +76,8 @@ def main(argv=None) -> int:
     (out / "prose" / f"work-{index:02d}.txt").write_text(work, encoding="utf-8")
   for name in ("humaneval", "milton"):
     write_jsonl(out / "heldout" / f"{name}.jsonl", corpus.documents("heldout", name))
-  # Prose has few, long documents: hold out enough that at least one lands in validation.
-  (out / "spec.yaml").write_text(SPEC.format(validation_fraction=0.1))
+  # Prose has few, long documents: its larger fraction holds out two of the ten works.
+  (out / "spec.yaml").write_text(SPEC.format())
   print(f"wrote {out}: code (JSONL.gz), math (Parquet), prose (text files), held-out sets, "
         f"and {out / 'spec.yaml'}")
   return 0

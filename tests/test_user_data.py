@@ -442,3 +442,51 @@ def test_spec_parsing_fills_defaults_and_hashes_content():
   assert spec.heldout["champ"].text_key == "problem" and spec.heldout["gsm"].text_key == "text"
   assert spec.hash == parse_spec(text.replace("0.3", "0.30"), pathlib.Path("/elsewhere")).hash
   assert spec.hash != parse_spec(text.replace("0.3", "0.4"), pathlib.Path("/data")).hash
+
+
+def test_the_worked_example_writes_files_that_prepare(small_corpus, tmp_path):
+  from examples import own_data
+  data = tmp_path / "mydata"
+  assert own_data.main(["--out", str(data), "--corpus", str(small_corpus.root)]) == 0
+  cache = prepare(load_spec(data / "spec.yaml"), "bytes", tmp_path / "cache", workers=1,
+                  show_progress=False)
+  assert cache.names("train") == ["code", "math", "prose"]
+  assert cache.names("heldout") == ["humaneval", "milton"]
+  assert cache.default_mixture == "code=0.4,math=0.3,prose=0.3"
+  works = small_corpus.documents("train", "prose")[:10]
+  train, validation = (cache.decode_documents(role, "prose") for role in ("train", "validation"))
+  assert len(validation) == 2 and sorted(train + validation) == sorted(works)
+  assert cache.decode_documents("validation", "code") == small_corpus.documents("validation", "code")
+  assert cache.manifest["domains"]["code"]["validation"] == "files"
+
+
+def test_a_rerun_finds_a_complete_cache_and_redoes_only_changed_inputs(tmp_path):
+  spec = one_domain_spec(tmp_path, "jsonl")
+  first = prepare(load_spec(spec), "bytes", tmp_path / "cache", show_progress=False)
+  validation_part = first.root / first.set_info("validation", "prose")["parts"][0]["file"]
+  stamp = validation_part.stat().st_mtime_ns
+  with open(tmp_path / "docs" / "docs.jsonl", "a") as stream:
+    stream.write(json.dumps({"text": "a document added later"}) + "\n")
+  again = prepare(load_spec(spec), "bytes", tmp_path / "cache", show_progress=False)
+  assert again.decode_documents("train", "prose") == DOCUMENTS + ["a document added later"]
+  assert validation_part.stat().st_mtime_ns == stamp  # its input did not change
+  reweighted = write_spec(tmp_path, spec.read_text().replace("weight: 2", "weight: 5"))
+  with pytest.raises(DataError, match="already holds a cache of another spec or tokenizer"):
+    prepare(load_spec(reweighted), "bytes", tmp_path / "cache", show_progress=False)
+
+
+def test_the_built_in_corpus_prepares_with_a_bpe_trained_on_it(small_corpus, bpe_file, tmp_path):
+  import shutil
+  from train.data.corpus import CorpusSpec, ensure_default_cache
+  from train.data.tokenizer import TokenizerError
+  spec = CorpusSpec(math_train_rounds=12, math_validation_rounds=4, math_extrapolate_rounds=2,
+                    rounds_per_task=6, extrapolate_rounds_per_task=1)
+  shutil.copytree(small_corpus.root, tmp_path / "corpus" / spec.key())  # found, not rebuilt
+  cache = ensure_default_cache(spec, root=tmp_path, show_progress=False, tokenizer="bpe-512")
+  assert cache.tokenizer_info["kind"] == "huggingface" and cache.vocab_size == 512
+  # The same training text as the CLI's, so the same tokenizer, byte for byte.
+  assert cache.tokenizer_info["hash"] == load_tokenizer(bpe_file).hash
+  assert cache.names("train") == ["prose", "code", "math", "technical"]
+  assert ensure_default_cache(spec, root=tmp_path, tokenizer="bpe-512").root == cache.root
+  with pytest.raises(TokenizerError, match="unknown built-in tokenizer 'wordpiece'"):
+    ensure_default_cache(spec, root=tmp_path, tokenizer="wordpiece")

@@ -20,7 +20,8 @@ SCHEDULES = ("wsd", "cosine")
 TRAJECTORY_FIELDS = ("model", "seq_len", "micro_batch_size", "microbatches", "mixture",
                      "batch_mode", "seed", "optimizer", "lr", "inner_lr", "schedule",
                      "warmup_fraction", "decay_fraction", "final_lr_fraction", "b1", "b2",
-                     "eps", "weight_decay", "clip_norm", "steps", "corpus_seed")
+                     "eps", "weight_decay", "clip_norm", "steps", "corpus_seed",
+                     "tokenizer")
 
 
 class ConfigError(ValueError):
@@ -58,7 +59,10 @@ class TrainConfig:
     steps: outer steps.
     corpus_seed: seed of the generated part of the built-in corpus.
     data: a token cache prepared by ``python -m train.data.prepare``; empty means the
-      built-in corpus, prepared with the byte tokenizer on first use.
+      built-in corpus, prepared with ``tokenizer`` on first use.
+    tokenizer: the built-in corpus's tokenizer: ``bytes``, or ``bpe-N``, a byte-level BPE
+      of N tokens trained on its training text on first use. A ``--data`` cache brings
+      its own tokenizer.
     mesh: ``data=..,fsdp=..,tensor=..``; one axis may be -1 (all remaining devices).
     out: run directory (checkpoints, metrics.jsonl, TensorBoard events).
     checkpoint_every: save every N steps (and at the end, and on SIGTERM).
@@ -90,6 +94,7 @@ class TrainConfig:
   steps: int = 300
   corpus_seed: int = 0
   data: str = ""
+  tokenizer: str = "bytes"
   mesh: str = "fsdp=-1"
   out: str = "runs/demo"
   checkpoint_every: int = 100
@@ -130,6 +135,12 @@ class TrainConfig:
       raise ConfigError(f"--eps must be > 0, got {self.eps!r}.")
     if self.weight_decay is not None and not self.weight_decay >= 0:
       raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay!r}.")
+    vocab = self.tokenizer.removeprefix("bpe-")
+    if self.tokenizer != "bytes" and not (self.tokenizer.startswith("bpe-") and vocab.isdigit()
+                                          and int(vocab) >= 258):
+      raise ConfigError(f"--tokenizer {self.tokenizer!r} is not a built-in tokenizer; use bytes, "
+                        "or bpe-N with N >= 258 (for your own tokenizer, prepare a cache and "
+                        "pass --data).")
     max_len = MODEL_PRESETS[self.model].max_seq_len
     if self.seq_len > max_len:
       raise ConfigError(f"--seq-len {self.seq_len} exceeds the {self.model} model's max_seq_len "

@@ -93,13 +93,16 @@ def prepare_out_dir(out: pathlib.Path, resume: bool) -> None:
 def load_data(config: TrainConfig, primary: bool) -> TokenCache:
   """``--data``'s token cache, or the built-in corpus's (prepared on first use)."""
   if config.data:
+    if config.tokenizer != "bytes":
+      raise ConfigError(f"--tokenizer {config.tokenizer} applies to the built-in corpus; the cache "
+                        f"{config.data} brings its own tokenizer, so drop --tokenizer.")
     return TokenCache(config.data)
   spec = CorpusSpec(seed=config.corpus_seed)
   if jax.process_count() > 1:
     if primary:  # one builder per shared cache; the others wait, then find it or build their own
-      ensure_default_cache(spec, show_progress=True)
+      ensure_default_cache(spec, show_progress=True, tokenizer=config.tokenizer)
     multihost_utils.sync_global_devices("corpus built")
-  return ensure_default_cache(spec, show_progress=primary)
+  return ensure_default_cache(spec, show_progress=primary, tokenizer=config.tokenizer)
 
 
 def check_resumed_data(saved: dict, cache: TokenCache) -> None:

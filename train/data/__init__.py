@@ -7,13 +7,27 @@ steps (:mod:`train.data.mixture`). The built-in corpus (:mod:`train.data.corpus`
 prepared into a cache the same way.
 """
 
-from train.data.cache import PackedWindows, TokenCache
-from train.data.corpus import Corpus, CorpusSpec, build_corpus, ensure_corpus, ensure_default_cache
-from train.data.mixture import (DEFAULT_MIXTURE, LoaderConfig, MixtureError, epochs_per_source,
-                                outer_step_dataset, parse_mixture, source_sequences,
-                                training_dataset)
-from train.data.spec import DataError, DataSpec, load_spec, parse_spec
-from train.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+import importlib
+
+# Names resolve on first use, so that ``train.data.prepare``'s worker processes import the
+# readers and tokenizers only, not grain and JAX (about 140 MB per process).
+_EXPORTS = {
+    "PackedWindows": "cache", "TokenCache": "cache",
+    "Corpus": "corpus", "CorpusSpec": "corpus", "build_corpus": "corpus",
+    "ensure_corpus": "corpus", "ensure_default_cache": "corpus",
+    "DEFAULT_MIXTURE": "mixture", "LoaderConfig": "mixture", "MixtureError": "mixture",
+    "epochs_per_source": "mixture", "outer_step_dataset": "mixture", "parse_mixture": "mixture",
+    "source_sequences": "mixture", "training_dataset": "mixture",
+    "DataError": "spec", "DataSpec": "spec", "load_spec": "spec", "parse_spec": "spec",
+    "Tokenizer": "tokenizer", "TokenizerError": "tokenizer", "load_tokenizer": "tokenizer",
+}
+
+
+def __getattr__(name):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'train.data' has no attribute {name!r}")
+  return getattr(importlib.import_module(f"train.data.{_EXPORTS[name]}"), name)
+
 
 __all__ = [
     "Corpus",

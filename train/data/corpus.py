@@ -251,19 +251,39 @@ def ensure_corpus(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = N
   return Corpus(directory)
 
 
+BUILTIN_TOKENIZERS = "bytes, or bpe-N (a byte-level BPE of N tokens trained on the corpus)"
+
+
 def ensure_default_cache(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = None,
-                         show_progress: bool = True):
-  """The default corpus prepared with the byte tokenizer: a token cache like any other
-  (:mod:`train.data.prepare`), built and prepared on first use."""
+                         show_progress: bool = True, tokenizer: str = "bytes"):
+  """The built-in corpus prepared into a token cache like any other
+  (:mod:`train.data.prepare`), built and prepared on first use.
+
+  ``tokenizer`` is ``bytes`` or ``bpe-N``: a byte-level BPE of N tokens trained on the
+  corpus's training text (``train.data.tokenizer.train_bpe``), kept beside the cache.
+  """
   from train.data import prepare as prepare_lib
   from train.data import spec as spec_lib
+  from train.data import tokenizer as tokenizer_lib
   from train.data.cache import MANIFEST, TokenCache
+  vocab = tokenizer.removeprefix("bpe-")
+  if tokenizer != "bytes" and not (tokenizer.startswith("bpe-") and vocab.isdigit()):
+    raise tokenizer_lib.TokenizerError(f"unknown built-in tokenizer {tokenizer!r}; use "
+                                       f"{BUILTIN_TOKENIZERS}.")
+  root = root or default_cache_root()
   corpus = ensure_corpus(spec, root, show_progress)
-  directory = (root or default_cache_root()) / "caches" / f"{corpus.root.name}-bytes"
+  directory = root / "caches" / f"{corpus.root.name}-{tokenizer}"
   if (directory / MANIFEST).exists():
     return TokenCache(directory)
-  return prepare_lib.prepare(spec_lib.load_spec(corpus.root / SPEC_FILE), "bytes", directory,
-                             show_progress=show_progress)
+  data_spec = spec_lib.load_spec(corpus.root / SPEC_FILE)
+  source = "bytes"
+  if tokenizer != "bytes":
+    path = root / "tokenizers" / f"{corpus.root.name}-{tokenizer}.json"
+    if not path.exists():
+      tokenizer_lib.train_bpe(tokenizer_lib.training_texts(data_spec), int(vocab), path,
+                              show_progress=show_progress)
+    source = str(path)
+  return prepare_lib.prepare(data_spec, source, directory, show_progress=show_progress)
 
 
 def main(argv=None):

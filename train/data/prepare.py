@@ -179,13 +179,16 @@ def prepare(spec: DataSpec, tokenizer_source: str, out: pathlib.Path, workers: i
   identity = {"version": CACHE_VERSION, "spec_hash": spec.hash, "tokenizer_hash": tokenizer.hash,
               "token_dtype": dtype, "task_bytes": TASK_BYTES}
   manifest_path = out / MANIFEST
+  tasks, sources = plan_tasks(spec)
   if manifest_path.exists():
     manifest = json.loads(manifest_path.read_text())
-    if all(manifest.get(k) == identity[k] for k in ("version", "spec_hash", "token_dtype")) and (
-        manifest["tokenizer"]["hash"] == tokenizer.hash):
+    if not (all(manifest.get(k) == identity[k] for k in ("version", "spec_hash", "token_dtype"))
+            and manifest["tokenizer"]["hash"] == tokenizer.hash):
+      raise DataError(f"--out {out} already holds a cache of another spec or tokenizer; choose a "
+                      "new --out or delete that folder.")
+    if all(_finished(task, out) for task in tasks):
       return TokenCache(out)
-    raise DataError(f"--out {out} already holds a cache of another spec or tokenizer; choose a "
-                    "new --out or delete that folder.")
+    manifest_path.unlink()  # input files changed since: redo their tasks
   if out.exists() and any(out.iterdir()) and not (out / STATE).exists():
     raise DataError(f"--out {out} is a non-empty folder that is not a cache; choose a new or "
                     "empty --out.")
@@ -195,7 +198,6 @@ def prepare(spec: DataSpec, tokenizer_source: str, out: pathlib.Path, workers: i
     shutil.rmtree(out / "parts", ignore_errors=True)  # a different spec or tokenizer's work
   state.write_text(json.dumps(identity))
 
-  tasks, sources = plan_tasks(spec)
   start = time.perf_counter()
   records = {task.name: _finished(task, out) for task in tasks}
   todo = [task for task in tasks if records[task.name] is None]

@@ -212,7 +212,7 @@ def is_validation(document: str, seed: int, fraction: float) -> bool:
 
   Example:
     >>> [is_validation(f"doc {i}", seed=0, fraction=0.5) for i in range(6)]
-    [False, True, False, True, False, False]
+    [False, True, False, False, False, True]
   """
   digest = hashlib.blake2b(document.encode("utf-8"), digest_size=8,
                            key=seed.to_bytes(8, "little")).digest()
