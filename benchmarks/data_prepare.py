@@ -289,6 +289,59 @@ def plot_main_job(arms: dict, out: pathlib.Path) -> None:
   plt.close(figure)
 
 
+def markdown(results: dict) -> str:
+  """``results.md``: every table of the run, from ``results.json``."""
+  lines = [f"# Preparing data: `{results.get('command', 'python -m benchmarks.data_prepare')}`",
+           "", f"Date: {results.get('date', '?')}; machine: 2 CPU cores, Python "
+           f"{sys.version.split()[0]}. Written by `benchmarks/data_prepare.py` from results.json.", ""]
+  if "generate" in results:
+    generated = results["generate"]
+    lines += ["## The text", "", "| domain | documents | MB |", "|---|---:|---:|"]
+    lines += [f"| {d} | {generated['documents'][d]:,} | {generated['bytes'][d] / 2**20:.1f} |"
+              for d in generated["documents"]]
+    lines += ["", f"From {', '.join(generated['roots'])}; written in {generated['seconds']} s.", ""]
+  if "prepare" in results:
+    lines += ["## prepare: throughput and peak memory (2 workers)", "",
+              "| spec | tokenizer | text MB | seconds | MB/s | peak RSS (MB, process tree) | "
+              "bytes/token | cache MB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in results["prepare"].items():
+      spec = "native domain only" if name.endswith("native-only") else "all three domains"
+      lines.append(f"| {spec} | {row['tokenizer']} | {row['text_mb']} | {row['seconds']} | "
+                   f"{row['mb_per_s']} | {row['peak_rss_mb']} | {row['bytes_per_token']} | "
+                   f"{row['cache_mb']} |")
+    lines.append("")
+  if "format" in results:
+    f = results["format"]
+    lines += ["## Cache layout: random windows of 257 tokens", "",
+              "| layout | windows/s | bytes on disk |", "|---|---:|---:|",
+              f"| memory-mapped parts (chosen) | {f['memmap']['windows_per_s']:,} | {f['memmap']['bytes']:,} |",
+              f"| ArrayRecord (`grain.sources.ArrayRecordDataSource`) | "
+              f"{f['array_record']['windows_per_s']:,} | {f['array_record']['bytes']:,} |", ""]
+  if "loader" in results:
+    lines += ["## Loader against the demo model's AdamW + Nexus step", "",
+              "| cache | loader tokens/s | model tokens/s | loader / model |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {row['loader_tokens_per_s']:,} | {row['nexus_adamw_tokens_per_s']:,} | "
+              f"{row['loader_over_model']}x |" for name, row in results["loader"].items()]
+    lines.append("")
+  if "main" in results:
+    main = results["main"]
+    lines += ["## The demo main job's Nexus run: byte tokenizer against BPE", "",
+              f"{main['steps']} outer steps each, same preset; bpb at "
+              f"{main['same_train_seconds']} s of training (evaluation excluded), interpolated "
+              f"between evaluations. Winner: **{main['winner']}**.", "",
+              "| tokenizer | vocab | tokens / byte | validation bpb at same time | held-out bpb at "
+              "same time | final validation bpb | training s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, arm in main["arms"].items():
+      last = arm["points"][-1]
+      lines.append(f"| {name} | {arm['vocab_size']} | {arm['tokens_per_byte']} | "
+                   f"{arm['validation_bpb_at_same_time']:.4f} | {arm['heldout_bpb_at_same_time']:.4f} | "
+                   f"{last['validation_bpb']:.4f} | {last['train_seconds']:.1f} |")
+    lines += ["", "![bpb against training time](main_job_bpb.png)", ""]
+    lines += [f"- {name}: `python {arm['command']}`" for name, arm in main["arms"].items()]
+    lines.append("")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--megabytes", type=int, default=600, help="text to generate")
@@ -342,7 +395,9 @@ def main(argv=None) -> int:
     save()
     print(json.dumps({k: v for k, v in results["main"].items() if k != "arms"}))
   results["command"] = "python -m benchmarks.data_prepare " + " ".join(argv or sys.argv[1:])
+  results["date"] = time.strftime("%Y-%m-%d")
   save()
+  (args.out / "results.md").write_text(markdown(results))
   return 0
 
 
