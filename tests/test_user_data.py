@@ -239,8 +239,8 @@ def test_windows_cross_part_boundaries_like_one_packed_stream(tmp_path):
 # ---- a run on a BPE cache ---------------------------------------------------------------
 
 
-def test_a_run_on_a_bpe_cache_trains_evaluates_and_reports_bpb_by_hand(small_corpus, bpe_file,
-                                                                       tmp_path):
+def test_a_run_on_a_bpe_cache_trains_evaluates_and_reports_bpb_by_hand(small_corpus, small_cache,
+                                                                       bpe_file, tmp_path, capsys):
   cache_dir = tmp_path / "cache"
   root = small_corpus.root  # two of its domains and one held-out set, to keep the test short
   spec = write_spec(tmp_path, "domains:\n" + "".join(
@@ -296,6 +296,17 @@ def test_a_run_on_a_bpe_cache_trains_evaluates_and_reports_bpb_by_hand(small_cor
   assert result["bpb"] == pytest.approx(np.sum(nats) / (math.log(2) * len(text.encode())), rel=1e-4)
   assert result["bpb"] == pytest.approx(
       result["loss"] * result["tokens"] / (result["bytes"] * math.log(2)), rel=1e-9)
+
+  # --resume on a cache with another tokenizer, or another spec, is refused.
+  from tests.test_pretrain import expect_error
+  resume = ["--preset", "tiny", "--steps", 12, "--lr", 1e-2, "--mesh", "data=1", "--out", out,
+            "--resume", "--no-progress"]
+  expect_error([*resume, "--data", small_cache.root, "--mixture", "technical=1,math=1"],
+               "has another tokenizer than the checkpoint's", capsys)
+  reweighted = write_spec(tmp_path, spec.read_text().replace("]}", "], weight: 2}"))
+  other = prepare(load_spec(reweighted), str(bpe_file), tmp_path / "other", show_progress=False)
+  expect_error([*resume, "--data", other.root, "--mixture", "technical=1,math=1"],
+               "has another data spec than the checkpoint's", capsys)
 
 
 # ---- crash safety -----------------------------------------------------------------------
@@ -407,27 +418,14 @@ def test_a_tokenizer_that_does_not_load_gets_a_one_line_error(name, payload, mes
                        tokenizer=tmp_path / name)
 
 
-def test_resume_with_another_tokenizer_or_spec_is_refused(small_cache, bpe_file, tmp_path, capsys):
+def test_data_that_is_missing_or_not_a_cache_is_refused(small_cache, tmp_path, capsys):
   from tests.test_pretrain import expect_error, tiny_args
-  folder = tmp_path / "data"
-  spec = one_domain_spec(folder, "jsonl", [d * 20 for d in DOCUMENTS])
-  bytes_cache = prepare(load_spec(spec), "bytes", folder / "bytes", show_progress=False)
-  bpe_cache = prepare(load_spec(spec), str(bpe_file), folder / "bpe", show_progress=False)
-  spec.write_text(spec.read_text().replace("weight: 2", "weight: 3"))
-  other_spec = prepare(load_spec(spec), "bytes", folder / "other", show_progress=False)
-  out = tmp_path / "run"
-  args = dict(steps=2, **{"checkpoint-every": 1, "seq-len": 16})
-  from train.pretrain import main as pretrain_main
-  assert pretrain_main([*map(str, tiny_args(bytes_cache, out, **args)), "--no-progress"]) == 0
-  capsys.readouterr()
-  expect_error([*tiny_args(bpe_cache, out, **args), "--resume"],
-               "has another tokenizer than the checkpoint's", capsys)
-  expect_error([*tiny_args(other_spec, out, **args), "--resume", "--mixture", "prose=2"],
-               "has another data spec than the checkpoint's", capsys)
   expect_error(tiny_args(small_cache, tmp_path / "r2", data=tmp_path / "nowhere"),
                "no such folder; prepare one with", capsys)
-  expect_error(tiny_args(small_cache, tmp_path / "r3", data=folder),
+  expect_error(tiny_args(small_cache, tmp_path / "r3", data=tmp_path),
                "is not a prepared cache (no manifest.json)", capsys)
+  expect_error([*tiny_args(small_cache, tmp_path / "r4"), "--tokenizer", "bpe-512"],
+               "applies to the built-in corpus", capsys)
 
 
 def test_spec_parsing_fills_defaults_and_hashes_content():
