@@ -291,9 +291,11 @@ def plot_main_job(arms: dict, out: pathlib.Path) -> None:
 
 def markdown(results: dict) -> str:
   """``results.md``: every table of the run, from ``results.json``."""
-  lines = [f"# Preparing data: `{results.get('command', 'python -m benchmarks.data_prepare')}`",
-           "", f"Date: {results.get('date', '?')}; machine: 2 CPU cores, Python "
-           f"{sys.version.split()[0]}. Written by `benchmarks/data_prepare.py` from results.json.", ""]
+  lines = ["# Preparing data (`benchmarks/data_prepare.py`)", "",
+           f"Machine: 2 CPU cores, Python {sys.version.split()[0]}. Written by the script from "
+           "results.json; each stage's command and date:", ""]
+  lines += [f"- {stage}: `{command}`" for stage, command in results.get("commands", {}).items()]
+  lines.append("")
   if "generate" in results:
     generated = results["generate"]
     lines += ["## The text", "", "| domain | documents | MB |", "|---|---:|---:|"]
@@ -350,7 +352,9 @@ def main(argv=None) -> int:
   parser.add_argument("--vocab-size", type=int, default=2048, help="the BPE's vocabulary")
   parser.add_argument("--workers", type=int, default=2)
   parser.add_argument("--main-steps", type=int, default=140, help="demo preset's steps")
-  parser.add_argument("--stages", default="generate,prepare,format,loader,main")
+  parser.add_argument("--stages", default="generate,prepare,format,loader,main",
+                      help="any of generate,prepare,format,loader,main; 'report' only rewrites "
+                      "results.md")
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   args = parser.parse_args(argv)
   stages = args.stages.split(",")
@@ -394,8 +398,10 @@ def main(argv=None) -> int:
     results["main"] = main_job(args.work, args.out, results["bpe"], args.main_steps)
     save()
     print(json.dumps({k: v for k, v in results["main"].items() if k != "arms"}))
-  results["command"] = "python -m benchmarks.data_prepare " + " ".join(argv or sys.argv[1:])
-  results["date"] = time.strftime("%Y-%m-%d")
+  command = "python -m benchmarks.data_prepare " + " ".join(argv if argv is not None else sys.argv[1:])
+  for stage in stages:
+    if stage in ("generate", "prepare", "format", "loader", "main"):
+      results.setdefault("commands", {})[stage] = f"{command} ({time.strftime('%Y-%m-%d')})"
   save()
   (args.out / "results.md").write_text(markdown(results))
   return 0
