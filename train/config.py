@@ -11,7 +11,9 @@ import dataclasses
 import math
 
 from models.presets import PRESETS as MODEL_PRESETS
+from train.data.corpus import builtin_bpe_size
 from train.data.mixture import MODES
+from train.data.tokenizer import TokenizerError
 
 OPTIMIZERS = ("adamw", "nexus", "nexus-multisteps", "muon", "nexus-muon", "sgd")
 SCHEDULES = ("wsd", "cosine")
@@ -135,12 +137,11 @@ class TrainConfig:
       raise ConfigError(f"--eps must be > 0, got {self.eps!r}.")
     if self.weight_decay is not None and not self.weight_decay >= 0:
       raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay!r}.")
-    vocab = self.tokenizer.removeprefix("bpe-")
-    if self.tokenizer != "bytes" and not (self.tokenizer.startswith("bpe-") and vocab.isdigit()
-                                          and int(vocab) >= 258):
-      raise ConfigError(f"--tokenizer {self.tokenizer!r} is not a built-in tokenizer; use bytes, "
-                        "or bpe-N with N >= 258 (for your own tokenizer, prepare a cache and "
-                        "pass --data).")
+    try:
+      builtin_bpe_size(self.tokenizer)
+    except TokenizerError as error:
+      raise ConfigError(f"--tokenizer: {error} For your own tokenizer, prepare a cache and pass "
+                        "--data.") from None
     max_len = MODEL_PRESETS[self.model].max_seq_len
     if self.seq_len > max_len:
       raise ConfigError(f"--seq-len {self.seq_len} exceeds the {self.model} model's max_seq_len "

@@ -251,7 +251,23 @@ def ensure_corpus(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = N
   return Corpus(directory)
 
 
-BUILTIN_TOKENIZERS = "bytes, or bpe-N (a byte-level BPE of N tokens trained on the corpus)"
+BUILTIN_TOKENIZERS = "bytes, or bpe-N with N >= 258 (a byte-level BPE of N tokens trained on the corpus)"
+
+
+def builtin_bpe_size(tokenizer: str) -> int | None:
+  """N of a built-in ``bpe-N`` tokenizer, None for ``bytes``; anything else is an error.
+
+  Example:
+    >>> builtin_bpe_size("bpe-2048"), builtin_bpe_size("bytes")
+    (2048, None)
+  """
+  from train.data.tokenizer import TokenizerError
+  if tokenizer == "bytes":
+    return None
+  size = tokenizer.removeprefix("bpe-")
+  if not (tokenizer.startswith("bpe-") and size.isdigit() and int(size) >= 258):
+    raise TokenizerError(f"unknown built-in tokenizer {tokenizer!r}; use {BUILTIN_TOKENIZERS}.")
+  return int(size)
 
 
 def ensure_default_cache(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = None,
@@ -266,10 +282,7 @@ def ensure_default_cache(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | N
   from train.data import spec as spec_lib
   from train.data import tokenizer as tokenizer_lib
   from train.data.cache import MANIFEST, TokenCache
-  vocab = tokenizer.removeprefix("bpe-")
-  if tokenizer != "bytes" and not (tokenizer.startswith("bpe-") and vocab.isdigit()):
-    raise tokenizer_lib.TokenizerError(f"unknown built-in tokenizer {tokenizer!r}; use "
-                                       f"{BUILTIN_TOKENIZERS}.")
+  vocab = builtin_bpe_size(tokenizer)
   root = root or default_cache_root()
   corpus = ensure_corpus(spec, root, show_progress)
   directory = root / "caches" / f"{corpus.root.name}-{tokenizer}"
@@ -277,10 +290,10 @@ def ensure_default_cache(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | N
     return TokenCache(directory)
   data_spec = spec_lib.load_spec(corpus.root / SPEC_FILE)
   source = "bytes"
-  if tokenizer != "bytes":
+  if vocab is not None:
     path = root / "tokenizers" / f"{corpus.root.name}-{tokenizer}.json"
     if not path.exists():
-      tokenizer_lib.train_bpe(tokenizer_lib.training_texts(data_spec), int(vocab), path,
+      tokenizer_lib.train_bpe(tokenizer_lib.training_texts(data_spec), vocab, path,
                               show_progress=show_progress)
     source = str(path)
   return prepare_lib.prepare(data_spec, source, directory, show_progress=show_progress)

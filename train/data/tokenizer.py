@@ -72,8 +72,13 @@ def pack(documents: list[str], seq_len: int) -> np.ndarray:
   """
   if seq_len < 1:
     raise ValueError(f"seq_len must be >= 1, got {seq_len}.")
-  stream = np.concatenate([np.append(encode(doc), END_OF_DOCUMENT) for doc in documents]
-                          or [np.zeros(0, np.int32)]).astype(np.int32)
+  stream = np.empty(sum(len(doc.encode("utf-8")) + 1 for doc in documents), np.int32)
+  position = 0
+  for doc in documents:
+    tokens = encode(doc)
+    stream[position:position + len(tokens)] = tokens
+    stream[position + len(tokens)] = END_OF_DOCUMENT
+    position += len(tokens) + 1
   windows = (len(stream) - 1) // seq_len
   if windows < 1:
     return np.zeros((0, seq_len + 1), np.int32)
