@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -25,6 +26,8 @@ class Training:
     graphdef: its ``nnx`` graph definition (params are pure dicts).
     abstract_state: a ``TrainState`` of ``ShapeDtypeStruct`` with shardings (restore target).
     init: jitted ``() -> TrainState``, born sharded.
+    init_from_params: ``(params) -> TrainState`` from given weights (a pure dict of host
+      arrays, e.g. a Hugging Face checkpoint's), each placed on its parameter's sharding.
     step: jitted ``(state, tokens [K, B, T + 1]) -> (state, metrics)``; donates ``state``.
     batch_sharding: of the ``[K, B, T + 1]`` batches.
   """
@@ -33,17 +36,21 @@ class Training:
   graphdef: Any
   abstract_state: TrainState
   init: Callable[[], TrainState]
+  init_from_params: Callable[[Any], TrainState]
   step: Callable
   batch_sharding: jax.sharding.NamedSharding
 
 
 def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES,
                    tx: optax.GradientTransformation | None = None,
-                   vocab_size: int | None = None) -> Training:
+                   vocab_size: int | None = None,
+                   model_config: LlamaConfig | None = None) -> Training:
   """The run of ``config`` on ``mesh``; ``tx`` replaces ``build_optimizer(config)``
   (research variants; it must consume micro-batches the way ``config.optimizer`` does);
-  ``vocab_size`` replaces the preset's (a token cache's padded vocabulary)."""
-  model_config = get_preset(config.model)
+  ``vocab_size`` replaces the preset's (a token cache's padded vocabulary);
+  ``model_config`` replaces the preset altogether (a Hugging Face checkpoint's shape)."""
+  if model_config is None:
+    model_config = get_preset(config.model)
   if vocab_size is not None:
     model_config = dataclasses.replace(model_config, vocab_size=vocab_size)
   abstract_model = nnx.eval_shape(lambda: Llama(model_config, rngs=nnx.Rngs(config.seed)))
@@ -53,11 +60,13 @@ def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_R
   params_shardings = parallel.param_shardings(abstract_params_state, mesh, rules)
   replicated = parallel.replicated(mesh)
 
-  def init() -> TrainState:
-    model = Llama(model_config, rngs=nnx.Rngs(config.seed))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  def state_of(params) -> TrainState:
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
                       rng=jax.random.PRNGKey(config.seed), skipped_steps=jnp.zeros([], jnp.int32))
+
+  def init() -> TrainState:
+    model = Llama(model_config, rngs=nnx.Rngs(config.seed))
+    return state_of(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
   abstract = jax.eval_shape(init)
   # Param-shaped optimizer leaves shard like their params; Muon's masked-out slots stay empty.
@@ -79,6 +88,20 @@ def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_R
   step = jax.jit(make_train_step(loss_fn, tx, step_kind(config.optimizer)),
                  in_shardings=(state_shardings, batches),
                  out_shardings=(state_shardings, replicated), donate_argnums=0)
+  state_from_params = jax.jit(state_of, in_shardings=(params_shardings,),
+                              out_shardings=state_shardings, donate_argnums=0)
+
+  def init_from_params(params) -> TrainState:
+    expected = jax.tree.structure(abstract.params)
+    if jax.tree.structure(params) != expected:
+      raise ValueError(f"init_from_params: the params' tree differs from the model's ({expected}).")
+    # Every process builds the arrays from its own host copy, reading only its shards.
+    placed = jax.tree.map(
+        lambda host, target, sharding: jax.make_array_from_callback(
+            target.shape, sharding, lambda index: np.asarray(host[index], target.dtype)),
+        params, abstract.params, params_shardings)
+    return state_from_params(placed)
+
   return Training(model_config=model_config, graphdef=graphdef, abstract_state=abstract_state,
-                  init=jax.jit(init, out_shardings=state_shardings), step=step,
-                  batch_sharding=batches)
+                  init=jax.jit(init, out_shardings=state_shardings),
+                  init_from_params=init_from_params, step=step, batch_sharding=batches)

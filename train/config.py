@@ -23,7 +23,7 @@ TRAJECTORY_FIELDS = ("model", "seq_len", "micro_batch_size", "microbatches", "mi
                      "batch_mode", "seed", "optimizer", "lr", "inner_lr", "schedule",
                      "warmup_fraction", "decay_fraction", "final_lr_fraction", "b1", "b2",
                      "eps", "weight_decay", "clip_norm", "steps", "corpus_seed",
-                     "tokenizer")
+                     "tokenizer", "init_from_hf")
 
 
 class ConfigError(ValueError):
@@ -35,7 +35,9 @@ class TrainConfig:
   """Everything that defines a pretraining run.
 
   Attributes:
-    model: a model preset of :data:`models.PRESETS`.
+    model: a model preset of :data:`models.PRESETS`. With ``init_from_hf`` the checkpoint
+      gives the shape and the preset only how it computes (layer scan, remat, dtypes,
+      attention implementation).
     seq_len: tokens per training sequence.
     micro_batch_size: sequences per micro-batch, over all devices and processes.
     microbatches: K, micro-batches per outer step (Nexus inner steps, or the
@@ -63,8 +65,10 @@ class TrainConfig:
     data: a token cache prepared by ``python -m train.data.prepare``; empty means the
       built-in corpus, prepared with ``tokenizer`` on first use.
     tokenizer: the built-in corpus's tokenizer: ``bytes``, or ``bpe-N``, a byte-level BPE
-      of N tokens trained on its training text on first use. A ``--data`` cache brings
-      its own tokenizer.
+      of N tokens trained on its training text on first use. Empty when ``data`` or
+      ``init_from_hf`` brings the tokenizer (the CLI empties it then, unless given).
+    init_from_hf: a Hugging Face Llama checkpoint folder to start from: its weights, its
+      model config and its tokenizer (``train.hf``); empty means a fresh initialisation.
     mesh: ``data=..,fsdp=..,tensor=..``; one axis may be -1 (all remaining devices).
     out: run directory (checkpoints, metrics.jsonl, TensorBoard events).
     checkpoint_every: save every N steps (and at the end, and on SIGTERM).
@@ -97,6 +101,7 @@ class TrainConfig:
   corpus_seed: int = 0
   data: str = ""
   tokenizer: str = "bytes"
+  init_from_hf: str = ""
   mesh: str = "fsdp=-1"
   out: str = "runs/demo"
   checkpoint_every: int = 100
@@ -137,13 +142,14 @@ class TrainConfig:
       raise ConfigError(f"--eps must be > 0, got {self.eps!r}.")
     if self.weight_decay is not None and not self.weight_decay >= 0:
       raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay!r}.")
-    try:
-      builtin_bpe_size(self.tokenizer)
-    except TokenizerError as error:
-      raise ConfigError(f"--tokenizer: {error} For your own tokenizer, prepare a cache and pass "
-                        "--data.") from None
+    if self.tokenizer or not (self.data or self.init_from_hf):
+      try:
+        builtin_bpe_size(self.tokenizer)
+      except TokenizerError as error:
+        raise ConfigError(f"--tokenizer: {error} For your own tokenizer, prepare a cache and "
+                          "pass --data.") from None
     max_len = MODEL_PRESETS[self.model].max_seq_len
-    if self.seq_len > max_len:
+    if self.seq_len > max_len and not self.init_from_hf:  # else the checkpoint's own limit
       raise ConfigError(f"--seq-len {self.seq_len} exceeds the {self.model} model's max_seq_len "
                         f"{max_len}; lower it.")
 

@@ -1,6 +1,7 @@
 """Score a saved checkpoint on any UTF-8 text file.
 
   python -m train.evaluate --checkpoint runs/demo --text-file my_heldout.txt [--name mine]
+  python -m train.evaluate --hf exported/ --text-file my_heldout.txt [--json]
 
 ``--checkpoint`` is a run directory (its newest checkpoint), its ``checkpoints/`` folder,
 or one ``checkpoints/<step>`` folder. The text is tokenized with the run's tokenizer (the
@@ -11,6 +12,10 @@ document, every token a target. Prints the loss in nats per token and bits per b
 
 ``bytes`` being the file's UTF-8 bytes, so runs with different tokenizers compare;
 ``--json`` prints ``loss``, ``tokens``, ``bytes`` and ``bpb`` as one object.
+
+``--hf`` scores a Hugging Face checkpoint folder (``train.export_hf``'s, or any Llama's)
+through ``transformers`` and PyTorch instead, in the same windows: an independent check
+of ``--checkpoint`` scoring, which must give the same loss for an exported run.
 """
 
 import argparse
@@ -19,40 +24,42 @@ import math
 import pathlib
 import sys
 
-import jax
+import numpy as np
 from absl import logging as absl_logging
 
-from train import parallel
-from train.build import build_training
-from train.checkpoints import CheckpointStore
-from train.config import ConfigError, TrainConfig
-from train.data.tokenizer import BYTES, Tokenizer, TokenizerError, load_tokenizer
-from train.evaluation import Evaluator, text_eval_set
-
-
-def locate(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:
-  """(run directory, step or None for the newest) for any of the accepted paths."""
-  path = path.absolute()
-  if path.name.isdigit() and path.parent.name == "checkpoints":
-    return path.parent.parent, int(path.name)
-  if path.name == "checkpoints":
-    return path.parent, None
-  return path, None
+from models import get_preset
+from models.hf_llama import HFCheckpointError
+from train.config import ConfigError
+from train.data.tokenizer import TokenizerError
+from train.evaluation import Evaluator, text_eval_set, windows_of
+from train.hf import read_checkpoint
+from train.runs import restore_run
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--checkpoint", type=pathlib.Path, required=True,
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--checkpoint", type=pathlib.Path,
                       help="run directory, its checkpoints/ folder, or checkpoints/<step>")
+  source.add_argument("--hf", type=pathlib.Path,
+                      help="Hugging Face checkpoint folder, scored through transformers")
   parser.add_argument("--text-file", type=pathlib.Path, required=True, help="UTF-8 text to score")
   parser.add_argument("--name", default=None, help="label in the output (default: file name)")
   parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+  parser.add_argument("--seq-len", type=int, default=None,
+                      help="--hf only: window length (default: the exporting run's, else the "
+                      "model's max_position_embeddings)")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax notes that the directory is read-only
   try:
-    result = evaluate(args)
-  except (ConfigError, TokenizerError) as error:
+    if args.batch_size < 1:
+      raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    if args.seq_len is not None and (args.hf is None or args.seq_len < 1):
+      raise ConfigError("--seq-len applies to --hf only, and must be >= 1; a --checkpoint is "
+                        "scored at its run's sequence length.")
+    result = evaluate_hf(args) if args.hf is not None else evaluate(args)
+  except (ConfigError, TokenizerError, HFCheckpointError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   if args.json:
@@ -64,64 +71,76 @@ def main(argv=None) -> int:
   return 0
 
 
-def evaluate(args) -> dict:
-  run_dir, step = locate(args.checkpoint)
+def read_text(path: pathlib.Path) -> str:
   try:
-    text = args.text_file.read_text(encoding="utf-8")
+    return path.read_text(encoding="utf-8")
   except FileNotFoundError:
-    raise ConfigError(f"--text-file {args.text_file} does not exist.") from None
+    raise ConfigError(f"--text-file {path} does not exist.") from None
   except UnicodeDecodeError as error:
-    raise ConfigError(f"--text-file {args.text_file} is not UTF-8 ({error.reason} at byte "
+    raise ConfigError(f"--text-file {path} is not UTF-8 ({error.reason} at byte "
                       f"{error.start}); convert it, e.g. with iconv -t utf-8.") from None
-  if args.batch_size < 1:
-    raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}.")
-  if not (run_dir / "checkpoints").is_dir():
-    raise ConfigError(f"--checkpoint {args.checkpoint}: no checkpoints/ folder there; point at a "
-                      "run directory written by train.pretrain.")
-  store = CheckpointStore(run_dir, keep=1_000_000, warn=lambda m: print(m, file=sys.stderr),
-                          read_only=True)
-  steps = store.steps()
-  if not steps or (step is not None and step not in steps):
-    raise ConfigError(f"--checkpoint {args.checkpoint}: no checkpoint there (found steps {steps} in "
-                      f"{store.directory}); point at a run directory written by train.pretrain.")
-  saved = store.newest_config()
-  config = TrainConfig.from_dict(saved)
-  dataset = saved.get("dataset")
-  tokenizer = run_tokenizer(run_dir, dataset)
-  mesh = parallel.make_mesh(parallel.parse_mesh("data=1", jax.device_count()), False)
-  training = build_training(config, mesh, vocab_size=dataset["vocab_size"] if dataset else None)
-  if step is not None:
-    restored = store.restore(step, training.abstract_state)
-  else:
-    restored = store.restore_latest(training.abstract_state)
-  if restored is None:
-    raise ConfigError(f"--checkpoint {args.checkpoint}: no readable checkpoint.")
-  try:
-    eval_set = text_eval_set(text, config.seq_len, args.name or args.text_file.name, tokenizer)
-  except ValueError as error:
-    raise ConfigError(f"--text-file {args.text_file}: {error}") from None
-  scores = Evaluator(training.graphdef, mesh, args.batch_size).losses(restored.state.params, eval_set)
-  store.close()
+
+
+def with_bpb(scores: dict, text: str) -> dict:
   scores["bytes"] = len(text.encode("utf-8"))
   scores["bpb"] = scores["loss"] * scores["tokens"] / (scores["bytes"] * math.log(2))
-  return {"name": eval_set.name, "step": restored.step, "model": config.model,
-          "tokenizer": tokenizer.kind, **scores}
+  return scores
 
 
-def run_tokenizer(run_dir: pathlib.Path, dataset: dict | None) -> Tokenizer:
-  """The tokenizer a run trained with: bytes, or its copy in the run directory."""
-  if not dataset or dataset["tokenizer"]["kind"] == BYTES:
-    return load_tokenizer(BYTES)
-  recorded = dataset["tokenizer"]
-  path = run_dir / recorded["file"]
-  if not path.exists():
-    raise ConfigError(f"--checkpoint {run_dir}: the run's tokenizer copy {path.name} is missing; "
-                      f"copy {recorded['source']} there.")
-  tokenizer = load_tokenizer(path)
-  if tokenizer.hash != recorded["hash"]:
-    raise ConfigError(f"--checkpoint {run_dir}: {path.name} is not the tokenizer the run trained "
-                      f"with (hash differs); copy {recorded['source']} there.")
-  return tokenizer
+def evaluate(args) -> dict:
+  """Scores through this repository's model: a ``--checkpoint`` of ``train.pretrain``."""
+  text = read_text(args.text_file)
+  run = restore_run(args.checkpoint)
+  try:
+    eval_set = text_eval_set(text, run.config.seq_len, args.name or args.text_file.name,
+                             run.tokenizer)
+  except ValueError as error:
+    raise ConfigError(f"--text-file {args.text_file}: {error}") from None
+  scores = Evaluator(run.training.graphdef, run.mesh, args.batch_size).losses(run.params, eval_set)
+  return {"name": eval_set.name, "step": run.step, "model": run.config.model,
+          "tokenizer": run.tokenizer.kind, **with_bpb(scores, text)}
+
+
+def evaluate_hf(args) -> dict:
+  """Scores through ``transformers``: an independent check of ``evaluate``.
+
+  The text is tokenized by ``AutoTokenizer`` and follows the model's begin-of-document
+  token (the end-of-document token of an exported run), cut into the same windows as
+  ``evaluate``'s (``train.evaluation.windows_of``) and scored by
+  ``AutoModelForCausalLM`` in float32 on the CPU.
+  """
+  text = read_text(args.text_file)
+  directory = args.hf.absolute()
+  checkpoint = read_checkpoint(directory, get_preset("tiny"))  # one-line errors for a bad folder
+  try:
+    import torch
+    import transformers
+  except ImportError as error:
+    raise ConfigError(f"--hf needs transformers and PyTorch ({error.name} is not installed); "
+                      "install nexus-optax[test] or pip install transformers torch.") from None
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+  model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+  model.eval()
+  seq_len = args.seq_len or checkpoint.metadata.get("seq_len", model.config.max_position_embeddings)
+  start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+  stream = np.array([start, *tokenizer(text, add_special_tokens=False)["input_ids"]], np.int64)
+  try:
+    windows, mask = windows_of(stream, seq_len)
+  except ValueError as error:
+    raise ConfigError(f"--text-file {args.text_file}: {error}") from None
+  nats, count = 0.0, 0.0
+  with torch.no_grad():
+    for first in range(0, len(windows), args.batch_size):
+      batch = torch.from_numpy(windows[first:first + args.batch_size].astype(np.int64))
+      weights = torch.from_numpy(mask[first:first + args.batch_size]).double()
+      log_probs = torch.log_softmax(model(batch[:, :-1]).logits.float(), dim=-1)
+      target = log_probs.gather(-1, batch[:, 1:, None])[..., 0].double()
+      nats -= float((target * weights).sum())
+      count += float(weights.sum())
+  scores = {"loss": nats / count, "tokens": int(count)}
+  return {"name": args.name or args.text_file.name, "step": checkpoint.metadata.get("step"),
+          "model": f"hf:{directory}", "tokenizer": type(tokenizer).__name__,
+          **with_bpb(scores, text)}
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from models import get_preset
+from models.hf_llama import HFCheckpointError
 from train import parallel
 from train.build import build_training
 from train.checkpoints import CheckpointStore
@@ -39,10 +41,12 @@ from train.data.mixture import LoaderConfig, MixtureError, training_dataset
 from train.data.spec import DataError
 from train.data.tokenizer import TokenizerError
 from train.evaluation import Evaluator, cache_eval_sets, domain_batches
+from train.hf import HFCheckpoint, read_checkpoint
 from train.optimizers import learning_rate_schedule
 from train.presets import RUN_PRESETS, get_run_preset
 
-USER_ERRORS = (ConfigError, MixtureError, DataError, TokenizerError, sources.SourceUnavailable)
+USER_ERRORS = (ConfigError, MixtureError, DataError, TokenizerError, HFCheckpointError,
+               sources.SourceUnavailable)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
   overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
                if getattr(args, field.name) is not None}
+  if (overrides.get("data") or overrides.get("init_from_hf")) and "tokenizer" not in overrides:
+    overrides["tokenizer"] = ""  # the cache's or the checkpoint's, not the preset's
   return get_run_preset(args.preset, **overrides)
 
 
@@ -90,19 +96,39 @@ def prepare_out_dir(out: pathlib.Path, resume: bool) -> None:
                       "a new run.")
 
 
-def load_data(config: TrainConfig, primary: bool) -> TokenCache:
-  """``--data``'s token cache, or the built-in corpus's (prepared on first use)."""
+def load_data(config: TrainConfig, primary: bool, checkpoint: HFCheckpoint | None) -> TokenCache:
+  """``--data``'s token cache, or the built-in corpus's (prepared on first use, with the
+  ``--init-from-hf`` checkpoint's tokenizer when there is one)."""
+  if config.tokenizer and (config.data or checkpoint):
+    brings = f"the cache {config.data}" if config.data else f"--init-from-hf {config.init_from_hf}"
+    raise ConfigError(f"--tokenizer {config.tokenizer} applies to the built-in corpus; {brings} "
+                      "brings its own tokenizer, so drop --tokenizer.")
   if config.data:
-    if config.tokenizer != "bytes":
-      raise ConfigError(f"--tokenizer {config.tokenizer} applies to the built-in corpus; the cache "
-                        f"{config.data} brings its own tokenizer, so drop --tokenizer.")
-    return TokenCache(config.data)
+    cache = TokenCache(config.data)
+    if checkpoint and cache.tokenizer_info["hash"] != checkpoint.tokenizer.hash:
+      raise ConfigError(f"--data {config.data} was prepared with another tokenizer than "
+                        f"--init-from-hf {config.init_from_hf}'s; prepare it with `python -m "
+                        f"train.data.prepare --tokenizer {checkpoint.tokenizer.source} ...`.")
+    return cache
   spec = CorpusSpec(seed=config.corpus_seed)
+  tokenizer = {"tokenizer": config.tokenizer} if not checkpoint else {
+      "tokenizer_file": checkpoint.tokenizer.source}
   if jax.process_count() > 1:
     if primary:  # one builder per shared cache; the others wait, then find it or build their own
-      ensure_default_cache(spec, show_progress=True, tokenizer=config.tokenizer)
+      ensure_default_cache(spec, show_progress=True, **tokenizer)
     multihost_utils.sync_global_devices("corpus built")
-  return ensure_default_cache(spec, show_progress=primary, tokenizer=config.tokenizer)
+  return ensure_default_cache(spec, show_progress=primary, **tokenizer)
+
+
+def read_init_checkpoint(config: TrainConfig) -> HFCheckpoint | None:
+  """The ``--init-from-hf`` checkpoint, checked against the run's sequence length."""
+  if not config.init_from_hf:
+    return None
+  checkpoint = read_checkpoint(config.init_from_hf, get_preset(config.model))
+  if config.seq_len > checkpoint.model_config.max_seq_len:
+    raise ConfigError(f"--seq-len {config.seq_len} exceeds --init-from-hf {config.init_from_hf}'s "
+                      f"max_position_embeddings {checkpoint.model_config.max_seq_len}; lower it.")
+  return checkpoint
 
 
 def check_resumed_data(saved: dict, cache: TokenCache) -> None:
@@ -196,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
   out = pathlib.Path(config.out)
   prepare_out_dir(out, args.resume)
   mesh = parallel.make_mesh(parallel.parse_mesh(config.mesh, jax.device_count()), multi_process)
-  cache = load_data(config, primary)
+  checkpoint = read_init_checkpoint(config)
+  cache = load_data(config, primary, checkpoint)
   if not config.mixture:
     config = dataclasses.replace(config, mixture=cache.default_mixture)
   loader_config = LoaderConfig(seq_len=config.seq_len, micro_batch_size=config.micro_batch_size,
@@ -206,7 +233,11 @@ def run(args: argparse.Namespace) -> int:
   dataset, domains = training_dataset(cache, config.mixture, loader_config,
                                       grain.sharding.ShardOptions(shard_index, shard_count))
   iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
-  training = build_training(config, mesh, vocab_size=cache.padded_vocab_size)
+  if checkpoint:
+    training = build_training(config, mesh, model_config=checkpoint.model_config)
+  else:
+    training = build_training(config, mesh, vocab_size=cache.padded_vocab_size)
+  model_record = dataclasses.asdict(training.model_config)
   schedule = learning_rate_schedule(config)
   store = CheckpointStore(out, config.keep_checkpoints, warn=say)
 
@@ -218,14 +249,21 @@ def run(args: argparse.Namespace) -> int:
       raise ConfigError(f"--resume: the checkpoint's run differs ({'; '.join(mismatch)}); "
                         "rerun with its settings or choose a new --out.")
     check_resumed_data(saved, cache)
+    if saved.get("model_config", model_record) != model_record:
+      raise ConfigError(f"--resume: the model differs from the checkpoint's (was "
+                        f"{saved['model_config']}); resume with the --init-from-hf folder the run "
+                        "started from, or start a new --out.")
     restored = store.restore_latest(training.abstract_state)
     if restored is None:
       raise ConfigError(f"--resume: no readable checkpoint left in {store.directory}; start anew.")
     state, start_step, data_state = restored.state, restored.step, restored.data_state["iterator"]
     say(f"resumed from checkpoint {start_step} in {store.directory}")
+  elif checkpoint:
+    state = training.init_from_params(checkpoint.params())
+    say(f"initialised from {checkpoint.directory}")
   else:
     state = training.init()
-  run_record = {**config.to_dict(), "dataset": cache.identity()}
+  run_record = {**config.to_dict(), "dataset": cache.identity(), "model_config": model_record}
   if primary:
     (out / "config.json").write_text(json.dumps(run_record, indent=1) + "\n")
     cache.tokenizer.save_copy(out)  # the run stays scorable without its cache
@@ -241,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
   cosine_batches, cosine_domains = domain_batches(eval_sets, domains, config.eval_sequences)
   evaluator = Evaluator(training.graphdef, mesh, config.micro_batch_size)
 
-  say(f"{config.optimizer} on {config.model} ({training.model_config.non_embedding_params() / 1e6:.2f}M "
+  say(f"{config.optimizer} on {config.init_from_hf or config.model} ({training.model_config.non_embedding_params() / 1e6:.2f}M "
       f"non-embedding params), mesh {dict(mesh.shape)}, {jax.process_count()} process(es), "
       f"{config.tokens_per_step:,} tokens per step, steps {start_step} -> {config.steps}")
   log = MetricsLog(out, start_step, primary)
@@ -250,6 +288,11 @@ def run(args: argparse.Namespace) -> int:
   summary: dict = {}
   window_start, window_steps, run_start, run_steps = time.perf_counter(), 0, time.perf_counter(), 0
   eval_seconds = 0.0
+  if checkpoint and start_step == 0:  # where the starting model stands, before any step
+    results = evaluator.evaluate(state.params, eval_sets, cosine_batches, cosine_domains)
+    eval_seconds = time.perf_counter() - run_start
+    log.write({"step": 0, **results, "seconds": eval_seconds, "eval_seconds": eval_seconds})
+    window_start = time.perf_counter()
   for step in range(start_step + 1, config.steps + 1):
     element = next(iterator)
     tokens = parallel.global_batch(element["tokens"], training.batch_sharding, global_shape)

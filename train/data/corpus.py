@@ -271,25 +271,35 @@ def builtin_bpe_size(tokenizer: str) -> int | None:
 
 
 def ensure_default_cache(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = None,
-                         show_progress: bool = True, tokenizer: str = "bytes"):
+                         show_progress: bool = True, tokenizer: str = "bytes",
+                         tokenizer_file: pathlib.Path | None = None):
   """The built-in corpus prepared into a token cache like any other
   (:mod:`train.data.prepare`), built and prepared on first use.
 
   ``tokenizer`` is ``bytes`` or ``bpe-N``: a byte-level BPE of N tokens trained on the
   corpus's training text (``train.data.tokenizer.train_bpe``), kept beside the cache.
+  ``tokenizer_file`` (a model's own tokenizer) replaces it; its cache is named by the
+  file's hash.
   """
   from train.data import prepare as prepare_lib
   from train.data import spec as spec_lib
   from train.data import tokenizer as tokenizer_lib
   from train.data.cache import MANIFEST, TokenCache
-  vocab = builtin_bpe_size(tokenizer)
   root = root or default_cache_root()
   corpus = ensure_corpus(spec, root, show_progress)
-  directory = root / "caches" / f"{corpus.root.name}-{tokenizer}"
+  if tokenizer_file is not None:
+    loaded = tokenizer_lib.load_tokenizer(tokenizer_file)
+    if loaded.kind == tokenizer_lib.BYTES:
+      name = source = tokenizer_lib.BYTES
+    else:
+      name, source = f"file-{loaded.hash[:16]}", str(tokenizer_file)
+    vocab = None
+  else:
+    name, source, vocab = tokenizer, tokenizer_lib.BYTES, builtin_bpe_size(tokenizer)
+  directory = root / "caches" / f"{corpus.root.name}-{name}"
   if (directory / MANIFEST).exists():
     return TokenCache(directory)
   data_spec = spec_lib.load_spec(corpus.root / SPEC_FILE)
-  source = "bytes"
   if vocab is not None:
     path = root / "tokenizers" / f"{corpus.root.name}-{tokenizer}.json"
     if not path.exists():

@@ -9,6 +9,10 @@ stands for, so every run reports bits per byte whatever its tokenizer:
 
   bpb = (sum of target nats) / (ln 2 * bytes scored).
 
+The byte tokenizer also has a ``tokenizers`` JSON form (:func:`byte_tokenizer_json`: a
+byte-level BPE with no merges), which is what an exported Hugging Face checkpoint carries;
+``load_tokenizer`` reads that file back as the byte tokenizer itself.
+
 Documents are packed: concatenated, each followed by the end-of-document token, and cut
 into windows of ``seq_len + 1`` tokens that overlap by one, so every token is a target
 exactly once.
@@ -21,6 +25,7 @@ Train a byte-level BPE on a data spec's training text (offline, with ``tokenizer
 import argparse
 import functools
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -98,6 +103,7 @@ class Tokenizer:
     source: ``"bytes"`` or the file it was loaded from.
     vocab_size: number of token ids.
     eod_id: the end-of-document token.
+    eod_token: its text (what a Hugging Face tokenizer config names).
     hash: sha256 of what defines it (the file's bytes).
   """
 
@@ -106,6 +112,7 @@ class Tokenizer:
   vocab_size: int
   eod_id: int
   hash: str
+  eod_token: str
 
   def encode(self, text: str) -> np.ndarray:
     raise NotImplementedError
@@ -147,6 +154,7 @@ class ByteTokenizer(Tokenizer):
 
   kind, source, vocab_size, eod_id = BYTES, BYTES, VOCAB_SIZE, END_OF_DOCUMENT
   hash = hashlib.sha256(b"nexus-optax byte tokenizer v1").hexdigest()
+  eod_token = END_OF_TEXT
 
   def encode(self, text):
     return encode(text)
@@ -201,6 +209,7 @@ class HuggingFaceTokenizer(Tokenizer):
       raise TokenizerError(f"tokenizer {path} has no end-of-document token; add one of "
                            f"{', '.join(EOD_CANDIDATES)} as a special token.")
     self.eod_id = vocab[found[0]]
+    self.eod_token = found[0]
     self._special = {token.content for token in self._tokenizer.get_added_tokens_decoder().values()
                      if token.special}
 
@@ -252,6 +261,7 @@ class SentencePieceTokenizer(Tokenizer):
     if self.eod_id < 0:
       raise TokenizerError(f"tokenizer {path} has no eos piece; train it with eos_id set "
                            "(SentencePiece's default is 2).")
+    self.eod_token = self._model.id_to_piece(self.eod_id)
 
   @property
   def file_name(self):
@@ -276,8 +286,49 @@ class SentencePieceTokenizer(Tokenizer):
     return lengths
 
 
+def byte_tokenizer_json() -> dict:
+  """The byte tokenizer as a ``tokenizers`` JSON document: a byte-level BPE whose 256 base
+  tokens are the bytes (id = byte value, spelled in GPT-2's byte alphabet), with no merges
+  and no regex split, and ``<|endoftext|>`` as the special token 256. It encodes every text
+  to its UTF-8 bytes, as :class:`ByteTokenizer` does.
+
+  Example:
+    >>> from tokenizers import Tokenizer as HFTokenizer
+    >>> hf = HFTokenizer.from_str(json.dumps(byte_tokenizer_json()))
+    >>> hf.encode("héllo").ids == encode("héllo").tolist(), hf.token_to_id(END_OF_TEXT)
+    (True, 256)
+  """
+  byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                "use_regex": False}
+  vocab = {character: byte for character, byte in
+           sorted(_byte_level_alphabet().items(), key=lambda item: item[1])}
+  return {
+      "version": "1.0", "truncation": None, "padding": None,
+      "added_tokens": [{"id": END_OF_DOCUMENT, "content": END_OF_TEXT, "single_word": False,
+                        "lstrip": False, "rstrip": False, "normalized": False, "special": True}],
+      "normalizer": None, "pre_tokenizer": byte_level, "post_processor": None,
+      "decoder": byte_level,
+      "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
+                "byte_fallback": False, "ignore_merges": False, "vocab": vocab, "merges": []},
+  }
+
+
+def _is_byte_tokenizer_json(path: pathlib.Path) -> bool:
+  if path.stat().st_size > 64 << 10:  # the byte form is ~4 KB; real vocabularies are larger
+    return False
+  try:
+    return json.loads(path.read_text(encoding="utf-8")) == byte_tokenizer_json()
+  except (UnicodeDecodeError, ValueError):
+    return False
+
+
 def load_tokenizer(source: str | os.PathLike) -> Tokenizer:
-  """``"bytes"``, a ``tokenizers`` JSON file or a SentencePiece ``.model``, from disk only."""
+  """``"bytes"``, a ``tokenizers`` JSON file or a SentencePiece ``.model``, from disk only.
+
+  A JSON file that is :func:`byte_tokenizer_json` (an exported checkpoint's byte
+  tokenizer) loads as the byte tokenizer, so caches and runs agree that it is one.
+  """
   if str(source) == BYTES:
     return ByteTokenizer()
   path = pathlib.Path(source)
@@ -287,6 +338,8 @@ def load_tokenizer(source: str | os.PathLike) -> Tokenizer:
   with open(path, "rb") as stream:
     looks_like_json = stream.read(64).lstrip().startswith(b"{")
   if looks_like_json or path.suffix == ".json":
+    if _is_byte_tokenizer_json(path):
+      return ByteTokenizer()
     return HuggingFaceTokenizer(path)
   return SentencePieceTokenizer(path)
 

@@ -1,0 +1,310 @@
+"""Hugging Face interop: export to transformers' Llama, start runs from Llama checkpoints.
+
+transformers' ``LlamaForCausalLM`` (PyTorch, float32, CPU) is the independent reference:
+its logits, its scoring of a text file and its own ``save_pretrained`` files are what
+ours must match. Tests that need it skip where PyTorch is not installed (Python 3.12).
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from models import PRESETS, Llama, get_preset
+from models.hf_llama import HFCheckpointError
+from train import evaluate as evaluate_cli
+from train import export_hf
+from train.data.tokenizer import ByteTokenizer, encode, load_tokenizer, train_bpe
+from train.hf import read_checkpoint, write_checkpoint, write_tokenizer
+from train.pretrain import main as pretrain_main
+from train.runs import restore_run
+
+RELATIVE = 1e-4
+TEXT = ("Call me Ishmael. Some years ago, never mind how long precisely, having little or no "
+        "money in my purse, and nothing particular to interest me on shore, I thought I would "
+        "sail about a little and see the watery part of the world. ") * 3
+
+
+def torch_and_transformers():
+  return pytest.importorskip("torch"), pytest.importorskip("transformers")
+
+
+def random_params(config, seed=0) -> dict:
+  """A model's params with every tensor random (norm scales too, so their mapping shows)."""
+  model = Llama(config, rngs=nnx.Rngs(seed))
+  params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  rng = np.random.default_rng(seed)
+  for norm in (params["blocks"]["attention_norm"], params["blocks"]["mlp_norm"],
+               params["final_norm"]):
+    norm["scale"] = (1 + 0.3 * rng.standard_normal(norm["scale"].shape)).astype(np.float32)
+  return params
+
+
+def flax_logits(config, params, tokens) -> np.ndarray:
+  model = Llama(config, rngs=nnx.Rngs(0))
+  graphdef, _ = nnx.split(model, nnx.Param)
+  return np.asarray(nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))(jnp.asarray(tokens)))
+
+
+def transformers_logits(directory, tokens) -> np.ndarray:
+  torch, transformers = torch_and_transformers()
+  model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+  assert type(model).__name__ == "LlamaForCausalLM"
+  with torch.no_grad():
+    return model(torch.from_numpy(np.asarray(tokens, np.int64))).logits.numpy()
+
+
+def assert_close(ours, theirs):
+  scale = np.abs(theirs).max()
+  assert np.abs(ours - theirs).max() <= RELATIVE * scale, (np.abs(ours - theirs).max(), scale)
+
+
+def safetensors_of(directory) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file
+  return load_file(str(pathlib.Path(directory) / "model.safetensors"))
+
+
+VARIANTS = {
+    # The tiny preset: grouped-query attention (2 query heads per kv head), untied output.
+    "tiny-gqa-untied": PRESETS["tiny"],
+    # Multi-head, tied, and every number that a converter could drop: a head width that
+    # is not hidden / heads, another RoPE base and RMSNorm epsilon, a padded vocabulary.
+    "tied-mha": get_preset("tiny", num_kv_heads=4, tie_embeddings=True, head_dim=24,
+                           rope_theta=500_000.0, norm_eps=1e-6, vocab_size=512),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_transformers_llama_gives_the_flax_logits(name, tmp_path):
+  _, transformers = torch_and_transformers()
+  config = VARIANTS[name]
+  params = random_params(config)
+  write_checkpoint(tmp_path, params, config, ByteTokenizer())
+  hf_config = transformers.AutoConfig.from_pretrained(tmp_path)
+  assert (hf_config.vocab_size, hf_config.num_key_value_heads, hf_config.head_dim,
+          hf_config.tie_word_embeddings, hf_config.rms_norm_eps) == (
+              config.vocab_size, config.num_kv_heads, config.resolved_head_dim,
+              config.tie_embeddings, config.norm_eps)
+  assert hf_config.rope_parameters["rope_theta"] == config.rope_theta
+  assert ("lm_head.weight" in safetensors_of(tmp_path)) == (not config.tie_embeddings)
+  tokens = np.random.default_rng(1).integers(0, 257, (2, 40))
+  assert_close(flax_logits(config, params, tokens), transformers_logits(tmp_path, tokens))
+
+  # The byte tokenizer, through AutoTokenizer: the same ids, 257 tokens in a padded vocab.
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+  text = "naïve café, 日本語 and\ttabs\n"
+  assert tokenizer(text, add_special_tokens=False)["input_ids"] == encode(text).tolist()
+  assert len(tokenizer) == 257 < config.vocab_size
+  assert tokenizer.eos_token_id == tokenizer.bos_token_id == 256 == hf_config.eos_token_id
+  assert tokenizer.decode(encode(text)) == text
+  assert isinstance(load_tokenizer(tmp_path / "tokenizer.json"), ByteTokenizer)
+
+
+def test_a_bpe_tokenizer_is_exported_as_the_file_it_trained_with(tmp_path):
+  _, transformers = torch_and_transformers()
+  ours = train_bpe([TEXT, "def f(x):\n    return x + 1\n"] * 20, 300, tmp_path / "bpe.json",
+                   show_progress=False)
+  exported = tmp_path / "export"
+  exported.mkdir()
+  write_tokenizer(exported, ours, max_length=128)
+  assert (exported / "tokenizer.json").read_bytes() == (tmp_path / "bpe.json").read_bytes()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+  text = TEXT[:200] + " def g(y): return y"
+  assert tokenizer(text, add_special_tokens=False)["input_ids"] == ours.encode(text).tolist()
+  assert tokenizer.eos_token_id == ours.eod_id and tokenizer.eos_token == "<|endoftext|>"
+
+
+# ------------------------------------------------------------- a trained run, exported
+
+@pytest.fixture(scope="module")
+def trained_run(small_cache, tmp_path_factory):
+  """A tiny Nexus run of a few steps on the small corpus, and its export."""
+  root = tmp_path_factory.mktemp("hf")
+  run, exported = root / "run", root / "exported"
+  code = pretrain_main(["--preset", "tiny", "--optimizer", "nexus", "--steps", "6",
+                        "--checkpoint-every", "3", "--eval-every", "0", "--log-every", "1",
+                        "--mesh", "data=1", "--data", str(small_cache.root), "--out", str(run),
+                        "--no-progress"])
+  assert code == 0
+  assert export_hf.main(["--checkpoint", str(run), "--out", str(exported)]) == 0
+  return run, exported
+
+
+def test_an_exported_trained_checkpoint_gives_the_run_s_logits(trained_run):
+  run_dir, exported = trained_run
+  run = restore_run(run_dir)
+  assert run.step == 6
+  params = jax.tree.map(np.asarray, jax.device_get(run.params))
+  initial = random_params(run.training.model_config, seed=0)  # trained weights moved
+  assert not np.allclose(params["embedding"], initial["embedding"])
+  tokens = np.random.default_rng(2).integers(0, 257, (2, 64))
+  assert_close(flax_logits(run.training.model_config, params, tokens),
+               transformers_logits(exported, tokens))
+  recorded = json.loads((exported / "config.json").read_text())["nexus_optax"]
+  assert recorded["step"] == 6 and recorded["seq_len"] == 64 and recorded["optimizer"] == "nexus"
+
+
+def test_an_earlier_step_and_bfloat16_export(trained_run, tmp_path):
+  import ml_dtypes
+  run_dir, exported = trained_run
+  assert export_hf.main(["--checkpoint", str(run_dir), "--step", "3", "--out", str(tmp_path),
+                         "--dtype", "bfloat16"]) == 0
+  assert json.loads((tmp_path / "config.json").read_text())["nexus_optax"]["step"] == 3
+  step3 = restore_run(run_dir / "checkpoints" / "3")
+  halves = safetensors_of(tmp_path)
+  full = write_checkpoint(tmp_path / "f32", jax.tree.map(np.asarray, jax.device_get(step3.params)),
+                          step3.training.model_config, ByteTokenizer())
+  for name, array in safetensors_of(full).items():
+    assert halves[name].dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(halves[name], array.astype(ml_dtypes.bfloat16))
+
+
+def test_transformers_scores_a_text_file_as_train_evaluate_does(trained_run, tmp_path, capsys):
+  torch_and_transformers()
+  run_dir, exported = trained_run
+  text_file = tmp_path / "moby.txt"
+  text_file.write_text(TEXT)
+  scores = {}
+  for flag, path in (("--checkpoint", run_dir), ("--hf", exported)):
+    assert evaluate_cli.main([flag, str(path), "--text-file", str(text_file), "--json"]) == 0
+    scores[flag] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  ours, theirs = scores["--checkpoint"], scores["--hf"]
+  assert ours["tokens"] == theirs["tokens"] == len(TEXT.encode()) > 3 * 64  # several windows
+  assert math.isclose(ours["loss"], theirs["loss"], rel_tol=1e-5), (ours, theirs)
+  assert math.isclose(ours["bpb"], theirs["bpb"], rel_tol=1e-5)
+  assert theirs["step"] == 6
+
+
+def test_a_run_from_an_export_starts_at_the_exporting_run_s_final_loss(trained_run, small_cache,
+                                                                       tmp_path):
+  run_dir, exported = trained_run
+  out = tmp_path / "continued"
+  assert pretrain_main(["--preset", "tiny", "--optimizer", "adamw", "--steps", "2",
+                        "--eval-every", "0", "--log-every", "1", "--mesh", "data=1",
+                        "--init-from-hf", str(exported), "--data", str(small_cache.root),
+                        "--out", str(out), "--no-progress"]) == 0
+  final = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+  records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+  start = records[0]
+  assert start["step"] == 0 and final["step"] == 6
+  keys = [key for key in final if key.endswith("/loss")]
+  assert len(keys) >= 6
+  for key in keys:
+    assert math.isclose(start[key], final[key], rel_tol=1e-6, abs_tol=1e-6), key
+  assert records[-1]["step"] == 2 and records[-1]["validation/prose/loss"] != final[
+      "validation/prose/loss"]
+  saved = json.loads((out / "config.json").read_text())
+  assert saved["init_from_hf"] == str(exported) and saved["tokenizer"] == ""
+  exporting = restore_run(run_dir).training.model_config
+  assert saved["model_config"] == dataclasses.asdict(
+      dataclasses.replace(exporting, head_dim=exporting.resolved_head_dim))
+  assert restore_run(out).step == 2  # and it reads back like any run
+
+
+def hf_llama_dir(directory, dtype="float32"):
+  """A checkpoint written by transformers itself: a random GQA Llama, with our byte
+  tokenizer beside it."""
+  torch, transformers = torch_and_transformers()
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(vocab_size=384, hidden_size=48, intermediate_size=96,
+                                    num_hidden_layers=2, num_attention_heads=6,
+                                    num_key_value_heads=2, max_position_embeddings=128,
+                                    rms_norm_eps=1e-5, tie_word_embeddings=False)
+  model = transformers.LlamaForCausalLM(config)
+  with torch.no_grad():
+    for name, tensor in model.named_parameters():
+      if "norm" in name:
+        tensor.uniform_(0.5, 1.5)
+  model.to(getattr(torch, dtype)).save_pretrained(directory, safe_serialization=True)
+  write_tokenizer(pathlib.Path(directory), ByteTokenizer(), 128)
+  return pathlib.Path(directory)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_transformers_to_nexus_to_transformers_is_bit_exact(dtype, tmp_path):
+  source = hf_llama_dir(tmp_path / "hf", dtype)
+  checkpoint = read_checkpoint(source, get_preset("tiny"))
+  assert checkpoint.model_config.num_kv_heads == 2 and checkpoint.model_config.hidden_dim == 48
+  params = checkpoint.params()
+  assert params["blocks"]["attention"]["query"].shape == (2, 48, 6, 8)
+  write_checkpoint(tmp_path / "back", params, checkpoint.model_config, checkpoint.tokenizer, dtype)
+  original, back = safetensors_of(source), safetensors_of(tmp_path / "back")
+  assert sorted(original) == sorted(back)
+  for name in original:
+    assert back[name].dtype == original[name].dtype
+    np.testing.assert_array_equal(back[name], original[name], err_msg=name)
+  tokens = np.random.default_rng(3).integers(0, 257, (1, 32))
+  if dtype == "float32":
+    assert_close(flax_logits(checkpoint.model_config, params, tokens),
+                 transformers_logits(source, tokens))
+
+
+# --------------------------------------------------------------------------- bad input
+
+def broken_copies(exported: pathlib.Path, root: pathlib.Path) -> dict[str, pathlib.Path]:
+  def copy(name, edit=None, remove=None):
+    target = root / name
+    shutil.copytree(exported, target)
+    if edit:
+      config = json.loads((target / "config.json").read_text())
+      config.update(edit)
+      (target / "config.json").write_text(json.dumps(config))
+    if remove:
+      (target / remove).unlink()
+    return target
+
+  return {
+      "no config.json": copy("no-config", remove="config.json"),
+      "not a Llama": copy("gpt2", edit={"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}),
+      "mismatched shapes": copy("shapes", edit={"intermediate_size": 256}),
+      "no tokenizer": copy("no-tokenizer", remove="tokenizer.json"),
+  }
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no config.json", "has no config.json; point at a Hugging Face checkpoint folder"),
+    ("not a Llama", "model_type 'gpt2' (GPT2LMHeadModel) is not a Llama"),
+    ("mismatched shapes", "model.layers.0.mlp.gate_proj.weight has shape (192, 64), but "
+                          "config.json needs (256, 64)"),
+    ("no tokenizer", "has no tokenizer (tokenizer.json or tokenizer.model)"),
+])
+def test_a_bad_checkpoint_gets_a_one_line_error(case, message, trained_run, small_cache, tmp_path,
+                                                 capsys):
+  _, exported = trained_run
+  folder = broken_copies(exported, tmp_path)[case]
+  code = pretrain_main(["--preset", "tiny", "--steps", "1", "--mesh", "data=1", "--init-from-hf",
+                        str(folder), "--data", str(small_cache.root), "--out",
+                        str(tmp_path / "run"), "--no-progress"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+  assert message in err, err
+  text_file = tmp_path / "t.txt"
+  text_file.write_text(TEXT)
+  assert evaluate_cli.main(["--hf", str(folder), "--text-file", str(text_file)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_cache_of_another_tokenizer_is_refused(trained_run, small_cache, tmp_path, capsys):
+  _, exported = trained_run
+  folder = tmp_path / "bpe"
+  shutil.copytree(exported, folder)
+  train_bpe([TEXT] * 10, 300, folder / "tokenizer.json", show_progress=False)
+  code = pretrain_main(["--preset", "tiny", "--steps", "1", "--mesh", "data=1", "--init-from-hf",
+                        str(folder), "--data", str(small_cache.root), "--out",
+                        str(tmp_path / "run"), "--no-progress"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1, err
+  assert "was prepared with another tokenizer than --init-from-hf" in err, err
+  with pytest.raises(HFCheckpointError, match="rope type 'llama3' is not supported"):
+    config = json.loads((exported / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e4}
+    (folder / "config.json").write_text(json.dumps(config))
+    read_checkpoint(folder, get_preset("tiny"))
