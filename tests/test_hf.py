@@ -22,7 +22,7 @@ from models.hf_llama import HFCheckpointError
 from train import evaluate as evaluate_cli
 from train import export_hf
 from train.data.tokenizer import ByteTokenizer, encode, load_tokenizer, train_bpe
-from train.hf import read_checkpoint, write_checkpoint, write_tokenizer
+from train.hf import checkpoint_tokenizer, read_checkpoint, write_checkpoint, write_tokenizer
 from train.pretrain import main as pretrain_main
 from train.runs import restore_run
 
@@ -119,6 +119,29 @@ def test_a_bpe_tokenizer_is_exported_as_the_file_it_trained_with(tmp_path):
   text = TEXT[:200] + " def g(y): return y"
   assert tokenizer(text, add_special_tokens=False)["input_ids"] == ours.encode(text).tolist()
   assert tokenizer.eos_token_id == ours.eod_id and tokenizer.eos_token == "<|endoftext|>"
+
+
+def test_a_sentencepiece_tokenizer_exports_to_an_equivalent_tokenizer_json(small_corpus, tmp_path):
+  _, transformers = torch_and_transformers()
+  import sentencepiece as spm
+  lines = [line for doc in small_corpus.documents("train", "technical")[:30]
+           for line in doc.splitlines() if line.strip()]
+  model = tmp_path / "sp.model"
+  with open(model, "wb") as stream:
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=stream,
+                                   vocab_size=500, model_type="bpe", byte_fallback=True,
+                                   minloglevel=2)
+  reference = spm.SentencePieceProcessor(model_file=str(model))
+  exported = tmp_path / "export"
+  exported.mkdir()
+  write_tokenizer(exported, load_tokenizer(model), max_length=128)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+  for text in ["plain words", "  leading and  inner   spaces ", "lines\n\nand\ttabs",
+               "日本語 and naïve bytes €", TEXT[:300]]:
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == reference.encode(text), text
+  assert tokenizer.eos_token_id == reference.eos_id()
+  # Runs started from the folder read the SentencePiece model itself: the run's tokenizer.
+  assert checkpoint_tokenizer(exported).hash == load_tokenizer(model).hash
 
 
 # ------------------------------------------------------------- a trained run, exported

@@ -111,8 +111,9 @@ def _tensor_shapes(files: dict[str, pathlib.Path]) -> dict[str, tuple[int, ...]]
 
 
 def checkpoint_tokenizer(directory: pathlib.Path) -> Tokenizer:
-  """The folder's tokenizer: ``tokenizer.json``, else ``tokenizer.model``."""
-  for name in (TOKENIZER_JSON, TOKENIZER_MODEL):
+  """The folder's tokenizer: ``tokenizer.model`` (SentencePiece, which a ``tokenizer.json``
+  beside it was converted from), else ``tokenizer.json``."""
+  for name in (TOKENIZER_MODEL, TOKENIZER_JSON):
     if (directory / name).exists():
       try:
         return load_tokenizer(directory / name)
@@ -148,11 +149,45 @@ def read_checkpoint(directory, base: LlamaConfig) -> HFCheckpoint:
   return HFCheckpoint(directory, hf_config, model_config, tokenizer, files)
 
 
-def write_tokenizer(directory: pathlib.Path, tokenizer: Tokenizer, max_length: int) -> None:
-  """The tokenizer as transformers reads it: its file, class and special tokens.
+def sentencepiece_tokenizer_json(model_file) -> str:
+  """A SentencePiece model as a ``tokenizers`` JSON that encodes as
+  ``SentencePieceProcessor.encode`` does (its normalizer spec, merges by piece score,
+  byte fallback), built by transformers' converter; its control and unknown pieces are
+  special tokens."""
+  try:
+    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+    from tokenizers import AddedToken  # pylint: disable=import-outside-toplevel
+    from transformers.convert_slow_tokenizer import SpmConverter  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise HFCheckpointError(f"exporting a SentencePiece tokenizer as {TOKENIZER_JSON} uses "
+                            f"transformers' converter and protobuf ({error.name} is not "
+                            "installed); pip install transformers protobuf.") from None
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(pathlib.Path(model_file).read_bytes())
+  unigram, bpe = 1, 2  # ModelProto.TrainerSpec.ModelType
+  if proto.trainer_spec.model_type == bpe:
+    vocab = {piece.piece: index for index, piece in enumerate(proto.pieces)}
+  elif proto.trainer_spec.model_type == unigram:
+    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
+  else:
+    raise HFCheckpointError(f"{model_file}: only BPE and unigram SentencePiece models export "
+                            f"(this one is model type {proto.trainer_spec.model_type}).")
+  # legacy=True: the dummy prefix and extra-whitespace rules exactly as SentencePiece applies them.
+  tokenizer = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
+  unknown, control = 2, 3  # ModelProto.SentencePiece.Type
+  tokenizer.add_special_tokens([AddedToken(piece.piece, special=True, normalized=False)
+                                for piece in proto.pieces if piece.type in (unknown, control)])
+  return tokenizer.to_str(pretty=True)
 
-  The end-of-document token is begin, end and padding token; no special token is added
-  on encoding, so ``AutoTokenizer`` encodes text to the ids training saw.
+
+def write_tokenizer(directory: pathlib.Path, tokenizer: Tokenizer, max_length: int) -> None:
+  """The tokenizer as transformers reads it: ``tokenizer.json``, its class and special tokens.
+
+  The byte tokenizer is written as its ``tokenizers`` JSON form; a ``tokenizers`` file is
+  copied as it is; a SentencePiece model is converted (and copied beside it, as
+  ``tokenizer.model``, the file runs started from the folder read). The end-of-document
+  token is begin, end and padding token; no special token is added on encoding, so
+  ``AutoTokenizer`` encodes text to the ids training saw.
   """
   if tokenizer.kind == BYTES:
     (directory / TOKENIZER_JSON).write_text(json.dumps(byte_tokenizer_json(), indent=1,
@@ -160,11 +195,11 @@ def write_tokenizer(directory: pathlib.Path, tokenizer: Tokenizer, max_length: i
   elif tokenizer.file_name == TOKENIZER_JSON:
     shutil.copyfile(tokenizer.source, directory / TOKENIZER_JSON)
   else:
+    (directory / TOKENIZER_JSON).write_text(sentencepiece_tokenizer_json(tokenizer.source))
     shutil.copyfile(tokenizer.source, directory / TOKENIZER_MODEL)
   special = {"bos_token": tokenizer.eod_token, "eos_token": tokenizer.eod_token,
              "pad_token": tokenizer.eod_token}
-  config = {"tokenizer_class": ("PreTrainedTokenizerFast" if tokenizer.kind != "sentencepiece"
-                                else "LlamaTokenizer"),
+  config = {"tokenizer_class": "PreTrainedTokenizerFast",
             **special, "model_max_length": max_length, "add_bos_token": False,
             "add_eos_token": False, "clean_up_tokenization_spaces": False}
   (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1) + "\n")
