@@ -40,10 +40,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from models.llama import LlamaConfig
+from models.llama import Llama3RopeScaling, LlamaConfig
 
 # RoPE variants this model computes ("default": plain rotary embeddings).
-SUPPORTED_ROPE_TYPES = ("default",)
+SUPPORTED_ROPE_TYPES = ("default", "llama3")
 # Tensors some checkpoints carry that hold no weights (RoPE's frequency buffer).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -153,11 +153,14 @@ def hf_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
 def to_hf_config(config: LlamaConfig, eod_id: int, dtype: str = "float32") -> dict:
   """transformers' ``LlamaConfig`` of ``config``, as the ``config.json`` dict.
 
-  RoPE is written both ways transformers has read it (``rope_theta`` up to 4.x,
-  ``rope_parameters`` from 5.0), so either major version loads the file. The
+  RoPE is written both ways transformers has read it (``rope_theta`` and ``rope_scaling``
+  up to 4.x, ``rope_parameters`` from 5.0), so either major version loads the file. The
   end-of-document token is the begin and end token: training puts one before every
   document.
   """
+  rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+  if config.rope_scaling is not None:
+    rope = {**rope, "rope_type": "llama3", **dataclasses.asdict(config.rope_scaling)}
   return {
       "architectures": ["LlamaForCausalLM"],
       "model_type": "llama",
@@ -172,7 +175,8 @@ def to_hf_config(config: LlamaConfig, eod_id: int, dtype: str = "float32") -> di
       "max_position_embeddings": config.max_seq_len,
       "rms_norm_eps": config.norm_eps,
       "rope_theta": config.rope_theta,
-      "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+      "rope_parameters": rope,
+      "rope_scaling": rope if config.rope_scaling is not None else None,
       "tie_word_embeddings": config.tie_embeddings,
       "attention_bias": False,
       "attention_dropout": 0.0,
@@ -205,12 +209,15 @@ def from_hf_config(hf: dict, base: LlamaConfig, where: str = "config.json") -> L
       "hidden_act": (hf.get("hidden_act", "silu"), "silu"),
       "attention_bias": (bool(hf.get("attention_bias", False)), False),
       "mlp_bias": (bool(hf.get("mlp_bias", False)), False),
-      "rope type": (rope_type, "default"),
   }
   for name, (value, wanted) in unsupported.items():
     if value != wanted:
       raise HFCheckpointError(f"{where}: {name} {value!r} is not supported (this Llama has "
                               f"{name} {wanted!r}); use a checkpoint without it.")
+  if rope_type not in SUPPORTED_ROPE_TYPES:
+    raise HFCheckpointError(f"{where}: rope type {rope_type!r} is not supported (this Llama "
+                            f"computes {' and '.join(SUPPORTED_ROPE_TYPES)}); use a checkpoint "
+                            "with one of those.")
   try:
     heads = int(hf["num_attention_heads"])
     hidden = int(hf["hidden_size"])
@@ -225,14 +232,18 @@ def from_hf_config(hf: dict, base: LlamaConfig, where: str = "config.json") -> L
         head_dim=int(hf.get("head_dim") or hidden // heads),
         max_seq_len=int(hf.get("max_position_embeddings", 2048)),
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+        rope_scaling=None if rope_type == "default" else Llama3RopeScaling(
+            factor=float(rope["factor"]), low_freq_factor=float(rope["low_freq_factor"]),
+            high_freq_factor=float(rope["high_freq_factor"]),
+            original_max_position_embeddings=int(rope.get(
+                "original_max_position_embeddings", hf.get("max_position_embeddings", 2048)))),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         init_std=float(hf.get("initializer_range", 0.02)),
     )
   except KeyError as error:
-    raise HFCheckpointError(f"{where} has no {error.args[0]!r}; a Llama config.json names "
-                            "vocab_size, hidden_size, intermediate_size, num_hidden_layers and "
-                            "num_attention_heads.") from None
+    raise HFCheckpointError(f"{where} has no {error.args[0]!r}, which a Llama config.json of "
+                            "this kind needs; write the checkpoint's config again.") from None
   except ValueError as error:  # LlamaConfig's own checks (a head count that does not divide)
     raise HFCheckpointError(f"{where}: {error}") from None
 

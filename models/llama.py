@@ -45,6 +45,44 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
+class Llama3RopeScaling:
+  """Llama 3.1's RoPE frequency scaling (transformers' ``rope_type: "llama3"``).
+
+  With ``L`` = ``original_max_position_embeddings`` and wavelength ``w = 2 pi / f`` of each
+  inverse frequency ``f``: long wavelengths (``w > L / low_freq_factor``) are slowed by
+  ``factor``, short ones (``w < L / high_freq_factor``) kept, and those between blended,
+
+    f' = (1 - s) f / factor + s f,   s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor).
+
+  References:
+    Llama Team, "The Llama 3 Herd of Models" (2024), https://arxiv.org/abs/2407.21783;
+    transformers' ``modeling_rope_utils._compute_llama3_parameters``.
+  """
+
+  factor: float
+  low_freq_factor: float
+  high_freq_factor: float
+  original_max_position_embeddings: int
+
+  def __post_init__(self):
+    if not (self.factor >= 1 and 0 < self.low_freq_factor < self.high_freq_factor
+            and self.original_max_position_embeddings >= 1):
+      raise ValueError(f"Llama3RopeScaling needs factor >= 1, 0 < low_freq_factor < "
+                       f"high_freq_factor and original_max_position_embeddings >= 1; got {self}.")
+
+  def scale(self, inverse_frequency):
+    """The scaled inverse frequencies, in float32."""
+    context = self.original_max_position_embeddings
+    wavelength = 2 * jnp.pi / inverse_frequency
+    blend = ((context / wavelength - self.low_freq_factor)
+             / (self.high_freq_factor - self.low_freq_factor))
+    blended = (1 - blend) * inverse_frequency / self.factor + blend * inverse_frequency
+    return jnp.where(wavelength > context / self.low_freq_factor, inverse_frequency / self.factor,
+                     jnp.where(wavelength < context / self.high_freq_factor, inverse_frequency,
+                               blended))
+
+
+@dataclasses.dataclass(frozen=True)
 class LlamaConfig:
   """Shape and numerics of a :class:`Llama`.
 
@@ -59,6 +97,8 @@ class LlamaConfig:
     max_seq_len: longest sequence the model is trained on (documentation and input
       checks; RoPE itself has no table to outgrow).
     rope_theta: RoPE base frequency.
+    rope_scaling: ``None`` (plain RoPE) or a :class:`Llama3RopeScaling` (a dict of its
+      fields is accepted, as a recorded config holds it).
     norm_eps: RMSNorm epsilon.
     tie_embeddings: read logits through the transposed embedding table.
     scan_layers: run the blocks with ``nnx.scan`` (else a Python loop).
@@ -79,6 +119,7 @@ class LlamaConfig:
   head_dim: int | None = None
   max_seq_len: int = 4096
   rope_theta: float = 10_000.0
+  rope_scaling: Llama3RopeScaling | None = None
   norm_eps: float = 1e-5
   tie_embeddings: bool = False
   scan_layers: bool = True
@@ -89,6 +130,8 @@ class LlamaConfig:
   attention_impl: str | None = None
 
   def __post_init__(self):
+    if isinstance(self.rope_scaling, dict):
+      object.__setattr__(self, "rope_scaling", Llama3RopeScaling(**self.rope_scaling))
     for name in ("vocab_size", "hidden_dim", "mlp_dim", "num_layers", "num_heads",
                  "num_kv_heads", "max_seq_len"):
       value = getattr(self, name)
@@ -158,9 +201,13 @@ class RMSNorm(nnx.Module):
     return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def rope_angles(positions, head_dim: int, theta: float):
-  """cos and sin of position * theta^(-2i/head_dim), i < head_dim / 2; shape [..., T, head_dim/2]."""
+def rope_angles(positions, head_dim: int, theta: float,
+                scaling: Llama3RopeScaling | None = None):
+  """cos and sin of position * theta^(-2i/head_dim), i < head_dim / 2 (frequencies scaled by
+  ``scaling`` when given); shape [..., T, head_dim/2]."""
   inverse_frequency = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  if scaling is not None:
+    inverse_frequency = scaling.scale(inverse_frequency)
   angles = positions.astype(jnp.float32)[..., None] * inverse_frequency
   return jnp.cos(angles), jnp.sin(angles)
 
@@ -264,7 +311,8 @@ class Llama(nnx.Module):
     config = self.config
     if positions is None:
       positions = jnp.arange(tokens.shape[-1])
-    cos, sin = rope_angles(positions, config.resolved_head_dim, config.rope_theta)
+    cos, sin = rope_angles(positions, config.resolved_head_dim, config.rope_theta,
+                           config.rope_scaling)
     x = constrain(jnp.take(self.embedding[...], tokens, axis=0).astype(config.compute_dtype),
                   RESIDUAL)
 

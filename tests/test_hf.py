@@ -231,7 +231,14 @@ def test_a_run_from_an_export_starts_at_the_exporting_run_s_final_loss(trained_r
   assert restore_run(out).step == 2  # and it reads back like any run
 
 
-def hf_llama_dir(directory, dtype="float32"):
+# Llama 3.1's RoPE scaling, with an original context short enough that the tiny heads'
+# frequencies fall in all three bands (slowed, blended and kept).
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10_000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}
+
+
+def hf_llama_dir(directory, dtype="float32", rope=None):
   """A checkpoint written by transformers itself: a random GQA Llama, with our byte
   tokenizer beside it."""
   torch, transformers = torch_and_transformers()
@@ -239,7 +246,8 @@ def hf_llama_dir(directory, dtype="float32"):
   config = transformers.LlamaConfig(vocab_size=384, hidden_size=48, intermediate_size=96,
                                     num_hidden_layers=2, num_attention_heads=6,
                                     num_key_value_heads=2, max_position_embeddings=128,
-                                    rms_norm_eps=1e-5, tie_word_embeddings=False)
+                                    rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                    rope_parameters=rope)
   model = transformers.LlamaForCausalLM(config)
   with torch.no_grad():
     for name, tensor in model.named_parameters():
@@ -250,9 +258,10 @@ def hf_llama_dir(directory, dtype="float32"):
   return pathlib.Path(directory)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_transformers_to_nexus_to_transformers_is_bit_exact(dtype, tmp_path):
-  source = hf_llama_dir(tmp_path / "hf", dtype)
+@pytest.mark.parametrize("dtype,rope", [("float32", None), ("bfloat16", None),
+                                        ("float32", LLAMA3_ROPE)], ids=["f32", "bf16", "llama3"])
+def test_transformers_to_nexus_to_transformers_is_bit_exact(dtype, rope, tmp_path):
+  source = hf_llama_dir(tmp_path / "hf", dtype, rope)
   checkpoint = read_checkpoint(source, get_preset("tiny"))
   assert checkpoint.model_config.num_kv_heads == 2 and checkpoint.model_config.hidden_dim == 48
   params = checkpoint.params()
@@ -263,10 +272,16 @@ def test_transformers_to_nexus_to_transformers_is_bit_exact(dtype, tmp_path):
   for name in original:
     assert back[name].dtype == original[name].dtype
     np.testing.assert_array_equal(back[name], original[name], err_msg=name)
-  tokens = np.random.default_rng(3).integers(0, 257, (1, 32))
-  if dtype == "float32":
-    assert_close(flax_logits(checkpoint.model_config, params, tokens),
-                 transformers_logits(source, tokens))
+  if dtype == "float32":  # positions far past the original context, where scaling acts
+    tokens = np.random.default_rng(3).integers(0, 257, (1, 120))
+    ours = flax_logits(checkpoint.model_config, params, tokens)
+    assert_close(ours, transformers_logits(source, tokens))
+    assert_close(ours, transformers_logits(tmp_path / "back", tokens))
+  if rope:
+    scaling = checkpoint.model_config.rope_scaling
+    assert (scaling.factor, scaling.original_max_position_embeddings) == (8.0, 32)
+    written = json.loads((tmp_path / "back" / "config.json").read_text())["rope_parameters"]
+    assert written == {**LLAMA3_ROPE, "rope_theta": 10_000.0}
 
 
 # --------------------------------------------------------------------------- bad input
@@ -326,8 +341,8 @@ def test_a_cache_of_another_tokenizer_is_refused(trained_run, small_cache, tmp_p
   err = capsys.readouterr().err.strip()
   assert code == 2 and len(err.splitlines()) == 1, err
   assert "was prepared with another tokenizer than --init-from-hf" in err, err
-  with pytest.raises(HFCheckpointError, match="rope type 'llama3' is not supported"):
+  with pytest.raises(HFCheckpointError, match="rope type 'yarn' is not supported"):
     config = json.loads((exported / "config.json").read_text())
-    config["rope_parameters"] = {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e4}
+    config["rope_parameters"] = {"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e4}
     (folder / "config.json").write_text(json.dumps(config))
     read_checkpoint(folder, get_preset("tiny"))
