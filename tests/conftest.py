@@ -105,3 +105,17 @@ def small_cache(small_corpus, tmp_path_factory):
   from train.data.prepare import prepare
   return prepare(load_spec(small_corpus.root / SPEC_FILE), "bytes",
                  tmp_path_factory.mktemp("cache") / "small", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_model(small_corpus, tmp_path_factory):
+  """A 500-piece BPE SentencePiece model (byte fallback) trained on the small corpus."""
+  import sentencepiece as spm
+  lines = [line for doc in small_corpus.documents("train", "technical")[:30]
+           for line in doc.splitlines() if line.strip()]
+  model = tmp_path_factory.mktemp("sentencepiece") / "sp.model"
+  with open(model, "wb") as stream:
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=stream,
+                                   vocab_size=500, model_type="bpe", byte_fallback=True,
+                                   minloglevel=2)
+  return model

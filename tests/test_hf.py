@@ -121,16 +121,11 @@ def test_a_bpe_tokenizer_is_exported_as_the_file_it_trained_with(tmp_path):
   assert tokenizer.eos_token_id == ours.eod_id and tokenizer.eos_token == "<|endoftext|>"
 
 
-def test_a_sentencepiece_tokenizer_exports_to_an_equivalent_tokenizer_json(small_corpus, tmp_path):
+def test_a_sentencepiece_tokenizer_exports_to_an_equivalent_tokenizer_json(sentencepiece_model,
+                                                                             tmp_path):
   _, transformers = torch_and_transformers()
   import sentencepiece as spm
-  lines = [line for doc in small_corpus.documents("train", "technical")[:30]
-           for line in doc.splitlines() if line.strip()]
-  model = tmp_path / "sp.model"
-  with open(model, "wb") as stream:
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=stream,
-                                   vocab_size=500, model_type="bpe", byte_fallback=True,
-                                   minloglevel=2)
+  model = sentencepiece_model
   reference = spm.SentencePieceProcessor(model_file=str(model))
   exported = tmp_path / "export"
   exported.mkdir()

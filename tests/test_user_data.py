@@ -135,15 +135,9 @@ def test_bpe_tokens_add_up_to_the_texts_bytes(bpe_file, small_corpus):
   assert len(ours.encode(text)) < 0.6 * len(text.encode())
 
 
-def test_a_sentencepiece_model_prepares_and_decodes(small_corpus, tmp_path):
+def test_a_sentencepiece_model_prepares_and_decodes(sentencepiece_model, tmp_path):
   import sentencepiece as spm
-  lines = [line for doc in small_corpus.documents("train", "technical")[:30]
-           for line in doc.splitlines() if line.strip()]
-  model = tmp_path / "sp.model"
-  with open(model, "wb") as stream:
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=stream,
-                                   vocab_size=500, model_type="bpe", byte_fallback=True,
-                                   minloglevel=2)
+  model = sentencepiece_model
   reference = spm.SentencePieceProcessor(model_file=str(model))
   documents = ["plain words in a sentence", "numbers 12345 and symbols ()[]"]
   folder = tmp_path / "data"
