@@ -10,6 +10,10 @@ One CPU to TPU/GPU pods with the same command: the mesh (``--mesh``) and the pro
   summary.json          the final metrics, also printed as a table
 
 SIGTERM (preemption) saves a checkpoint and exits 0; ``--resume`` continues exactly.
+
+``--init-from-hf DIR`` starts from a Hugging Face Llama checkpoint instead of a fresh
+initialisation: its weights, shape and tokenizer (``train.hf``); such a run is evaluated
+once before its first step (``step 0`` in metrics.jsonl). ``train.export_hf`` writes one.
 """
 
 import argparse
