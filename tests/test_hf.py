@@ -341,3 +341,13 @@ def test_a_cache_of_another_tokenizer_is_refused(trained_run, small_cache, tmp_p
     config["rope_parameters"] = {"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e4}
     (folder / "config.json").write_text(json.dumps(config))
     read_checkpoint(folder, get_preset("tiny"))
+
+
+def test_the_export_benchmark_reports_exact_logits_and_round_trip(tmp_path):
+  torch_and_transformers()
+  from benchmarks import hf_interop
+  assert hf_interop.main(["--presets", "tiny", "--seq-len", "32", "--out", str(tmp_path)]) == 0
+  result = json.loads((tmp_path / "results.json").read_text())["results"][0]
+  assert result["round_trip_bit_exact"] and result["max_relative_logit_difference"] < RELATIVE
+  assert result["megabytes_bfloat16"] < result["megabytes_float32"]
+  assert "| tiny | 2 x 64 |" in (tmp_path / "results.md").read_text()
