@@ -200,14 +200,14 @@ def test_transformers_scores_a_text_file_as_train_evaluate_does(trained_run, tmp
   assert theirs["step"] == 6
 
 
-def test_a_run_from_an_export_starts_at_the_exporting_run_s_final_loss(trained_run, small_cache,
-                                                                       tmp_path):
+def test_a_run_from_an_export_starts_at_the_exporting_run_s_final_loss_and_resumes_exactly(
+    trained_run, small_cache, tmp_path):
   run_dir, exported = trained_run
   out = tmp_path / "continued"
-  assert pretrain_main(["--preset", "tiny", "--optimizer", "adamw", "--steps", "2",
-                        "--eval-every", "0", "--log-every", "1", "--mesh", "data=1",
-                        "--init-from-hf", str(exported), "--data", str(small_cache.root),
-                        "--out", str(out), "--no-progress"]) == 0
+  flags = ["--preset", "tiny", "--optimizer", "adamw", "--steps", "4", "--checkpoint-every", "2",
+           "--eval-every", "0", "--log-every", "1", "--mesh", "data=1", "--init-from-hf",
+           str(exported), "--data", str(small_cache.root), "--out", str(out), "--no-progress"]
+  assert pretrain_main(flags) == 0
   final = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
   records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
   start = records[0]
@@ -216,14 +216,22 @@ def test_a_run_from_an_export_starts_at_the_exporting_run_s_final_loss(trained_r
   assert len(keys) >= 6
   for key in keys:
     assert math.isclose(start[key], final[key], rel_tol=1e-6, abs_tol=1e-6), key
-  assert records[-1]["step"] == 2 and records[-1]["validation/prose/loss"] != final[
+  assert records[-1]["step"] == 4 and records[-1]["validation/prose/loss"] != final[
       "validation/prose/loss"]
   saved = json.loads((out / "config.json").read_text())
   assert saved["init_from_hf"] == str(exported) and saved["tokenizer"] == ""
   exporting = restore_run(run_dir).training.model_config
   assert saved["model_config"] == dataclasses.asdict(
       dataclasses.replace(exporting, head_dim=exporting.resolved_head_dim))
-  assert restore_run(out).step == 2  # and it reads back like any run
+
+  # Preempted after step 2: the resumed run ends bit-identical, step-0 record kept.
+  uninterrupted = jax.tree.leaves(jax.device_get(restore_run(out).params))
+  shutil.rmtree(out / "checkpoints" / "4")
+  assert pretrain_main([*flags, "--resume"]) == 0
+  resumed = jax.tree.leaves(jax.device_get(restore_run(out).params))
+  assert all(np.array_equal(a, b) for a, b in zip(uninterrupted, resumed))
+  steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [0, 1, 2, 3, 4]
 
 
 # Llama 3.1's RoPE scaling, with an original context short enough that the tiny heads'
@@ -351,3 +359,19 @@ def test_the_export_benchmark_reports_exact_logits_and_round_trip(tmp_path):
   assert result["round_trip_bit_exact"] and result["max_relative_logit_difference"] < RELATIVE
   assert result["megabytes_bfloat16"] < result["megabytes_float32"]
   assert "| tiny | 2 x 64 |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_preset_s_tokenizer_gives_way_to_the_data_s_or_the_checkpoint_s():
+  from train.config import TrainConfig
+  from train.pretrain import build_parser, config_from_args
+  for flag in ("--data", "--init-from-hf"):
+    config = config_from_args(build_parser().parse_args(["--preset", "demo", flag, "/somewhere"]))
+    assert config.tokenizer == "" and config.model == "demo"
+  assert config_from_args(build_parser().parse_args(["--preset", "demo"])).tokenizer == "bpe-2048"
+  # A run recorded with the preset's tokenizer beside its cache resumes: the field applies
+  # only to the built-in corpus.
+  recorded = TrainConfig(model="tiny", seq_len=64, data="/cache", tokenizer="bytes")
+  assert TrainConfig(model="tiny", seq_len=64, data="/cache", tokenizer="").trajectory_mismatch(
+      recorded) == []
+  assert TrainConfig(model="tiny", seq_len=64, tokenizer="bpe-300").trajectory_mismatch(
+      TrainConfig(model="tiny", seq_len=64)) == ["tokenizer: 'bytes' -> 'bpe-300'"]

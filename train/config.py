@@ -173,6 +173,12 @@ class TrainConfig:
     return cls(**{key: value for key, value in values.items() if key in known})
 
   def trajectory_mismatch(self, saved: "TrainConfig") -> list[str]:
-    """``field: saved -> now`` for each trajectory field that differs from ``saved``."""
-    return [f"{name}: {getattr(saved, name)!r} -> {getattr(self, name)!r}"
-            for name in TRAJECTORY_FIELDS if getattr(saved, name) != getattr(self, name)]
+    """``field: saved -> now`` for each trajectory field that differs from ``saved``
+    (the tokenizer only where it applies: the built-in corpus, not a cache or checkpoint
+    that brings its own, which the run's data record checks instead)."""
+    def value(config, name):
+      if name == "tokenizer" and (config.data or config.init_from_hf):
+        return ""
+      return getattr(config, name)
+    return [f"{name}: {value(saved, name)!r} -> {value(self, name)!r}"
+            for name in TRAJECTORY_FIELDS if value(saved, name) != value(self, name)]
