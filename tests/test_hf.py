@@ -375,3 +375,15 @@ def test_a_preset_s_tokenizer_gives_way_to_the_data_s_or_the_checkpoint_s():
       recorded) == []
   assert TrainConfig(model="tiny", seq_len=64, tokenizer="bpe-300").trajectory_mismatch(
       TrainConfig(model="tiny", seq_len=64)) == ["tokenizer: 'bytes' -> 'bpe-300'"]
+
+
+@pytest.mark.parametrize("source", ["--data", "--init-from-hf"])
+def test_an_explicit_tokenizer_beside_data_or_a_checkpoint_is_refused(source, trained_run,
+                                                                      small_cache, tmp_path,
+                                                                      capsys):
+  path = small_cache.root if source == "--data" else trained_run[1]
+  code = pretrain_main(["--preset", "tiny", "--steps", "1", "--mesh", "data=1", source, str(path),
+                        "--tokenizer", "bytes", "--out", str(tmp_path), "--no-progress"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1, err
+  assert "brings its own tokenizer, so drop --tokenizer" in err, err
