@@ -26,18 +26,21 @@ and compute ``x W``, hence the transposes. The rest needs no permutation:
     as ``view(B, T, N, H)`` reads them;
   * grouped-query attention: query head n reads key/value head ``n // (N / KV)`` in both
     (``repeat_kv`` and ``jax.nn.dot_product_attention``);
-  * RMSNorm: ``x / sqrt(mean(x^2) + eps) * weight`` in float32 in both;
+  * RMSNorm: ``x / sqrt(mean(x^2) + eps) * weight``, normalized in float32 in both
+    (transformers rounds to the activations' dtype before the weight, ours after: the
+    same in float32, one rounding apart in bfloat16);
   * tied embeddings: ``lm_head`` is ``embed_tokens`` and the file has no ``lm_head.weight``;
   * the vocabulary is the embedding's rows, which may exceed the tokenizer's (padding):
     ``vocab_size`` is the rows, the tokenizer keeps its own size.
 
-This module is NumPy only (no torch, no transformers): it maps configs and tensors, and
+This module needs no torch and no transformers: it maps configs and NumPy tensors, and
 raises :class:`HFCheckpointError` with the fix when a checkpoint does not fit.
 """
 
 import dataclasses
 from collections.abc import Callable
 
+import jax
 import numpy as np
 
 from models.llama import Llama3RopeScaling, LlamaConfig
@@ -197,15 +200,23 @@ def from_hf_config(hf: dict, base: LlamaConfig, where: str = "config.json") -> L
   positions, initialiser scale) comes from ``hf``; how it is computed (``scan_layers``,
   ``remat``, dtypes, attention implementation) from ``base``, a preset.
   """
+  if not isinstance(hf, dict):
+    raise HFCheckpointError(f"{where} is not a JSON object; write the checkpoint's config again.")
   model_type = hf.get("model_type")
   architectures = hf.get("architectures") or []
   if model_type != "llama" or any(a != "LlamaForCausalLM" for a in architectures):
     named = f"model_type {model_type!r}" + (f" ({', '.join(architectures)})" if architectures else "")
     raise HFCheckpointError(f"{where}: {named} is not a Llama; nexus-optax reads "
                             "LlamaForCausalLM checkpoints (model_type 'llama').")
-  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  # transformers 5 reads rope_scaling first when both are there.
+  rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+  if not isinstance(rope, dict):
+    raise HFCheckpointError(f"{where}: rope_scaling / rope_parameters is not an object; write "
+                            "the checkpoint's config again.")
   rope_type = rope.get("rope_type", rope.get("type", "default"))
+  partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
   unsupported = {
+      "partial_rotary_factor": (float(partial or 1.0), 1.0),
       "hidden_act": (hf.get("hidden_act", "silu"), "silu"),
       "attention_bias": (bool(hf.get("attention_bias", False)), False),
       "mlp_bias": (bool(hf.get("mlp_bias", False)), False),
@@ -244,6 +255,9 @@ def from_hf_config(hf: dict, base: LlamaConfig, where: str = "config.json") -> L
   except KeyError as error:
     raise HFCheckpointError(f"{where} has no {error.args[0]!r}, which a Llama config.json of "
                             "this kind needs; write the checkpoint's config again.") from None
+  except (TypeError, AttributeError) as error:  # a null or non-numeric field
+    raise HFCheckpointError(f"{where}: a size or RoPE field is not a number ({error}); write "
+                            "the checkpoint's config again.") from None
   except ValueError as error:  # LlamaConfig's own checks (a head count that does not divide)
     raise HFCheckpointError(f"{where}: {error}") from None
 
@@ -294,15 +308,35 @@ def check_hf_tensors(shapes: dict[str, tuple[int, ...]], config: LlamaConfig,
                             f"{', ...' if len(extra) > 3 else ''}); it is not a plain Llama.")
 
 
+class LazyParam:
+  """One of our params, read from transformers tensors when indexed: ``param[index]`` (a
+  tuple of slices, as ``jax.make_array_from_callback`` asks for one device's shard)
+  reads only the layers that ``index`` selects, one layer's tensor at a time."""
+
+  def __init__(self, tensor: _Tensor, read: Callable, config: LlamaConfig, dtype):
+    self._tensor, self._read, self._config, self._dtype = tensor, read, config, dtype
+
+  def _convert(self, name: str) -> np.ndarray:
+    return self._tensor.from_hf(np.asarray(self._read(name), self._dtype), self._config)
+
+  def __getitem__(self, index) -> np.ndarray:
+    index = index if isinstance(index, tuple) else (index,)
+    if not self._tensor.per_layer:
+      return np.ascontiguousarray(self._convert(self._tensor.name)[index])
+    layers = range(self._config.num_layers)[index[0]]
+    return np.stack([self._convert(self._tensor.name.format(layer=layer))[index[1:]]
+                     for layer in layers])
+
+
+def lazy_hf_params(read, config: LlamaConfig, dtype) -> dict:
+  """Our params tree of :class:`LazyParam`, from ``read(name) -> np.ndarray``."""
+  params: dict = {}
+  for tensor in _tensors(config):
+    _set(params, tensor.path, LazyParam(tensor, read, config, dtype))
+  return params
+
+
 def from_hf_tensors(read, config: LlamaConfig, dtype) -> dict:
   """Our params (pure dict of NumPy ``dtype`` arrays) from ``read(name) -> np.ndarray``,
   per-layer tensors stacked along the leading ``layers`` axis."""
-  params: dict = {}
-  for tensor in _tensors(config):
-    if tensor.per_layer:
-      array = np.stack([tensor.from_hf(np.asarray(read(tensor.name.format(layer=layer)), dtype),
-                                       config) for layer in range(config.num_layers)])
-    else:
-      array = tensor.from_hf(np.asarray(read(tensor.name), dtype), config)
-    _set(params, tensor.path, np.ascontiguousarray(array))
-  return params
+  return jax.tree.map(lambda param: param[:], lazy_hf_params(read, config, dtype))

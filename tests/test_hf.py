@@ -99,8 +99,11 @@ def test_transformers_llama_gives_the_flax_logits(name, tmp_path):
 
   # The byte tokenizer, through AutoTokenizer: the same ids, 257 tokens in a padded vocab.
   tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
-  text = "naïve café, 日本語 and\ttabs\n"
+  # Text that spells the end-of-document token stays text, as in training; the default
+  # call adds no special token either.
+  text = "naïve café, 日本語 and\ttabs\n a<|endoftext|>b"
   assert tokenizer(text, add_special_tokens=False)["input_ids"] == encode(text).tolist()
+  assert tokenizer(text)["input_ids"] == encode(text).tolist()
   assert len(tokenizer) == 257 < config.vocab_size
   assert tokenizer.eos_token_id == tokenizer.bos_token_id == 256 == hf_config.eos_token_id
   assert tokenizer.decode(encode(text)) == text
@@ -135,8 +138,11 @@ def test_a_sentencepiece_tokenizer_exports_to_an_equivalent_tokenizer_json(sente
                "日本語 and naïve bytes €", TEXT[:300]]:
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == reference.encode(text), text
   assert tokenizer.eos_token_id == reference.eos_id()
-  # Runs started from the folder read the SentencePiece model itself: the run's tokenizer.
-  assert checkpoint_tokenizer(exported).hash == load_tokenizer(model).hash
+  # Runs started from an export read the SentencePiece model itself, the run's tokenizer
+  # (its config.json names the model's hash); other folders, what transformers reads.
+  run_tokenizer = load_tokenizer(model)
+  assert checkpoint_tokenizer(exported, {"tokenizer_hash": run_tokenizer.hash}).hash == run_tokenizer.hash
+  assert checkpoint_tokenizer(exported).kind == "huggingface"
 
 
 # ------------------------------------------------------------- a trained run, exported
@@ -241,36 +247,50 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10_000.0, "factor": 8.0,
                "original_max_position_embeddings": 32}
 
 
-def hf_llama_dir(directory, dtype="float32", rope=None):
+def hf_llama_dir(directory, dtype="float32", rope=None, tied=False):
   """A checkpoint written by transformers itself: a random GQA Llama, with our byte
-  tokenizer beside it."""
+  tokenizer beside it; a tied one is saved in shards with an index."""
   torch, transformers = torch_and_transformers()
   torch.manual_seed(0)
   config = transformers.LlamaConfig(vocab_size=384, hidden_size=48, intermediate_size=96,
                                     num_hidden_layers=2, num_attention_heads=6,
                                     num_key_value_heads=2, max_position_embeddings=128,
-                                    rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                    rms_norm_eps=1e-5, tie_word_embeddings=tied,
                                     rope_parameters=rope)
   model = transformers.LlamaForCausalLM(config)
   with torch.no_grad():
     for name, tensor in model.named_parameters():
       if "norm" in name:
         tensor.uniform_(0.5, 1.5)
-  model.to(getattr(torch, dtype)).save_pretrained(directory, safe_serialization=True)
+  model.to(getattr(torch, dtype)).save_pretrained(directory, safe_serialization=True,
+                                                  max_shard_size="20KB" if tied else "5GB")
   write_tokenizer(pathlib.Path(directory), ByteTokenizer(), 128)
   return pathlib.Path(directory)
 
 
-@pytest.mark.parametrize("dtype,rope", [("float32", None), ("bfloat16", None),
-                                        ("float32", LLAMA3_ROPE)], ids=["f32", "bf16", "llama3"])
-def test_transformers_to_nexus_to_transformers_is_bit_exact(dtype, rope, tmp_path):
-  source = hf_llama_dir(tmp_path / "hf", dtype, rope)
+def hf_tensors(directory) -> dict[str, np.ndarray]:
+  """Every tensor of a folder, from one file or from the shards of its index."""
+  from safetensors.numpy import load_file
+  tensors = {}
+  for file in sorted(pathlib.Path(directory).glob("*.safetensors")):
+    tensors.update(load_file(str(file)))
+  return tensors
+
+
+@pytest.mark.parametrize("dtype,rope,tied", [("float32", None, False), ("bfloat16", None, False),
+                                             ("float32", LLAMA3_ROPE, False),
+                                             ("float32", None, True)],
+                         ids=["f32", "bf16", "llama3", "tied-sharded"])
+def test_transformers_to_nexus_to_transformers_is_bit_exact(dtype, rope, tied, tmp_path):
+  source = hf_llama_dir(tmp_path / "hf", dtype, rope, tied)
+  assert (source / "model.safetensors.index.json").exists() == tied
   checkpoint = read_checkpoint(source, get_preset("tiny"))
   assert checkpoint.model_config.num_kv_heads == 2 and checkpoint.model_config.hidden_dim == 48
+  assert checkpoint.model_config.tie_embeddings == tied
   params = checkpoint.params()
   assert params["blocks"]["attention"]["query"].shape == (2, 48, 6, 8)
   write_checkpoint(tmp_path / "back", params, checkpoint.model_config, checkpoint.tokenizer, dtype)
-  original, back = safetensors_of(source), safetensors_of(tmp_path / "back")
+  original, back = hf_tensors(source), safetensors_of(tmp_path / "back")
   assert sorted(original) == sorted(back)
   for name in original:
     assert back[name].dtype == original[name].dtype
@@ -344,11 +364,13 @@ def test_a_cache_of_another_tokenizer_is_refused(trained_run, small_cache, tmp_p
   err = capsys.readouterr().err.strip()
   assert code == 2 and len(err.splitlines()) == 1, err
   assert "was prepared with another tokenizer than --init-from-hf" in err, err
-  with pytest.raises(HFCheckpointError, match="rope type 'yarn' is not supported"):
-    config = json.loads((exported / "config.json").read_text())
-    config["rope_parameters"] = {"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e4}
-    (folder / "config.json").write_text(json.dumps(config))
-    read_checkpoint(folder, get_preset("tiny"))
+  config = json.loads((exported / "config.json").read_text())
+  for rope, message in (({"rope_type": "yarn", "factor": 8.0}, "rope type 'yarn' is not supported"),
+                        ({"rope_type": "default", "partial_rotary_factor": 0.5},
+                         "partial_rotary_factor 0.5 is not supported")):
+    (folder / "config.json").write_text(json.dumps({**config, "rope_parameters": rope}))
+    with pytest.raises(HFCheckpointError, match=message):
+      read_checkpoint(folder, get_preset("tiny"))
 
 
 def test_the_export_benchmark_reports_exact_logits_and_round_trip(tmp_path):
@@ -387,3 +409,35 @@ def test_an_explicit_tokenizer_beside_data_or_a_checkpoint_is_refused(source, tr
   err = capsys.readouterr().err.strip()
   assert code == 2 and len(err.splitlines()) == 1, err
   assert "brings its own tokenizer, so drop --tokenizer" in err, err
+
+
+def test_an_export_goes_to_a_new_folder_or_replaces_an_earlier_export(trained_run, tmp_path,
+                                                                      capsys):
+  run_dir, exported = trained_run
+  target = tmp_path / "again"
+  shutil.copytree(exported, target)
+  (target / "tokenizer.model").write_bytes(b"stale")  # as a SentencePiece export would leave
+  assert export_hf.main(["--checkpoint", str(run_dir), "--out", str(target)]) == 0
+  assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in exported.iterdir())
+  busy = tmp_path / "busy"
+  busy.mkdir()
+  (busy / "notes.txt").write_text("mine")
+  assert export_hf.main(["--checkpoint", str(run_dir), "--out", str(busy)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "is not empty and is not an earlier export" in err and len(err.splitlines()) == 1, err
+  assert (busy / "notes.txt").read_text() == "mine"
+
+
+def test_a_checkpoint_is_placed_on_a_sharded_mesh_like_any_params(trained_run, small_cache,
+                                                                  tmp_path):
+  from tests.test_pretrain import checked, run_cli
+  run_dir, exported = trained_run
+  out = tmp_path / "sharded"
+  checked(run_cli(["--preset", "tiny", "--optimizer", "adamw", "--steps", "1", "--eval-every", "0",
+                   "--mesh", "data=2,fsdp=2,tensor=2", "--init-from-hf", exported, "--data",
+                   small_cache.root, "--out", out], devices=8))
+  start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+  final = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+  assert start["step"] == 0
+  for key in [k for k in final if k.endswith("/loss")]:
+    assert math.isclose(start[key], final[key], rel_tol=1e-5), key

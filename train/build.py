@@ -26,8 +26,9 @@ class Training:
     graphdef: its ``nnx`` graph definition (params are pure dicts).
     abstract_state: a ``TrainState`` of ``ShapeDtypeStruct`` with shardings (restore target).
     init: jitted ``() -> TrainState``, born sharded.
-    init_from_params: ``(params) -> TrainState`` from given weights (a pure dict of host
-      arrays, e.g. a Hugging Face checkpoint's), each placed on its parameter's sharding.
+    init_from_params: ``(params) -> TrainState`` from given weights: a pure dict of host
+      arrays, or of anything indexable like one (``models.hf_llama.LazyParam``), each
+      placed on its parameter's sharding from the slices its devices hold.
     step: jitted ``(state, tokens [K, B, T + 1]) -> (state, metrics)``; donates ``state``.
     batch_sharding: of the ``[K, B, T + 1]`` batches.
   """
@@ -95,7 +96,7 @@ def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_R
     expected = jax.tree.structure(abstract.params)
     if jax.tree.structure(params) != expected:
       raise ValueError(f"init_from_params: the params' tree differs from the model's ({expected}).")
-    # Every process builds the arrays from its own host copy, reading only its shards.
+    # Each process reads only the slices of its own devices' shards.
     placed = jax.tree.map(
         lambda host, target, sharding: jax.make_array_from_callback(
             target.shape, sharding, lambda index: np.asarray(host[index], target.dtype)),

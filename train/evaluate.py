@@ -35,6 +35,10 @@ from train.evaluation import Evaluator, text_eval_set, windows_of
 from train.hf import read_checkpoint
 from train.runs import restore_run
 
+# Window of --hf scoring for checkpoints that are not exports of a run (whose training
+# length is recorded): a model's full context (131,072 for Llama 3.1) would not fit a CPU.
+DEFAULT_HF_WINDOW = 2048
+
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
@@ -48,7 +52,7 @@ def main(argv=None) -> int:
   parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
   parser.add_argument("--seq-len", type=int, default=None,
                       help="--hf only: window length (default: the exporting run's, else the "
-                      "model's max_position_embeddings)")
+                      f"model's max_position_embeddings up to {DEFAULT_HF_WINDOW})")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax notes that the directory is read-only
@@ -118,10 +122,15 @@ def evaluate_hf(args) -> dict:
   except ImportError as error:
     raise ConfigError(f"--hf needs transformers and PyTorch ({error.name} is not installed); "
                       "install nexus-optax[test] or pip install transformers torch.") from None
-  tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-  model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+  try:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+  except Exception as error:  # transformers raises OSError, ValueError and its own types
+    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    raise ConfigError(f"--hf {args.hf}: transformers cannot load it ({reason}).") from None
   model.eval()
-  seq_len = args.seq_len or checkpoint.metadata.get("seq_len", model.config.max_position_embeddings)
+  seq_len = args.seq_len or checkpoint.metadata.get(
+      "seq_len", min(model.config.max_position_embeddings, DEFAULT_HF_WINDOW))
   start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
   stream = np.array([start, *tokenizer(text, add_special_tokens=False)["input_ids"]], np.int64)
   try:

@@ -16,6 +16,7 @@ Writing needs NumPy and ``safetensors`` only (no torch). Exported folders also c
 """
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 import shutil
@@ -23,7 +24,7 @@ import shutil
 import numpy as np
 
 from models.hf_llama import (HFCheckpointError, check_hf_tensors, from_hf_config, from_hf_tensors,
-                             to_hf_config, to_hf_tensors)
+                             lazy_hf_params, to_hf_config, to_hf_tensors)
 from models.llama import LlamaConfig
 from train.data.tokenizer import (BYTES, Tokenizer, TokenizerError, byte_tokenizer_json,
                                   load_tokenizer)
@@ -33,6 +34,11 @@ WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_MODEL = "tokenizer.model"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS = "special_tokens_map.json"
+# What an export writes (and a re-export into the same folder replaces).
+EXPORT_FILES = (CONFIG, WEIGHTS, WEIGHTS_INDEX, TOKENIZER_JSON, TOKENIZER_MODEL, TOKENIZER_CONFIG,
+                SPECIAL_TOKENS, "generation_config.json")
 EXPORT_DTYPES = ("float32", "bfloat16")
 
 
@@ -60,12 +66,29 @@ class HFCheckpoint:
   tokenizer: Tokenizer
   _files: dict[str, pathlib.Path]
 
-  def params(self) -> dict:
-    """The weights as our params: a pure dict of NumPy arrays in ``model_config.param_dtype``."""
+  def _reader(self):
     from safetensors import safe_open  # pylint: disable=import-outside-toplevel
     handles = {file: safe_open(str(file), "np") for file in set(self._files.values())}
-    return from_hf_tensors(lambda name: handles[self._files[name]].get_tensor(name),
-                           self.model_config, _numpy_dtype(self.model_config.param_dtype))
+
+    def read(name):
+      try:
+        return handles[self._files[name]].get_tensor(name)
+      except Exception as error:  # safetensors raises its own SafetensorError
+        raise HFCheckpointError(f"{self._files[name]}: tensor {name} is unreadable ({error}); "
+                                "copy the checkpoint again.") from None
+
+    return read
+
+  def params(self) -> dict:
+    """The weights as our params: a pure dict of NumPy arrays in ``model_config.param_dtype``."""
+    return from_hf_tensors(self._reader(), self.model_config,
+                           _numpy_dtype(self.model_config.param_dtype))
+
+  def lazy_params(self) -> dict:
+    """The same tree of :class:`models.hf_llama.LazyParam`: indexing one reads only the
+    layers its slice selects, so each process reads what its shards need."""
+    return lazy_hf_params(self._reader(), self.model_config,
+                          _numpy_dtype(self.model_config.param_dtype))
 
   @property
   def metadata(self) -> dict:
@@ -73,13 +96,29 @@ class HFCheckpoint:
     return self.hf_config.get("nexus_optax", {})
 
 
-def _weight_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
-  """Tensor name -> the safetensors file that holds it."""
+def _safetensors_keys(file: pathlib.Path) -> dict[str, tuple[int, ...]]:
+  """Tensor name -> shape of one safetensors file (its header only)."""
+  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+  try:
+    with safe_open(str(file), "np") as handle:
+      return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+  except Exception as error:  # safetensors raises its own SafetensorError
+    raise HFCheckpointError(f"{file} is not a readable safetensors file ({error}); copy the "
+                            "checkpoint again.") from None
+
+
+def _weight_files(directory: pathlib.Path) -> tuple[dict[str, pathlib.Path], dict]:
+  """(tensor name -> the safetensors file that holds it, tensor name -> shape), from
+  ``model.safetensors`` or else the sharded index, as transformers looks for them."""
+  single = directory / WEIGHTS
+  if single.exists():
+    shapes = _safetensors_keys(single)
+    return {name: single for name in shapes}, shapes
   index = directory / WEIGHTS_INDEX
   if index.exists():
     try:
       weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError):
+    except (json.JSONDecodeError, KeyError, TypeError):
       raise HFCheckpointError(f"{index} is not a safetensors index (no weight_map); write the "
                               "checkpoint again.") from None
     files = {name: directory / file for name, file in weight_map.items()}
@@ -87,12 +126,11 @@ def _weight_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
     if missing:
       raise HFCheckpointError(f"{directory}: the shards {', '.join(missing[:3])} named in "
                               f"{WEIGHTS_INDEX} are missing; copy the whole checkpoint.")
-    return files
-  single = directory / WEIGHTS
-  if single.exists():
-    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-    with safe_open(str(single), "np") as handle:
-      return {name: single for name in handle.keys()}
+    shapes = {}
+    for file in sorted(set(files.values())):
+      shapes.update({name: shape for name, shape in _safetensors_keys(file).items()
+                     if files.get(name) == file})
+    return files, shapes
   if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
     raise HFCheckpointError(f"{directory} has PyTorch pickle weights only; save them as "
                             "safetensors (model.save_pretrained(dir, safe_serialization=True)).")
@@ -100,20 +138,17 @@ def _weight_files(directory: pathlib.Path) -> dict[str, pathlib.Path]:
                           "folder written by save_pretrained or train.export_hf.")
 
 
-def _tensor_shapes(files: dict[str, pathlib.Path]) -> dict[str, tuple[int, ...]]:
-  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-  shapes = {}
-  for file in set(files.values()):
-    with safe_open(str(file), "np") as handle:
-      shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()
-                     if files.get(name) == file})
-  return shapes
-
-
-def checkpoint_tokenizer(directory: pathlib.Path) -> Tokenizer:
-  """The folder's tokenizer: ``tokenizer.model`` (SentencePiece, which a ``tokenizer.json``
-  beside it was converted from), else ``tokenizer.json``."""
-  for name in (TOKENIZER_MODEL, TOKENIZER_JSON):
+def checkpoint_tokenizer(directory: pathlib.Path, metadata: dict | None = None) -> Tokenizer:
+  """The folder's tokenizer: ``tokenizer.json``, what transformers reads, else
+  ``tokenizer.model``. An export of a SentencePiece run (``metadata``, its config.json's
+  ``nexus_optax``, names the model's hash) is read as that model, from which its
+  ``tokenizer.json`` was converted."""
+  names = (TOKENIZER_JSON, TOKENIZER_MODEL)
+  model = directory / TOKENIZER_MODEL
+  if (metadata and model.exists()
+      and hashlib.sha256(model.read_bytes()).hexdigest() == metadata.get("tokenizer_hash")):
+    names = (TOKENIZER_MODEL,)
+  for name in names:
     if (directory / name).exists():
       try:
         return load_tokenizer(directory / name)
@@ -139,9 +174,9 @@ def read_checkpoint(directory, base: LlamaConfig) -> HFCheckpoint:
   except (json.JSONDecodeError, UnicodeDecodeError) as error:
     raise HFCheckpointError(f"{path} is not JSON ({error}); write the checkpoint again.") from None
   model_config = from_hf_config(hf_config, base, where=str(path))
-  files = _weight_files(directory)
-  check_hf_tensors(_tensor_shapes(files), model_config, where=str(directory))
-  tokenizer = checkpoint_tokenizer(directory)
+  files, shapes = _weight_files(directory)
+  check_hf_tensors(shapes, model_config, where=str(directory))
+  tokenizer = checkpoint_tokenizer(directory, hf_config.get("nexus_optax"))
   if tokenizer.vocab_size > model_config.vocab_size:
     raise HFCheckpointError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
                             f"model only {model_config.vocab_size} embedding rows; use the "
@@ -172,6 +207,10 @@ def sentencepiece_tokenizer_json(model_file) -> str:
   else:
     raise HFCheckpointError(f"{model_file}: only BPE and unigram SentencePiece models export "
                             f"(this one is model type {proto.trainer_spec.model_type}).")
+  if not hasattr(SpmConverter, "build_tokenizer_from_spm_proto"):
+    raise HFCheckpointError("exporting a SentencePiece tokenizer needs a transformers with "
+                            "SpmConverter.build_tokenizer_from_spm_proto (5.24 has it); "
+                            "upgrade transformers.")
   # legacy=True: the dummy prefix and extra-whitespace rules exactly as SentencePiece applies them.
   tokenizer = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
   unknown, control = 2, 3  # ModelProto.SentencePiece.Type
@@ -199,11 +238,31 @@ def write_tokenizer(directory: pathlib.Path, tokenizer: Tokenizer, max_length: i
     shutil.copyfile(tokenizer.source, directory / TOKENIZER_MODEL)
   special = {"bos_token": tokenizer.eod_token, "eos_token": tokenizer.eod_token,
              "pad_token": tokenizer.eod_token}
+  # split_special_tokens: text that spells a special token stays text, as in training.
   config = {"tokenizer_class": "PreTrainedTokenizerFast",
             **special, "model_max_length": max_length, "add_bos_token": False,
-            "add_eos_token": False, "clean_up_tokenization_spaces": False}
-  (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1) + "\n")
-  (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=1) + "\n")
+            "add_eos_token": False, "clean_up_tokenization_spaces": False,
+            "split_special_tokens": True}
+  (directory / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+  (directory / SPECIAL_TOKENS).write_text(json.dumps(special, indent=1) + "\n")
+
+
+def _clear_earlier_export(directory: pathlib.Path) -> None:
+  """Empties ``directory`` of an earlier export's files; any other content is refused, so
+  that no stale file (a shard index, a tokenizer.model) outranks the new ones."""
+  if not directory.exists() or not any(directory.iterdir()):
+    return
+  try:
+    earlier = "nexus_optax" in json.loads((directory / CONFIG).read_text())
+  except (OSError, ValueError, TypeError):
+    earlier = False
+  others = [p.name for p in directory.iterdir() if p.name not in EXPORT_FILES]
+  if not earlier or others:
+    raise HFCheckpointError(f"--out {directory} is not empty and is not an earlier export "
+                            f"(it holds {', '.join(sorted(p.name for p in directory.iterdir())[:3])}"
+                            "); choose a new or empty folder.")
+  for path in directory.iterdir():
+    path.unlink()
 
 
 def write_checkpoint(directory, params: dict, model_config: LlamaConfig, tokenizer: Tokenizer,
@@ -213,6 +272,7 @@ def write_checkpoint(directory, params: dict, model_config: LlamaConfig, tokeniz
   if dtype not in EXPORT_DTYPES:
     raise HFCheckpointError(f"--dtype {dtype!r} is not one of {', '.join(EXPORT_DTYPES)}.")
   directory = pathlib.Path(directory)
+  _clear_earlier_export(directory)
   directory.mkdir(parents=True, exist_ok=True)
   numpy_dtype = _numpy_dtype(dtype)
   tensors = {name: array.astype(numpy_dtype, copy=False)
@@ -221,7 +281,6 @@ def write_checkpoint(directory, params: dict, model_config: LlamaConfig, tokeniz
   if metadata:
     config["nexus_optax"] = metadata
   # Weights first, config last: a folder with a config.json is complete.
-  (directory / CONFIG).unlink(missing_ok=True)
   save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt"})
   write_tokenizer(directory, tokenizer, model_config.max_seq_len)
   (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n")

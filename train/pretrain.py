@@ -79,6 +79,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                if getattr(args, field.name) is not None}
   if (overrides.get("data") or overrides.get("init_from_hf")) and "tokenizer" not in overrides:
     overrides["tokenizer"] = ""  # the cache's or the checkpoint's, not the preset's
+  if overrides.get("init_from_hf"):  # resumable from any working directory
+    overrides["init_from_hf"] = str(pathlib.Path(overrides["init_from_hf"]).absolute())
   return get_run_preset(args.preset, **overrides)
 
 
@@ -263,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     state, start_step, data_state = restored.state, restored.step, restored.data_state["iterator"]
     say(f"resumed from checkpoint {start_step} in {store.directory}")
   elif checkpoint:
-    state = training.init_from_params(checkpoint.params())
+    state = training.init_from_params(checkpoint.lazy_params())
     say(f"initialised from {checkpoint.directory}")
   else:
     state = training.init()
