@@ -26,14 +26,16 @@ from train.data.tokenizer import ByteTokenizer
 from train.hf import read_checkpoint, write_checkpoint
 
 
-def random_params(config, seed: int) -> dict:
+def random_params(config, seed: int = 0) -> dict:
+  """A model's params (NumPy) with every tensor random: norm scales too, so that their
+  mapping shows in the logits."""
   model = Llama(config, rngs=nnx.Rngs(seed))
   params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   rng = np.random.default_rng(seed)
   for norm in (params["blocks"]["attention_norm"], params["blocks"]["mlp_norm"],
                params["final_norm"]):
     norm["scale"] = (1 + 0.3 * rng.standard_normal(norm["scale"].shape)).astype(np.float32)
-  return params, nnx.split(model, nnx.Param)[0]
+  return params
 
 
 def measure(preset: str, seq_len: int, work: pathlib.Path) -> dict:
@@ -42,7 +44,8 @@ def measure(preset: str, seq_len: int, work: pathlib.Path) -> dict:
   from safetensors.numpy import load_file
   # float32 compute on both sides: the comparison is of the weights' mapping.
   config = get_preset(preset, compute_dtype="float32", remat="none")
-  params, graphdef = random_params(config, seed=0)
+  params = random_params(config)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
   result = {"preset": preset, "layers": config.num_layers, "hidden": config.hidden_dim,
             "parameters": int(sum(x.size for x in jax.tree.leaves(params))), "seq_len": seq_len}
   for dtype in ("float32", "bfloat16"):
