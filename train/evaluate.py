@@ -132,7 +132,8 @@ def evaluate_hf(args) -> dict:
   seq_len = args.seq_len or checkpoint.metadata.get(
       "seq_len", min(model.config.max_position_embeddings, DEFAULT_HF_WINDOW))
   start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-  stream = np.array([start, *tokenizer(text, add_special_tokens=False)["input_ids"]], np.int64)
+  ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # windowed below
+  stream = np.array([start, *ids], np.int64)
   try:
     windows, mask = windows_of(stream, seq_len)
   except ValueError as error:
