@@ -17,7 +17,6 @@ import pathlib
 import sys
 
 import jax
-import numpy as np
 from absl import logging as absl_logging
 
 from models.hf_llama import HFCheckpointError
@@ -39,14 +38,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax notes that the directory is read-only
   try:
-    path = args.checkpoint
-    if args.step is not None:
-      if path.absolute().name.isdigit():
-        raise ConfigError(f"--step {args.step} and --checkpoint {path} both name a step; give one.")
-      run_dir = path.absolute().parent if path.absolute().name == "checkpoints" else path
-      path = run_dir / "checkpoints" / str(args.step)
-    run = restore_run(path)
-    params = jax.tree.map(np.asarray, jax.device_get(run.params))
+    run = restore_run(args.checkpoint, args.step)
+    params = jax.device_get(run.params)
     metadata = {"run": str(run.directory), "step": run.step, "seq_len": run.config.seq_len,
                 "optimizer": run.config.optimizer, "model_preset": run.config.model,
                 "tokenizer_hash": run.tokenizer.hash}

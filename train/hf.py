@@ -16,7 +16,6 @@ Writing needs NumPy and ``safetensors`` only (no torch). Exported folders also c
 """
 
 import dataclasses
-import hashlib
 import json
 import pathlib
 import shutil
@@ -143,17 +142,16 @@ def checkpoint_tokenizer(directory: pathlib.Path, metadata: dict | None = None) 
   ``tokenizer.model``. An export of a SentencePiece run (``metadata``, its config.json's
   ``nexus_optax``, names the model's hash) is read as that model, from which its
   ``tokenizer.json`` was converted."""
-  names = (TOKENIZER_JSON, TOKENIZER_MODEL)
-  model = directory / TOKENIZER_MODEL
-  if (metadata and model.exists()
-      and hashlib.sha256(model.read_bytes()).hexdigest() == metadata.get("tokenizer_hash")):
-    names = (TOKENIZER_MODEL,)
-  for name in names:
-    if (directory / name).exists():
-      try:
+  try:
+    if metadata and (directory / TOKENIZER_MODEL).exists():
+      model = load_tokenizer(directory / TOKENIZER_MODEL)
+      if model.hash == metadata.get("tokenizer_hash"):
+        return model
+    for name in (TOKENIZER_JSON, TOKENIZER_MODEL):
+      if (directory / name).exists():
         return load_tokenizer(directory / name)
-      except TokenizerError as error:
-        raise HFCheckpointError(f"{directory}: {error}") from None
+  except TokenizerError as error:
+    raise HFCheckpointError(f"{directory}: {error}") from None
   raise HFCheckpointError(f"{directory} has no tokenizer ({TOKENIZER_JSON} or {TOKENIZER_MODEL}); "
                           "copy the model's tokenizer files into it.")
 

@@ -78,18 +78,26 @@ def recorded_model_config(record: dict) -> LlamaConfig | None:
   return LlamaConfig(**values) if values else None
 
 
-def restore_run(path: pathlib.Path, flag: str = "--checkpoint") -> SavedRun:
-  """The checkpoint at ``path`` (see the module docstring); raises ConfigError with the fix."""
-  run_dir, step = locate(path)
+def restore_run(path: pathlib.Path, step: int | None = None,
+                flag: str = "--checkpoint") -> SavedRun:
+  """The checkpoint at ``path`` (see the module docstring), or its run's checkpoint
+  ``step``; raises ConfigError with the fix."""
+  run_dir, step_in_path = locate(path)
+  if step is not None and step_in_path is not None:
+    raise ConfigError(f"--step {step} and {flag} {path} both name a step; give one.")
+  step = step_in_path if step is None else step
   if not (run_dir / "checkpoints").is_dir():
     raise ConfigError(f"{flag} {path}: no checkpoints/ folder there; point at a run directory "
                       "written by train.pretrain.")
   store = CheckpointStore(run_dir, keep=1_000_000, warn=lambda m: print(m, file=sys.stderr),
                           read_only=True)
   steps = store.steps()
-  if not steps or (step is not None and step not in steps):
-    raise ConfigError(f"{flag} {path}: no checkpoint there (found steps {steps} in "
-                      f"{store.directory}); point at a run directory written by train.pretrain.")
+  if not steps:
+    raise ConfigError(f"{flag} {path}: no checkpoint there ({store.directory} is empty); point "
+                      "at a run directory written by train.pretrain.")
+  if step is not None and step not in steps:
+    raise ConfigError(f"{flag} {path}: no checkpoint of step {step} (found steps {steps} in "
+                      f"{store.directory}); pick one of those.")
   record = store.newest_config()
   config = TrainConfig.from_dict(record)
   dataset = record.get("dataset")
