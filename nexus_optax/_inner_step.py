@@ -6,11 +6,12 @@ gradient, in at least float32, and the per-step statistics that
 :func:`nexus_optax.nexus_metrics` reports.
 """
 
-from typing import Any, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Union
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 NORMALIZE_MODES = ("global", "per_leaf")
@@ -77,6 +78,87 @@ def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
   gap = far.astype(x.dtype) - back
   probability = jnp.where(gap != 0, error / jnp.where(gap != 0, gap, 1), 0)
   return jnp.where(jax.random.uniform(key, x.shape) < probability, far, nearest)
+
+
+def check_mask(mask) -> None:
+  """Rejects a ``mask=`` that is neither a callable nor a pytree of Python bools."""
+  if mask is None or callable(mask):
+    return
+  for path, leaf in jax.tree_util.tree_leaves_with_path(mask):
+    if not isinstance(leaf, (bool, np.bool_)):
+      raise ValueError(
+          f"mask leaf {jax.tree_util.keystr(path) or '(root)'} is {leaf!r}; mask= takes a "
+          "pytree of Python bools (True: the leaf trains), or a callable of params returning one."
+      )
+
+
+def reject_optax_masked(params, who: str) -> None:
+  """``optax.masked`` hands its inner transformation ``MaskedNode`` leaves for frozen ones."""
+  is_masked_node = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+  if any(is_masked_node(leaf) for leaf in jax.tree.leaves(params, is_leaf=is_masked_node)):
+    raise ValueError(
+        f"{who} cannot run inside optax.masked: its loss needs every parameter, and "
+        f"optax.masked replaces the frozen ones with MaskedNode. Pass the mask to {who} "
+        f"instead: {who}(..., mask=mask)."
+    )
+
+
+def trainable_flags(params, mask, who: str) -> list[bool]:
+  """One bool per leaf of ``params``: whether it takes inner steps.
+
+  Args:
+    params: the parameters.
+    mask: None (every leaf trains), a pytree of bools with the structure of (or a prefix
+      of) ``params``, or a callable of ``params`` returning one, as ``optax.masked`` takes.
+    who: the transformation's name, for error messages.
+
+  Raises:
+    ValueError: for ``optax.masked``'s ``MaskedNode`` leaves, a mask that does not fit
+      ``params``, or a trainable leaf that is not floating point.
+  """
+  reject_optax_masked(params, who)
+  if mask is None:
+    flags = [True] * len(jax.tree.leaves(params))
+  else:
+    mask_tree = mask(params) if callable(mask) else mask
+    check_mask(mask_tree)
+    try:
+      broadcast = jax.tree.map(lambda flag, subtree: jax.tree.map(lambda _: flag, subtree),
+                               mask_tree, params)
+    except ValueError as error:
+      raise ValueError(
+          f"{who}'s mask does not fit the parameters ({error}); give it the structure of "
+          "params, or a prefix of it, with a bool per leaf or subtree."
+      ) from None
+    flags = [bool(flag) for flag in jax.tree.leaves(broadcast)]
+    if not any(flags):
+      raise ValueError(f"{who}'s mask freezes every parameter; mark at least one leaf True.")
+  for (path, leaf), trains in zip(jax.tree_util.tree_leaves_with_path(params), flags):
+    if trains and not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      raise ValueError(
+          f"{who}: parameter {jax.tree_util.keystr(path) or '(root)'} has dtype "
+          f"{jnp.result_type(leaf)}, and only floating-point parameters can take inner steps; "
+          f"freeze it with {who}(..., mask=lambda params: jax.tree.map(lambda p: "
+          "jnp.issubdtype(p.dtype, jnp.floating), params))."
+      )
+  return flags
+
+
+def select(leaves: list, flags: list[bool]) -> list:
+  return [leaf for leaf, trains in zip(leaves, flags) if trains]
+
+
+def scatter(selected: list, flags: list[bool], fill: Callable[[int], Any]) -> list:
+  """Puts ``selected`` back at the True positions of ``flags``; ``fill(i)`` at the others."""
+  remaining = iter(selected)
+  return [next(remaining) if trains else fill(i) for i, trains in enumerate(flags)]
+
+
+def mean_over_batch_axis(tree, batch_axis_name: str | None):
+  """Averages over the data-parallel axis, so that every replica normalizes one gradient."""
+  if batch_axis_name is None:
+    return tree
+  return jax.lax.pmean(tree, axis_name=batch_axis_name)
 
 
 def check_inner_lr(inner_lr) -> None:

@@ -55,6 +55,8 @@ def nexus_multisteps(
     *,
     normalize: str = "global",
     skip_nonfinite: bool = True,
+    batch_axis_name: str | None = None,
+    mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps an outer optimizer in Nexus for loops that feed one micro-batch per call.
 
@@ -80,6 +82,15 @@ def nexus_multisteps(
     normalize: ``"global"`` (the paper) or ``"per_leaf"``.
     skip_nonfinite: a non-finite gradient (or ``value``) gives a zero inner step
       and is counted in ``nexus_metrics(state)["skipped_steps"]``.
+    batch_axis_name: the ``jax.shard_map`` or ``pmap`` axis over which each
+      micro-batch's rows are split. The incoming gradient (and ``value``) is averaged
+      over it with ``lax.pmean`` before the norm, so every replica takes the same
+      inner step (docs/math.md#distributed-and-masked-inner-steps).
+    mask: which parameters train, as ``optax.masked`` takes it (a pytree of bools or a
+      callable of params). Masked-out leaves take no inner step, stay out of the norm,
+      and reach ``outer`` (wrapped in ``optax.masked``) as zero pseudo-gradients, so
+      they stay bit-identical; their gradients are ignored. Non-float leaves must be
+      masked out.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` is
@@ -106,13 +117,19 @@ def nexus_multisteps(
     )
   _inner_step.check_inner_lr(inner_lr)
   _inner_step.check_normalize(normalize)
-  outer = optax.with_extra_args_support(outer)
+  _inner_step.check_mask(mask)
+  # Frozen leaves reach the outer optimizer as zero pseudo-gradients, which optax.masked
+  # passes through untouched: no weight decay, no moments, no state for them.
+  outer = optax.with_extra_args_support(outer if mask is None else optax.masked(outer, mask))
+  who = "nexus_multisteps"
 
   def init_fn(params):
+    _inner_step.trainable_flags(params, mask, who)
     return NexusMultiStepsState(
         mini_step=jnp.zeros([], jnp.int32),
         outer_count=jnp.zeros([], jnp.int32),
-        outer_params=params,
+        # A copy, so that a step may donate both params and this state.
+        outer_params=jax.tree.map(lambda p: p.copy(), params),
         outer_state=outer.init(params),
         sums=InnerStepSums.zeros(),
         metrics=NexusMetrics.initial(),
@@ -128,9 +145,15 @@ def nexus_multisteps(
           "nexus_multisteps needs the micro-batch gradient taken at params: call "
           "tx.update(jax.grad(loss_fn)(params, microbatch), state, params)."
       )
+    trains = _inner_step.trainable_flags(params, mask, who)
+    param_leaves, treedef = jax.tree.flatten(params)
+    trained_params = _inner_step.select(param_leaves, trains)
+    trained_grads = _inner_step.select(treedef.flatten_up_to(updates), trains)
+    value, trained_grads = _inner_step.mean_over_batch_axis((value, trained_grads),
+                                                            batch_axis_name)
     inner_lr_now = _inner_step.inner_lr_at(inner_lr, state.outer_count)
     inner = _inner_step.normalized_step(
-        updates,
+        trained_grads,
         inner_lr_now,
         normalize=normalize,
         skip_nonfinite=skip_nonfinite,
@@ -147,32 +170,33 @@ def nexus_multisteps(
         steps_taken=state.sums.steps_taken + taken,
         steps_skipped=state.sums.steps_skipped + (1.0 - taken),
     )
-    emitted_dtypes = jax.tree.map(lambda s: s.dtype, inner.step)
+
+    def with_frozen_zeros(trained_leaves):
+      return jax.tree.unflatten(treedef, _inner_step.scatter(
+          trained_leaves, trains, lambda i: jnp.zeros_like(param_leaves[i])))
 
     def inner_update():
-      emitted = jax.tree.map(jnp.negative, inner.step)
+      emitted = with_frozen_zeros([-step for step in inner.step])
       return emitted, state._replace(mini_step=state.mini_step + 1, sums=sums)
 
     def outer_update():
-      pseudo_gradient = jax.tree.map(
-          lambda outer_p, p, s: (outer_p.astype(s.dtype) - p.astype(s.dtype) + s),
-          state.outer_params,
-          params,
-          inner.step,
-      )
+      trained_outer = _inner_step.select(jax.tree.leaves(state.outer_params), trains)
+      pseudo_gradient = [
+          outer_p.astype(s.dtype) - p.astype(s.dtype) + s
+          for outer_p, p, s in zip(trained_outer, trained_params, inner.step)
+      ]
       outer_updates, outer_state = outer.update(
-          optax.tree.cast_like(pseudo_gradient, params),
+          optax.tree.cast_like(with_frozen_zeros(pseudo_gradient), params),
           state.outer_state,
           state.outer_params,
           **extra_args,
       )
       outer_params = optax.apply_updates(state.outer_params, outer_updates)
-      emitted = jax.tree.map(
-          lambda new, p, dtype: new.astype(dtype) - p.astype(dtype),
-          outer_params,
-          params,
-          emitted_dtypes,
-      )
+      emitted = with_frozen_zeros([
+          new.astype(s.dtype) - p.astype(s.dtype)
+          for new, p, s in zip(_inner_step.select(jax.tree.leaves(outer_params), trains),
+                               trained_params, inner.step)
+      ])
       metrics = summarize_outer_step(
           sums,
           pseudo_grad_sq_norm=optax.tree.norm(pseudo_gradient, squared=True),

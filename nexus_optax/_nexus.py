@@ -112,6 +112,8 @@ def inner_loop(
     skip_nonfinite: bool = True,
     inner_rounding: str = "nearest",
     rounding_key: jax.Array | None = None,
+    batch_axis_name: str | None = None,
+    mask: Any = None,
 ) -> InnerLoopResult:
   """Runs Algorithm 1's inner loop with ``jax.lax.scan`` over micro-batches.
 
@@ -140,9 +142,21 @@ def inner_loop(
       ``jax.random.key(seed, impl="rbg")``: XLA's bit generator draws the per-weight
       random numbers in place, where the default threefry key needs temporaries
       larger than a float32 copy of the parameters.
+    batch_axis_name: under ``jax.shard_map`` or ``pmap`` with each micro-batch's rows
+      split over this mapped axis, each inner gradient and loss is averaged over it
+      (``lax.pmean``) before the norm, so that every replica takes the same step
+      (docs/math.md#distributed-and-masked-inner-steps). The aux stays per replica.
+    mask: which parameters train: a pytree of bools with the structure of (or a
+      prefix of) ``params``, or a callable of ``params`` returning one, as
+      ``optax.masked`` takes. Masked-out leaves take no inner step, stay out of the
+      norm, are not differentiated, and get a zero displacement.
 
   Returns:
     An :class:`InnerLoopResult`.
+
+  Raises:
+    ValueError: for a trainable parameter that is not floating point (mask it), a mask
+      that does not fit ``params``, and the malformed inputs named in the messages.
 
   Example:
     >>> import jax.numpy as jnp, nexus_optax as nx
@@ -154,6 +168,8 @@ def inner_loop(
   """
   _inner_step.check_normalize(normalize)
   _inner_step.check_inner_rounding(inner_rounding)
+  _inner_step.check_mask(mask)
+  trains = _inner_step.trainable_flags(params, mask, "inner_loop")
   num_steps = _num_microbatches(microbatches)
   _check_loss_signature(loss_fn, params, microbatches, has_aux)
   stochastic = inner_rounding == "stochastic"
@@ -162,15 +178,20 @@ def inner_loop(
         "inner_rounding='stochastic' needs rounding_key=jax.random.key(seed), a fresh "
         "key per outer step (nexus() folds in the step count for you)."
     )
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
-  leaf_count = len(jax.tree.leaves(params))
+  leaves, treedef = jax.tree.flatten(params)
+  trained = _inner_step.select(leaves, trains)
+
+  def loss_of_trained(trained_leaves, microbatch):
+    full = _inner_step.scatter(trained_leaves, trains, lambda i: leaves[i])
+    return loss_fn(jax.tree.unflatten(treedef, full), microbatch)
+
+  grad_fn = jax.value_and_grad(loss_of_trained, has_aux=has_aux)
 
   def inner_point(displacement, step_index):
     if not stochastic:
-      return jax.tree.map(lambda p, d: (p - d).astype(p.dtype), params, displacement)
+      return [(p - d).astype(p.dtype) for p, d in zip(trained, displacement)]
     step_key = jax.random.fold_in(rounding_key, step_index)
-    leaf_keys = jax.tree.unflatten(jax.tree.structure(params),
-                                   list(jax.random.split(step_key, leaf_count)))
+    leaf_keys = jax.random.split(step_key, max(len(trained), 1))
 
     def rounded(p, d, key):
       exact = p.astype(d.dtype) - d
@@ -178,13 +199,13 @@ def inner_loop(
         return exact
       return _inner_step.stochastic_round(exact, p.dtype, key)
 
-    return jax.tree.map(rounded, params, displacement, leaf_keys)
+    return [rounded(p, d, key) for p, d, key in zip(trained, displacement, leaf_keys)]
 
   def one_inner_step(displacement, indexed_microbatch):
     step_index, microbatch = indexed_microbatch
-    inner_params = inner_point(displacement, step_index)
-    value, grads = grad_fn(inner_params, microbatch)
+    value, grads = grad_fn(inner_point(displacement, step_index), microbatch)
     loss, aux = value if has_aux else (value, None)
+    loss, grads = _inner_step.mean_over_batch_axis((loss, grads), batch_axis_name)
     inner = _inner_step.normalized_step(
         grads,
         inner_lr,
@@ -202,12 +223,16 @@ def inner_loop(
     )
     return displacement, per_step
 
-  initial = jax.tree.map(
-      lambda p: jnp.zeros(jnp.shape(p), _inner_step.accumulation_dtype(p.dtype)), params
-  )
+  # zeros_like, not zeros(shape): the carry takes each parameter's sharding, which an
+  # explicit mesh requires of a scan carry.
+  initial = [jnp.zeros_like(p, _inner_step.accumulation_dtype(p.dtype)) for p in trained]
   displacement, (losses, grad_norms, unit_sq_norms, finite, aux) = jax.lax.scan(
       one_inner_step, initial, (jnp.arange(num_steps), microbatches)
   )
+  frozen_zeros = lambda i: jnp.zeros_like(  # noqa: E731
+      leaves[i], _inner_step.accumulation_dtype(jnp.result_type(leaves[i])))
+  displacement = jax.tree.unflatten(
+      treedef, _inner_step.scatter(displacement, trains, frozen_zeros))
   return InnerLoopResult(displacement, losses, grad_norms, unit_sq_norms, finite, aux)
 
 
@@ -231,6 +256,8 @@ def nexus(
     skip_nonfinite: bool = True,
     inner_rounding: str = "nearest",
     rounding_seed: int = 0,
+    batch_axis_name: str | None = None,
+    mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Nexus pseudo-gradient: K normalized inner steps, then the displacement.
 
@@ -270,6 +297,21 @@ def nexus(
     rounding_seed: seed of the stochastic rounding; outer step t uses
       ``fold_in(key(rounding_seed, impl="rbg"), t)``, so a resumed run on the same
       mesh rounds as the original did.
+    batch_axis_name: the name of a ``jax.shard_map`` or ``pmap`` axis over which each
+      micro-batch's rows are split. Each inner gradient and loss is then averaged over
+      it with ``lax.pmean`` before the norm, so every replica takes the same inner
+      steps and returns the same g_hat (the norm of a mean is not a mean of norms:
+      docs/math.md#distributed-and-masked-inner-steps). Leave it None under ``jit``
+      with sharded arrays, where gradients are already global.
+    mask: which parameters train, as ``optax.masked`` takes it: a pytree of bools with
+      the structure of (or a prefix of) ``params``, or a callable of ``params``
+      returning one. Masked-out leaves take no inner step, stay out of the norm and
+      get a zero pseudo-gradient; non-float leaves must be masked out. Wrapping
+      ``nexus`` in ``optax.masked`` raises, since ``loss_fn`` needs every parameter.
+      Mask the outer optimizer too, so that weight decay leaves frozen leaves alone:
+      ``optax.chain(nexus(mask=m), optax.masked(optax.adamw(lr), m))``, or, with
+      ``optax.multi_transform``, put ``nexus(mask=m)`` before it in the chain and
+      give the frozen label ``optax.set_to_zero()``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` is
@@ -297,9 +339,10 @@ def nexus(
   _inner_step.check_inner_lr(inner_lr)
   _inner_step.check_normalize(normalize)
   _inner_step.check_inner_rounding(inner_rounding)
+  _inner_step.check_mask(mask)
 
   def init_fn(params):
-    del params
+    _inner_step.trainable_flags(params, mask, "nexus")
     return NexusState(count=jnp.zeros([], jnp.int32), metrics=NexusMetrics.initial())
 
   def update_fn(updates, state, params=None, *, loss_fn=None, microbatches=None, **extra_args):
@@ -317,6 +360,7 @@ def nexus(
           "nexus needs microbatches= as a keyword argument of update: a pytree whose "
           "leaves stack the K micro-batches along axis 0."
       )
+    _inner_step.trainable_flags(params, mask, "nexus")
     inner_lr_now = _inner_step.inner_lr_at(inner_lr, state.count)
     result = inner_loop(
         loss_fn,
@@ -329,6 +373,8 @@ def nexus(
         inner_rounding=inner_rounding,
         rounding_key=(jax.random.fold_in(jax.random.key(rounding_seed, impl="rbg"), state.count)
                       if inner_rounding == "stochastic" else None),
+        batch_axis_name=batch_axis_name,
+        mask=mask,
     )
     taken = (result.finite if skip_nonfinite else jnp.ones_like(result.finite)).astype(
         jnp.float32

@@ -28,7 +28,7 @@ from train.config import ConfigError, TrainConfig
 from train.optimizers import (ACCUMULATE, NEXUS_MULTISTEPS, NEXUS_SCAN, learning_rate_schedule,
                               muon_dimension_numbers)
 from train.pretrain import main as pretrain_main
-from train.step import TrainState, make_train_step
+from train.step import TrainState, make_train_step, schedule_counts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
@@ -212,6 +212,66 @@ def test_a_non_finite_step_is_skipped_and_counted(kind, problem):
   assert int(moved.skipped_steps) == 1
   assert all(np.isfinite(v).all() and not np.array_equal(v, params[k])
              for k, v in moved.params.items())
+
+
+@pytest.mark.parametrize("kind", [ACCUMULATE, NEXUS_SCAN])
+def test_after_skipped_steps_the_logged_lr_is_the_applied_one_and_wsd_ends_at_its_floor(
+    kind, problem):
+  config = TrainConfig(lr=0.5, steps=12, warmup_fraction=0.25, decay_fraction=0.5,
+                       final_lr_fraction=0.1)
+  schedule = learning_rate_schedule(config)
+  tx = (optax.sgd(schedule) if kind == ACCUMULATE
+        else optax.chain(nx.nexus(0.05), optax.sgd(schedule)))
+  params = {k: jnp.asarray(v, jnp.float32) for k, v in problem.params.items()}
+  state = TrainState(jnp.zeros([], jnp.int32), params, tx.init(params), jax.random.PRNGKey(0),
+                     jnp.zeros([], jnp.int32))
+  step = jax.jit(make_train_step(softmax_loss, tx, kind))
+  order, gamma, poisoned_steps = [0, 1, 2], 0.05, {3, 7, 8}
+  clean = problem.microbatches(order)
+  poisoned = problem.microbatches(order)
+  poisoned["x"][:] = np.nan  # every micro-batch: Nexus skips single ones on its own
+  for number in range(1, config.steps + 1):
+    batches = poisoned if number in poisoned_steps else clean
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = step(state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), batches))
+    logged_lr = float(schedule(number - 1))  # what train.pretrain logs for step `number`
+    assert [int(c) for c in schedule_counts(state.opt_state)] == [number] == [int(state.step)]
+    assert bool(metrics["skipped"]) == (number in poisoned_steps)
+    if number in poisoned_steps:
+      assert all(np.array_equal(state.params[k], before[k]) for k in before)
+      continue
+    # Plain SGD: the update is -lr * direction, with the direction in float64 NumPy.
+    if kind == ACCUMULATE:
+      direction = {k: np.mean([problem.numpy_grad(before, s)[k] for s in order], axis=0)
+                   for k in before}
+    else:
+      direction = problem.numpy_nexus(before, order, gamma)
+    applied = [np.asarray(before[k] - state.params[k], np.float64).ravel() /
+               direction[k].ravel() for k in before]
+    np.testing.assert_allclose(np.concatenate(applied), logged_lr, rtol=2e-3)
+  assert int(state.skipped_steps) == len(poisoned_steps)
+  # The last update took the last decay step, and the schedule now stands at its floor
+  # (the schedule reaches it at count `steps`, so no update is wasted at the floor).
+  assert math.isclose(logged_lr, float(schedule(config.steps - 1)), rel_tol=1e-6)
+  (count,) = schedule_counts(state.opt_state)
+  assert math.isclose(float(schedule(count)), config.lr * config.final_lr_fraction, rel_tol=1e-6)
+
+
+def test_a_skipped_nexus_step_reports_its_own_attempt(problem):
+  tx = optax.chain(nx.nexus(0.05), optax.adam(0.1))
+  params = {k: jnp.asarray(v, jnp.float32) for k, v in problem.params.items()}
+  state = TrainState(jnp.zeros([], jnp.int32), params, tx.init(params), jax.random.PRNGKey(0),
+                     jnp.zeros([], jnp.int32))
+  step = jax.jit(make_train_step(softmax_loss, tx, NEXUS_SCAN))
+  to_jax = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)  # noqa: E731
+  state, first = step(state, to_jax(problem.microbatches([0, 1, 2])))
+  poisoned = problem.microbatches([0, 1, 2])
+  poisoned["x"][:] = np.nan
+  _, metrics = step(state, to_jax(poisoned))
+  assert bool(metrics["skipped"]) and not bool(first["skipped"])
+  # The discarded attempt skipped all three inner steps; the kept state's metrics did not.
+  assert int(metrics["nexus/skipped_steps"]) == 3 and int(first["nexus/skipped_steps"]) == 0
+  assert np.isnan(float(metrics["nexus/inner_loss"]))
 
 
 def test_wsd_and_cosine_schedules_follow_their_formulas():

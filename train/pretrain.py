@@ -314,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
                     tokens=step * config.tokens_per_step,
                     tokens_per_s=window_steps * config.tokens_per_step / seconds,
                     skipped_steps=int(jax.device_get(state.skipped_steps)),
+                    skipped=bool(values.pop("skipped")),
                     **{k: v for k, v in values.items() if k != "finite"})
       progress.set_postfix(loss=f"{record['train_loss']:.4f}",
                            tok_s=f"{record['tokens_per_s']:,.0f}")

@@ -4,7 +4,11 @@ A step consumes one element of the data stream, ``tokens [K, B, T + 1]``, and ru
 K micro-batches in order with ``jax.lax.scan``: gradient accumulation for the baselines,
 Nexus's inner loop for ``nexus``, or K calls of ``nexus_multisteps`` for the transparent
 form. A step whose loss or update is not finite leaves params and optimizer state
-untouched and is counted in ``skipped_steps``.
+untouched, except the learning-rate schedules' counts, and is counted in
+``skipped_steps``: the schedules stay indexed by ``TrainState.step``, the one step count
+that the logged lr, the data position and the checkpoint share, so WSD still ends at its
+floor. Adam's own count (its bias correction) counts the updates applied, as PyTorch's
+GradScaler leaves it.
 """
 
 from typing import Any, Callable, NamedTuple
@@ -35,6 +39,23 @@ class TrainState(NamedTuple):
   opt_state: Any
   rng: jax.Array
   skipped_steps: jax.Array
+
+
+def _is_schedule_state(node) -> bool:
+  return isinstance(node, optax.ScaleByScheduleState)
+
+
+def revert_unless_finite(finite: jax.Array, new_opt_state, old_opt_state):
+  """``old_opt_state`` where the step is skipped, but with the schedules' counts advanced."""
+  return jax.tree.map(
+      lambda new, old: new if _is_schedule_state(new) else optax.tree.where(finite, new, old),
+      new_opt_state, old_opt_state, is_leaf=_is_schedule_state)
+
+
+def schedule_counts(opt_state) -> list[jax.Array]:
+  """The count of every learning-rate schedule in ``opt_state``."""
+  return [node.count for node in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state)
+          if _is_schedule_state(node)]
 
 
 def _all_finite(tree) -> jax.Array:
@@ -68,7 +89,8 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, kind: s
     The step; ``metrics`` holds ``train_loss`` (mean micro-batch loss: at the outer
     params for the baselines, along the inner trajectory for Nexus), ``update_norm``
     (norm of the gradient or pseudo-gradient before clipping), ``finite``, and the
-    Nexus metrics for Nexus runs.
+    Nexus metrics for Nexus runs. ``skipped`` is True when the step was skipped;
+    its Nexus metrics then describe the attempt that was discarded.
   """
 
   def accumulate(state, tokens):
@@ -103,18 +125,18 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, kind: s
   def step(state: TrainState, tokens: jax.Array):
     loss, update_norm, params, opt_state = update(state, tokens)
     finite = jnp.isfinite(loss) & jnp.isfinite(update_norm) & _all_finite(params)
-    keep = lambda new, old: optax.tree.where(finite, new, old)
     new_state = TrainState(
         step=state.step + 1,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
+        params=optax.tree.where(finite, params, state.params),
+        opt_state=revert_unless_finite(finite, opt_state, state.opt_state),
         rng=state.rng,
         skipped_steps=state.skipped_steps + jnp.where(finite, 0, 1).astype(jnp.int32),
     )
-    metrics = {"train_loss": loss, "update_norm": update_norm, "finite": finite}
+    metrics = {"train_loss": loss, "update_norm": update_norm, "finite": finite,
+               "skipped": ~finite}
     if kind != ACCUMULATE:
       metrics.update({f"nexus/{key}": value
-                      for key, value in nx.nexus_metrics(new_state.opt_state).items()})
+                      for key, value in nx.nexus_metrics(opt_state).items()})
     return new_state, metrics
 
   return step
