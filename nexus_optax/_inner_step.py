@@ -77,7 +77,9 @@ def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
   far = jnp.nextafter(nearest, toward)
   gap = far.astype(x.dtype) - back
   probability = jnp.where(gap != 0, error / jnp.where(gap != 0, gap, 1), 0)
-  return jnp.where(jax.random.uniform(key, x.shape) < probability, far, nearest)
+  # out_sharding: on an explicit mesh, each device draws only its own shard of the noise.
+  noise = jax.random.uniform(key, x.shape, out_sharding=jax.typeof(x).sharding)
+  return jnp.where(noise < probability, far, nearest)
 
 
 def check_mask(mask) -> None:

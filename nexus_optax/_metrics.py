@@ -43,8 +43,8 @@ class NexusMetrics(NamedTuple):
 
   @classmethod
   def initial(cls) -> "NexusMetrics":
-    zero = jnp.zeros([], jnp.float32)
-    return cls(zero, zero, zero, zero, jnp.zeros([], jnp.int32))
+    # One buffer per field, so that a jitted step may donate the state.
+    return cls(*(jnp.zeros([], jnp.float32) for _ in range(4)), jnp.zeros([], jnp.int32))
 
 
 class InnerStepSums(NamedTuple):
