@@ -40,8 +40,9 @@ class AblationState(NamedTuple):
   metrics: NexusMetrics
 
 
-def nexus_ablation(inner_lr: float, inner_step: str, momentum: float = 0.9
-                   ) -> optax.GradientTransformationExtraArgs:
+def nexus_ablation(
+  inner_lr: float, inner_step: str, momentum: float = 0.9
+) -> optax.GradientTransformationExtraArgs:
   """Nexus with an ablated inner step (module docstring); ``update`` as in ``nexus``."""
   if inner_step not in INNER_STEPS:
     raise ValueError(f"inner_step={inner_step!r}; choose one of {', '.join(INNER_STEPS)}.")
@@ -49,8 +50,9 @@ def nexus_ablation(inner_lr: float, inner_step: str, momentum: float = 0.9
     raise ValueError(f"inner_lr must be > 0, got {inner_lr!r}.")
 
   def init_fn(params):
-    return AblationState(velocity=to_accumulation_dtype(optax.tree.zeros_like(params)),
-                         metrics=NexusMetrics.initial())
+    return AblationState(
+      velocity=to_accumulation_dtype(optax.tree.zeros_like(params)), metrics=NexusMetrics.initial()
+    )
 
   def update_fn(updates, state, params=None, *, loss_fn=None, microbatches=None, **extra_args):
     del updates, extra_args
@@ -73,11 +75,15 @@ def nexus_ablation(inner_lr: float, inner_step: str, momentum: float = 0.9
 
     zeros = to_accumulation_dtype(optax.tree.zeros_like(params))
     (displacement, velocity), (losses, grad_norms) = jax.lax.scan(
-        one_inner_step, (zeros, state.velocity), microbatches)
-    metrics = NexusMetrics(inner_loss=jnp.mean(losses), inner_grad_norm=jnp.mean(grad_norms),
-                           pseudo_grad_norm=optax.tree.norm(displacement).astype(jnp.float32),
-                           consensus=jnp.asarray(jnp.nan, jnp.float32),
-                           skipped_steps=state.metrics.skipped_steps)
+      one_inner_step, (zeros, state.velocity), microbatches
+    )
+    metrics = NexusMetrics(
+      inner_loss=jnp.mean(losses),
+      inner_grad_norm=jnp.mean(grad_norms),
+      pseudo_grad_norm=optax.tree.norm(displacement).astype(jnp.float32),
+      consensus=jnp.asarray(jnp.nan, jnp.float32),
+      skipped_steps=state.metrics.skipped_steps,
+    )
     pseudo_gradient = jax.tree.map(lambda d, p: d.astype(p.dtype), displacement, params)
     return pseudo_gradient, AblationState(velocity=velocity, metrics=metrics)
 

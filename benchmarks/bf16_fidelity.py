@@ -64,8 +64,9 @@ def parse_args():
   parser.add_argument("--batch", type=int, default=4, help="sequences per micro-batch")
   parser.add_argument("--seq-len", type=int, default=128)
   parser.add_argument("--inner-lr", type=float, default=0.01)
-  parser.add_argument("--gamma-scales", default="3,10",
-                      help="extra multiples of --inner-lr for the bf16-compute mode")
+  parser.add_argument(
+    "--gamma-scales", default="3,10", help="extra multiples of --inner-lr for the bf16-compute mode"
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", type=pathlib.Path, default=OUT)
   return parser.parse_args()
@@ -78,19 +79,23 @@ def domain_microbatches(batch: int, seq_len: int, seed: int) -> np.ndarray:
   stacks = []
   for domain in corpus_lib.DOMAINS:
     sequences = source_sequences(cache, domain, seq_len)
-    stacks.append(np.stack([sequences[i] for i in rng.choice(len(sequences), batch,
-                                                               replace=False)]))
+    stacks.append(
+      np.stack([sequences[i] for i in rng.choice(len(sequences), batch, replace=False)])
+    )
   return np.stack(stacks).astype(np.int32)
 
 
-def pseudo_gradient_parts(graphdef, params, tokens, inner_lr, inner_rounding="nearest",
-                          rounding_key=None):
+def pseudo_gradient_parts(
+  graphdef, params, tokens, inner_lr, inner_rounding="nearest", rounding_key=None
+):
   """(g_hat, F) of one outer step, both float32 trees."""
+
   def loss_fn(p, batch):
     return next_token_loss(nnx.merge(graphdef, p), batch)
 
-  g_hat = nx.inner_loop(loss_fn, params, tokens, inner_lr, inner_rounding=inner_rounding,
-                        rounding_key=rounding_key).displacement
+  g_hat = nx.inner_loop(
+    loss_fn, params, tokens, inner_lr, inner_rounding=inner_rounding, rounding_key=rounding_key
+  ).displacement
   first = nx.diagnostics.first_order_pseudo_gradient(loss_fn, params, tokens, inner_lr)
   return g_hat, first
 
@@ -102,18 +107,21 @@ def fidelity(g_hat, first, g_ref, first_ref) -> dict:
   s = jax.tree.map(jnp.subtract, g_hat, first)
   norm = lambda tree: optax.tree.norm(tree)  # noqa: E731
   ref_norm = norm(s_ref)
-  return {"survival": optax.tree.vdot(s, s_ref) / ref_norm**2,
-          "cosine": optax.tree.vdot(s, s_ref) / (norm(s) * ref_norm),
-          "to_fp32": norm(jax.tree.map(jnp.subtract, g_hat, g_ref)) / ref_norm,
-          "to_first": norm(jax.tree.map(jnp.subtract, g_hat, first_ref)) / ref_norm,
-          "first_err": norm(jax.tree.map(jnp.subtract, first, first_ref)) / ref_norm,
-          "second_over_g_hat": ref_norm / norm(g_ref)}
+  return {
+    "survival": optax.tree.vdot(s, s_ref) / ref_norm**2,
+    "cosine": optax.tree.vdot(s, s_ref) / (norm(s) * ref_norm),
+    "to_fp32": norm(jax.tree.map(jnp.subtract, g_hat, g_ref)) / ref_norm,
+    "to_first": norm(jax.tree.map(jnp.subtract, g_hat, first_ref)) / ref_norm,
+    "first_err": norm(jax.tree.map(jnp.subtract, first, first_ref)) / ref_norm,
+    "second_over_g_hat": ref_norm / norm(g_ref),
+  }
 
 
 def bf16_spacing(params) -> float:
   """Median over all weights of the gap between neighbouring bfloat16 values at |w|."""
-  values = np.concatenate([np.abs(np.asarray(leaf, np.float32)).ravel()
-                           for leaf in jax.tree.leaves(params)])
+  values = np.concatenate(
+    [np.abs(np.asarray(leaf, np.float32)).ravel() for leaf in jax.tree.leaves(params)]
+  )
   exponent = np.floor(np.log2(np.maximum(values, np.finfo(np.float32).tiny)))
   return float(np.median(2.0 ** (exponent - 7)))
 
@@ -123,10 +131,16 @@ def measure_size(name: str, tokens: np.ndarray, args, gammas) -> dict:
   model = Llama(config, rngs=nnx.Rngs(args.seed))
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
-  graphdefs = {dtypes: nnx.graphdef(nnx.eval_shape(lambda c=get_preset(
-      name, param_dtype=dtypes[0], compute_dtype=dtypes[1]): Llama(c, rngs=nnx.Rngs(0))))
-               for dtypes in (("float32", "float32"), ("float32", "bfloat16"),
-                              ("bfloat16", "bfloat16"))}
+  graphdefs = {
+    dtypes: nnx.graphdef(
+      nnx.eval_shape(
+        lambda dtypes=dtypes: Llama(
+          get_preset(name, param_dtype=dtypes[0], compute_dtype=dtypes[1]), rngs=nnx.Rngs(0)
+        )
+      )
+    )
+    for dtypes in (("float32", "float32"), ("float32", "bfloat16"), ("bfloat16", "bfloat16"))
+  }
   step = args.inner_lr / np.sqrt(num_params)
   spacing = bf16_spacing(params)
   parts = jax.jit(pseudo_gradient_parts, static_argnums=(0, 4))
@@ -136,18 +150,25 @@ def measure_size(name: str, tokens: np.ndarray, args, gammas) -> dict:
   def record(label, gamma, result, reference, started):
     figures = {k: float(v) for k, v in fidelity(*result, *reference).items()}
     rows[label] = {"inner_lr": gamma, **figures, "seconds": round(time.perf_counter() - started, 1)}
-    print(f"  {label:<24} survival {figures['survival']:+.3f}  cosine {figures['cosine']:+.3f}  "
-          f"to_fp32 {figures['to_fp32']:.3f}  to_first {figures['to_first']:.3f}  "
-          f"first_err {figures['first_err']:.3f}  ({rows[label]['seconds']:.0f} s)", flush=True)
+    print(
+      f"  {label:<24} survival {figures['survival']:+.3f}  cosine {figures['cosine']:+.3f}  "
+      f"to_fp32 {figures['to_fp32']:.3f}  to_first {figures['to_first']:.3f}  "
+      f"first_err {figures['first_err']:.3f}  ({rows[label]['seconds']:.0f} s)",
+      flush=True,
+    )
 
   fp32 = graphdefs["float32", "float32"]
   for gamma in gammas:
     started = time.perf_counter()
     reference = parts(fp32, params, tokens, gamma, "nearest")
     suffix = "" if gamma == gammas[0] else f" (gamma {gamma:g})"
-    record("bf16-compute" + suffix, gamma,
-           parts(graphdefs["float32", "bfloat16"], params, tokens, gamma, "nearest"),
-           reference, started)
+    record(
+      "bf16-compute" + suffix,
+      gamma,
+      parts(graphdefs["float32", "bfloat16"], params, tokens, gamma, "nearest"),
+      reference,
+      started,
+    )
     del reference
   gamma = gammas[0]
   # One float32 copy of the weights at a time keeps the 300M preset within 16 GB.
@@ -157,37 +178,56 @@ def measure_size(name: str, tokens: np.ndarray, args, gammas) -> dict:
   started = time.perf_counter()
   reference = parts(fp32, params_on_grid, tokens, gamma, "nearest")
   bf16 = graphdefs["bfloat16", "bfloat16"]
-  record("bf16-params", gamma, parts(bf16, params_bf16, tokens, gamma, "nearest"), reference,
-         started)
+  record(
+    "bf16-params", gamma, parts(bf16, params_bf16, tokens, gamma, "nearest"), reference, started
+  )
   started = time.perf_counter()
-  record("bf16-params+fp32", gamma,
-         parts(graphdefs["float32", "bfloat16"], params_on_grid, tokens, gamma, "nearest"),
-         reference, started)
+  record(
+    "bf16-params+fp32",
+    gamma,
+    parts(graphdefs["float32", "bfloat16"], params_on_grid, tokens, gamma, "nearest"),
+    reference,
+    started,
+  )
   started = time.perf_counter()
-  record("bf16-params+sr", gamma,
-         parts(bf16, params_bf16, tokens, gamma, "stochastic", key), reference, started)
-  return {"preset": name, "params": int(num_params),
-          "non_embedding_params": config.non_embedding_params(),
-          "per_element_step": float(step), "median_bf16_spacing": spacing,
-          "step_over_spacing": float(step / spacing), "modes": rows}
+  record(
+    "bf16-params+sr",
+    gamma,
+    parts(bf16, params_bf16, tokens, gamma, "stochastic", key),
+    reference,
+    started,
+  )
+  return {
+    "preset": name,
+    "params": int(num_params),
+    "non_embedding_params": config.non_embedding_params(),
+    "per_element_step": float(step),
+    "median_bf16_spacing": spacing,
+    "step_over_spacing": float(step / spacing),
+    "modes": rows,
+  }
 
 
 def markdown_table(sizes: list[dict]) -> str:
-  lines = ["| preset | params | gamma/sqrt(N) / bf16 spacing | mode | gamma | survival | cosine | "
-           "to_fp32 | to_first | first_err | s / g_hat (fp32) |",
-           "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+  lines = [
+    "| preset | params | gamma/sqrt(N) / bf16 spacing | mode | gamma | survival | cosine | "
+    "to_fp32 | to_first | first_err | s / g_hat (fp32) |",
+    "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   for size in sizes:
     for label, row in size["modes"].items():
       lines.append(
-          f"| {size['preset']} | {size['params'] / 1e6:,.2f}M | {size['step_over_spacing']:.3f} | "
-          f"{label.split(' (')[0]} | {row['inner_lr']:g} | {row['survival']:+.3f} | "
-          f"{row['cosine']:+.3f} | {row['to_fp32']:.3f} | {row['to_first']:.3f} | "
-          f"{row['first_err']:.3f} | {row['second_over_g_hat']:.4f} |")
+        f"| {size['preset']} | {size['params'] / 1e6:,.2f}M | {size['step_over_spacing']:.3f} | "
+        f"{label.split(' (')[0]} | {row['inner_lr']:g} | {row['survival']:+.3f} | "
+        f"{row['cosine']:+.3f} | {row['to_fp32']:.3f} | {row['to_first']:.3f} | "
+        f"{row['first_err']:.3f} | {row['second_over_g_hat']:.4f} |"
+      )
   return "\n".join(lines)
 
 
 def plot(sizes: list[dict], path: pathlib.Path) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
@@ -197,8 +237,9 @@ def plot(sizes: list[dict], path: pathlib.Path) -> None:
   for label in labels:
     style = "--" if "gamma" in label else "-"
     for axis, key in zip(axes, ("survival", "to_fp32")):
-      axis.plot(params, [size["modes"][label][key] for size in sizes], style, marker="o",
-                label=label)
+      axis.plot(
+        params, [size["modes"][label][key] for size in sizes], style, marker="o", label=label
+      )
   axes[0].axhline(1.0, color="grey", lw=0.8)
   axes[0].axhline(0.0, color="grey", lw=0.8)
   axes[0].set_ylabel("<s, s_fp32> / ||s_fp32||^2  (1 = second-order term intact)")
@@ -225,29 +266,47 @@ def main():
       get_preset(name)
     gammas = [args.inner_lr] + [args.inner_lr * float(x) for x in args.gamma_scales.split(",") if x]
   except ValueError as error:
-    raise SystemExit(f"error: {error} (--sizes takes preset names, --gamma-scales numbers)") from None
+    raise SystemExit(
+      f"error: {error} (--sizes takes preset names, --gamma-scales numbers)"
+    ) from None
   tokens = domain_microbatches(args.batch, args.seq_len, args.seed)
-  print(f"jax {jax.__version__} on {jax.default_backend()}; K = {tokens.shape[0]} micro-batches "
-        f"(one per domain) of {args.batch} x {args.seq_len} tokens; gamma {gammas}", flush=True)
+  print(
+    f"jax {jax.__version__} on {jax.default_backend()}; K = {tokens.shape[0]} micro-batches "
+    f"(one per domain) of {args.batch} x {args.seq_len} tokens; gamma {gammas}",
+    flush=True,
+  )
   args.out.mkdir(parents=True, exist_ok=True)
   command = "python -m benchmarks.bf16_fidelity " + " ".join(
-      f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out")
+    f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"
+  )
   sizes = []
   for name in names:
     started = time.perf_counter()
     print(f"{name}:", flush=True)
     sizes.append(measure_size(name, tokens, args, gammas))
-    print(f"  {sizes[-1]['params'] / 1e6:.2f}M params, gamma/sqrt(N) = "
-          f"{sizes[-1]['per_element_step']:.2e} against a median bf16 spacing of "
-          f"{sizes[-1]['median_bf16_spacing']:.2e} ({time.perf_counter() - started:.0f} s)",
-          flush=True)
+    print(
+      f"  {sizes[-1]['params'] / 1e6:.2f}M params, gamma/sqrt(N) = "
+      f"{sizes[-1]['per_element_step']:.2e} against a median bf16 spacing of "
+      f"{sizes[-1]['median_bf16_spacing']:.2e} ({time.perf_counter() - started:.0f} s)",
+      flush=True,
+    )
     # Written after every size, so that a larger size running out of memory keeps the rest.
     table = markdown_table(sizes)
     (args.out / "results.md").write_text(
-        f"Command: `{command}` (jax {jax.__version__}, {jax.default_backend()}).\n\n{table}\n")
-    (args.out / "results.json").write_text(json.dumps(
-        {"command": command, "jax": jax.__version__, "backend": jax.default_backend(),
-         "sizes": sizes}, indent=1) + "\n")
+      f"Command: `{command}` (jax {jax.__version__}, {jax.default_backend()}).\n\n{table}\n"
+    )
+    (args.out / "results.json").write_text(
+      json.dumps(
+        {
+          "command": command,
+          "jax": jax.__version__,
+          "backend": jax.default_backend(),
+          "sizes": sizes,
+        },
+        indent=1,
+      )
+      + "\n"
+    )
     plot(sizes, args.out / "fidelity.png")
   print("\n" + table)
   print(f"\nwrote {args.out}/results.md, results.json, fidelity.png")

@@ -23,8 +23,9 @@ The last line printed is a JSON object; it is also written to
 import os
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  ).strip()
 
 # pylint: disable=wrong-import-position
 import argparse
@@ -40,16 +41,24 @@ from train.build import build_training
 from train.presets import get_run_preset
 
 OPTIMIZERS = ("adamw", "nexus")
-FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-          "temp_size_in_bytes")
+FIELDS = (
+  "argument_size_in_bytes",
+  "output_size_in_bytes",
+  "alias_size_in_bytes",
+  "temp_size_in_bytes",
+)
 
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--presets", default="130m,520m")
   parser.add_argument("--mesh", default="fsdp=8")
-  parser.add_argument("--micro-batch-size", type=int, default=None,
-                      help="global sequences per micro-batch (default: the run preset's 64)")
+  parser.add_argument(
+    "--micro-batch-size",
+    type=int,
+    default=None,
+    help="global sequences per micro-batch (default: the run preset's 64)",
+  )
   parser.add_argument("--seq-len", type=int, default=None)
   parser.add_argument("--microbatches", type=int, default=None)
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "out")
@@ -60,22 +69,34 @@ def compiled_memory(preset: str, optimizer: str, mesh, overrides: dict) -> dict:
   """Per-device bytes of the compiled step, from abstract inputs."""
   config = get_run_preset(preset, optimizer=optimizer, **overrides)
   training = build_training(config, mesh)
-  tokens = jax.ShapeDtypeStruct((config.microbatches, config.micro_batch_size, config.seq_len + 1),
-                                jnp.int32, sharding=training.batch_sharding)
+  tokens = jax.ShapeDtypeStruct(
+    (config.microbatches, config.micro_batch_size, config.seq_len + 1),
+    jnp.int32,
+    sharding=training.batch_sharding,
+  )
   started = time.perf_counter()
   compiled = training.step.lower(training.abstract_state, tokens).compile()
   analysis = compiled.memory_analysis()
   params = sum(leaf.size for leaf in jax.tree.leaves(training.abstract_state.params))
-  return {"compile_seconds": round(time.perf_counter() - started, 1), "params": int(params),
-          "tokens_per_step": config.tokens_per_step,
-          **{field: int(getattr(analysis, field)) for field in FIELDS}}
+  return {
+    "compile_seconds": round(time.perf_counter() - started, 1),
+    "params": int(params),
+    "tokens_per_step": config.tokens_per_step,
+    **{field: int(getattr(analysis, field)) for field in FIELDS},
+  }
 
 
 def main():
   args = parse_args()
-  overrides = {k: v for k, v in (("micro_batch_size", args.micro_batch_size),
-                                 ("seq_len", args.seq_len),
-                                 ("microbatches", args.microbatches)) if v is not None}
+  overrides = {
+    k: v
+    for k, v in (
+      ("micro_batch_size", args.micro_batch_size),
+      ("seq_len", args.seq_len),
+      ("microbatches", args.microbatches),
+    )
+    if v is not None
+  }
   presets = [name.strip() for name in args.presets.split(",") if name.strip()]
   try:
     mesh = parallel.make_mesh(parallel.parse_mesh(args.mesh, jax.device_count()), False)
@@ -83,32 +104,49 @@ def main():
       get_run_preset(preset, **overrides)
   except ValueError as error:  # ConfigError included: its message names the fix
     raise SystemExit(f"error: {error}") from None
-  print(f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} devices, mesh "
-        f"{dict(mesh.shape)}; abstract inputs only", flush=True)
+  print(
+    f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} devices, mesh "
+    f"{dict(mesh.shape)}; abstract inputs only",
+    flush=True,
+  )
   results = {}
   for preset in presets:
     for optimizer in OPTIMIZERS:
       row = compiled_memory(preset, optimizer, mesh, overrides)
       results.setdefault(preset, {})[optimizer] = row
-      print(f"{preset} {optimizer}: temp {row['temp_size_in_bytes'] / 2**30:.3f} GiB, arguments "
-            f"{row['argument_size_in_bytes'] / 2**30:.3f} GiB per device "
-            f"(compiled in {row['compile_seconds']:.0f} s)", flush=True)
-  print("\n| preset | params | tokens / step | optimizer | arguments (GiB/device) | "
-        "temp (GiB/device) | temp / accumulation | arguments / accumulation |")
+      print(
+        f"{preset} {optimizer}: temp {row['temp_size_in_bytes'] / 2**30:.3f} GiB, arguments "
+        f"{row['argument_size_in_bytes'] / 2**30:.3f} GiB per device "
+        f"(compiled in {row['compile_seconds']:.0f} s)",
+        flush=True,
+      )
+  print(
+    "\n| preset | params | tokens / step | optimizer | arguments (GiB/device) | "
+    "temp (GiB/device) | temp / accumulation | arguments / accumulation |"
+  )
   print("|---|---:|---:|---|---:|---:|---:|---:|")
   for preset, rows in results.items():
     base = rows["adamw"]
     for optimizer, row in rows.items():
-      row["temp_over_accumulation"] = round(row["temp_size_in_bytes"]
-                                            / base["temp_size_in_bytes"], 4)
-      row["arguments_over_accumulation"] = round(row["argument_size_in_bytes"]
-                                                 / base["argument_size_in_bytes"], 4)
-      print(f"| {preset} | {row['params'] / 1e6:,.1f}M | {row['tokens_per_step']:,} | {optimizer} | "
-            f"{row['argument_size_in_bytes'] / 2**30:.3f} | {row['temp_size_in_bytes'] / 2**30:.3f} | "
-            f"{row['temp_over_accumulation']:.4f} | {row['arguments_over_accumulation']:.4f} |")
-  result = {"jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": jax.device_count(), "mesh": dict(mesh.shape), "overrides": overrides,
-            "presets": results}
+      row["temp_over_accumulation"] = round(
+        row["temp_size_in_bytes"] / base["temp_size_in_bytes"], 4
+      )
+      row["arguments_over_accumulation"] = round(
+        row["argument_size_in_bytes"] / base["argument_size_in_bytes"], 4
+      )
+      print(
+        f"| {preset} | {row['params'] / 1e6:,.1f}M | {row['tokens_per_step']:,} | {optimizer} | "
+        f"{row['argument_size_in_bytes'] / 2**30:.3f} | {row['temp_size_in_bytes'] / 2**30:.3f} | "
+        f"{row['temp_over_accumulation']:.4f} | {row['arguments_over_accumulation']:.4f} |"
+      )
+  result = {
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "devices": jax.device_count(),
+    "mesh": dict(mesh.shape),
+    "overrides": overrides,
+    "presets": results,
+  }
   write_report(args.out / "compiled_memory.json", result)
 
 

@@ -31,8 +31,15 @@ from train.data import LoaderConfig, TokenCache, ensure_default_cache, training_
 
 
 def cache_table(cache) -> list[dict]:
-  return [{"set": key, "documents": stats["documents"], "bytes": stats["bytes"],
-           "tokens": stats["tokens"]} for key, stats in cache.manifest["sets"].items()]
+  return [
+    {
+      "set": key,
+      "documents": stats["documents"],
+      "bytes": stats["bytes"],
+      "tokens": stats["tokens"],
+    }
+    for key, stats in cache.manifest["sets"].items()
+  ]
 
 
 def loader_tokens_per_second(dataset, steps: int, tokens_per_step: int) -> float:
@@ -61,8 +68,12 @@ def main(argv=None) -> dict:
   parser.add_argument("--microbatches", type=int, default=4)
   parser.add_argument("--steps", type=int, default=200, help="outer steps read from the loader")
   parser.add_argument("--repeats", type=int, default=5, help="timed model steps (median)")
-  parser.add_argument("--data", type=pathlib.Path, default=None,
-                      help="a prepared token cache (default: the built-in corpus's)")
+  parser.add_argument(
+    "--data",
+    type=pathlib.Path,
+    default=None,
+    help="a prepared token cache (default: the built-in corpus's)",
+  )
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/out"))
   args = parser.parse_args(argv)
 
@@ -75,8 +86,9 @@ def main(argv=None) -> dict:
 
   config = get_preset(args.preset, vocab_size=cache.padded_vocab_size)
   seq_len = config.max_seq_len
-  loader = LoaderConfig(seq_len=seq_len, micro_batch_size=args.micro_batch_size,
-                        microbatches=args.microbatches)
+  loader = LoaderConfig(
+    seq_len=seq_len, micro_batch_size=args.micro_batch_size, microbatches=args.microbatches
+  )
   dataset, _ = training_dataset(cache, cache.default_mixture, loader)
   tokens_per_step = args.microbatches * args.micro_batch_size * seq_len
   loader_rate = loader_tokens_per_second(dataset, args.steps, tokens_per_step)
@@ -90,8 +102,11 @@ def main(argv=None) -> dict:
   forward_backward = best_seconds(lambda: grad_fn(params, micro_batch), args.repeats)
   micro_batch_tokens = args.micro_batch_size * seq_len
 
-  tx = optax.chain(nx.nexus(inner_lr=0.01), optax.clip_by_global_norm(1.0),
-                   optax.adamw(1e-3, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.2))
+  tx = optax.chain(
+    nx.nexus(inner_lr=0.01),
+    optax.clip_by_global_norm(1.0),
+    optax.adamw(1e-3, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.2),
+  )
   state = tx.init(params)
 
   @jax.jit
@@ -106,23 +121,33 @@ def main(argv=None) -> dict:
   non_embedding = config.non_embedding_params()
   flops = config.flops_per_token(seq_len) * micro_batch_tokens / forward_backward
   report = {
-      "preset": args.preset, "non_embedding_params": non_embedding, "seq_len": seq_len,
-      "micro_batch_size": args.micro_batch_size, "microbatches": args.microbatches,
-      "loader_tokens_per_s": round(loader_rate),
-      "forward_backward_us_per_token": round(forward_backward / micro_batch_tokens * 1e6, 2),
-      "forward_backward_gflops_per_s": round(flops / 1e9, 1),
-      "nexus_adamw_step_s": round(outer_step, 3),
-      "nexus_adamw_tokens_per_s": round(model_rate),
-      "loader_over_model": round(loader_rate / model_rate, 1),
-      "tokens_in_6_minutes": round(model_rate * 360),
-      "backend": jax.default_backend(), "devices": jax.device_count(),
-      "tokenizer": cache.tokenizer_info["kind"], "cache": str(cache.root), "corpus": rows,
-      "jax": jax.__version__,
+    "preset": args.preset,
+    "non_embedding_params": non_embedding,
+    "seq_len": seq_len,
+    "micro_batch_size": args.micro_batch_size,
+    "microbatches": args.microbatches,
+    "loader_tokens_per_s": round(loader_rate),
+    "forward_backward_us_per_token": round(forward_backward / micro_batch_tokens * 1e6, 2),
+    "forward_backward_gflops_per_s": round(flops / 1e9, 1),
+    "nexus_adamw_step_s": round(outer_step, 3),
+    "nexus_adamw_tokens_per_s": round(model_rate),
+    "loader_over_model": round(loader_rate / model_rate, 1),
+    "tokens_in_6_minutes": round(model_rate * 360),
+    "backend": jax.default_backend(),
+    "devices": jax.device_count(),
+    "tokenizer": cache.tokenizer_info["kind"],
+    "cache": str(cache.root),
+    "corpus": rows,
+    "jax": jax.__version__,
   }
-  print(f"\n{args.preset}: {non_embedding / 1e6:.2f}M non-embedding parameters, "
-        f"sequences of {seq_len}, K = {args.microbatches} x {args.micro_batch_size}")
-  print(f"forward + backward: {report['forward_backward_us_per_token']} us/token "
-        f"({report['forward_backward_gflops_per_s']} GFLOP/s)")
+  print(
+    f"\n{args.preset}: {non_embedding / 1e6:.2f}M non-embedding parameters, "
+    f"sequences of {seq_len}, K = {args.microbatches} x {args.micro_batch_size}"
+  )
+  print(
+    f"forward + backward: {report['forward_backward_us_per_token']} us/token "
+    f"({report['forward_backward_gflops_per_s']} GFLOP/s)"
+  )
   print(f"AdamW + Nexus outer step: {outer_step:.3f} s = {model_rate:,.0f} tokens/s")
   print(f"grain loader: {loader_rate:,.0f} tokens/s = {report['loader_over_model']}x the model")
   args.out.mkdir(parents=True, exist_ok=True)

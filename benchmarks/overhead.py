@@ -60,8 +60,9 @@ def build_steps(loss_fn, k):
   multisteps_tx = optax.MultiSteps(make_outer(), every_k_schedule=k)
 
   def nexus_step(params, state, microbatches):
-    updates, state = nexus_tx.update(None, state, params, loss_fn=loss_fn,
-                                     microbatches=microbatches)
+    updates, state = nexus_tx.update(
+      None, state, params, loss_fn=loss_fn, microbatches=microbatches
+    )
     return optax.apply_updates(params, updates), state
 
   def accumulation_step(params, state, microbatches):
@@ -81,9 +82,9 @@ def build_steps(loss_fn, k):
     return optax.apply_updates(params, updates), state
 
   return {
-      "nexus": (nexus_tx, jax.jit(nexus_step, donate_argnums=(0, 1))),
-      "accumulation": (accumulation_tx, jax.jit(accumulation_step, donate_argnums=(0, 1))),
-      "multisteps": (multisteps_tx, jax.jit(multisteps_call, donate_argnums=(0, 1))),
+    "nexus": (nexus_tx, jax.jit(nexus_step, donate_argnums=(0, 1))),
+    "accumulation": (accumulation_tx, jax.jit(accumulation_step, donate_argnums=(0, 1))),
+    "multisteps": (multisteps_tx, jax.jit(multisteps_call, donate_argnums=(0, 1))),
   }
 
 
@@ -93,16 +94,21 @@ def temp_bytes(jitted, *args) -> int:
 
 def main():
   args = parse_args()
-  config = TransformerConfig(d_model=args.d_model, num_layers=args.layers,
-                             num_heads=args.heads, seq_len=args.seq_len)
+  config = TransformerConfig(
+    d_model=args.d_model, num_layers=args.layers, num_heads=args.heads, seq_len=args.seq_len
+  )
   params = init_params(config, jax.random.key(0))
   loss_fn = lambda p, tokens: next_byte_loss(p, tokens, config)
-  tokens = jax.random.randint(jax.random.key(1), (args.k, args.micro_batch, args.seq_len + 1),
-                              0, config.vocab_size)
+  tokens = jax.random.randint(
+    jax.random.key(1), (args.k, args.micro_batch, args.seq_len + 1), 0, config.vocab_size
+  )
   steps = build_steps(loss_fn, args.k)
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({platform.processor() or 'cpu'}), "
-        f"{count_params(params) / 1e6:.2f}M params, K={args.k} x {args.micro_batch} x "
-        f"{args.seq_len} tokens per outer step", flush=True)
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].platform} ({platform.processor() or 'cpu'}), "
+    f"{count_params(params) / 1e6:.2f}M params, K={args.k} x {args.micro_batch} x "
+    f"{args.seq_len} tokens per outer step",
+    flush=True,
+  )
 
   memory = {}
   for name, (tx, jitted) in steps.items():
@@ -120,8 +126,9 @@ def main():
     jax.block_until_ready((params, state))
     return params, state
 
-  carried = {name: (jax.tree.map(jnp.copy, params), tx.init(params))
-             for name, (tx, _) in steps.items()}
+  carried = {
+    name: (jax.tree.map(jnp.copy, params), tx.init(params)) for name, (tx, _) in steps.items()
+  }
   times = {name: [] for name in steps}
   for round_index in range(args.rounds + 2):  # two warm-up rounds compile and settle
     for name in steps:
@@ -130,30 +137,43 @@ def main():
       if round_index >= 2:
         times[name].append(time.perf_counter() - start)
     if round_index >= 2:
-      print(f"round {round_index - 1}/{args.rounds}: " + ", ".join(
-          f"{name} {times[name][-1] * 1e3:.1f} ms" for name in steps), flush=True)
+      print(
+        f"round {round_index - 1}/{args.rounds}: "
+        + ", ".join(f"{name} {times[name][-1] * 1e3:.1f} ms" for name in steps),
+        flush=True,
+      )
 
   median = {name: statistics.median(values) for name, values in times.items()}
   # Per-round ratios pair each Nexus step with the accumulation step next to it in time.
   paired = [n / a for n, a in zip(times["nexus"], times["accumulation"])]
-  print("\n| method | median step (ms) | time / accumulation | XLA temp (MiB) | temp / accumulation |")
+  print(
+    "\n| method | median step (ms) | time / accumulation | XLA temp (MiB) | temp / accumulation |"
+  )
   print("|---|---|---|---|---|")
   for name in steps:
-    print(f"| {name} | {median[name] * 1e3:.1f} | {median[name] / median['accumulation']:.3f} | "
-          f"{memory[name] / 2**20:.2f} | {memory[name] / memory['accumulation']:.3f} |")
-  print(f"\npaired per-round nexus/accumulation ratio: median {statistics.median(paired):.3f}, "
-        f"min {min(paired):.3f}, max {max(paired):.3f}")
+    print(
+      f"| {name} | {median[name] * 1e3:.1f} | {median[name] / median['accumulation']:.3f} | "
+      f"{memory[name] / 2**20:.2f} | {memory[name] / memory['accumulation']:.3f} |"
+    )
+  print(
+    f"\npaired per-round nexus/accumulation ratio: median {statistics.median(paired):.3f}, "
+    f"min {min(paired):.3f}, max {max(paired):.3f}"
+  )
   result = {
-      "time_ratio": round(median["nexus"] / median["accumulation"], 4),
-      "paired_time_ratio": round(statistics.median(paired), 4),
-      "memory_ratio": round(memory["nexus"] / memory["accumulation"], 4),
-      "multisteps_time_ratio": round(median["multisteps"] / median["accumulation"], 4),
-      "multisteps_memory_ratio": round(memory["multisteps"] / memory["accumulation"], 4),
-      "median_ms": {name: round(v * 1e3, 2) for name, v in median.items()},
-      "temp_bytes": memory,
-      "params": count_params(params),
-      "k": args.k, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
-      "rounds": args.rounds, "jax": jax.__version__, "backend": jax.default_backend(),
+    "time_ratio": round(median["nexus"] / median["accumulation"], 4),
+    "paired_time_ratio": round(statistics.median(paired), 4),
+    "memory_ratio": round(memory["nexus"] / memory["accumulation"], 4),
+    "multisteps_time_ratio": round(median["multisteps"] / median["accumulation"], 4),
+    "multisteps_memory_ratio": round(memory["multisteps"] / memory["accumulation"], 4),
+    "median_ms": {name: round(v * 1e3, 2) for name, v in median.items()},
+    "temp_bytes": memory,
+    "params": count_params(params),
+    "k": args.k,
+    "micro_batch": args.micro_batch,
+    "seq_len": args.seq_len,
+    "rounds": args.rounds,
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
   }
   print(json.dumps(result))
 

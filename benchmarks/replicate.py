@@ -52,18 +52,31 @@ from models import next_token_loss
 from train import parallel
 from train.build import build_training
 from train.config import TrainConfig
-from train.data import tokenizer
-from train.data.corpus import (DOMAINS, HELDOUT, HELDOUT_SETS, TRAIN, VALIDATION,
-                               ensure_default_cache)
-from train.data.mixture import (DEFAULT_MIXTURE, LoaderConfig, epochs_per_source,
-                                outer_step_dataset, parse_mixture, source_sequences)
+from train.data.corpus import (
+  DOMAINS,
+  HELDOUT,
+  HELDOUT_SETS,
+  TRAIN,
+  VALIDATION,
+  ensure_default_cache,
+)
+from train.data.mixture import (
+  DEFAULT_MIXTURE,
+  LoaderConfig,
+  epochs_per_source,
+  outer_step_dataset,
+  parse_mixture,
+  source_sequences,
+)
 from train.evaluation import Evaluator, cache_eval_sets
 from train.optimizers import outer_optimizer
 
 CONTROL_GAMMA = 1e-4
-MIXTURES = {"equal": DEFAULT_MIXTURE,
-            "math10": "prose=0.3,code=0.3,math=0.1,technical=0.3",
-            "math70": "prose=0.1,code=0.1,math=0.7,technical=0.1"}
+MIXTURES = {
+  "equal": DEFAULT_MIXTURE,
+  "math10": "prose=0.3,code=0.3,math=0.1,technical=0.3",
+  "math70": "prose=0.1,code=0.1,math=0.7,technical=0.1",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +96,32 @@ class StudySize:
   sweep_gammas: tuple[float, ...]
 
 
-FULL = StudySize(model="mini", seq_len=128, global_batch=32, steps=150, lr=3e-3, evals=3,
-                 eval_sequences=64, cosine_sequences=192, seeds=3, trio_seeds=5,
-                 sweep_gammas=(0.03, 0.1, 0.3))
-QUICK = StudySize(model="tiny", seq_len=64, global_batch=16, steps=24, lr=3e-3, evals=2,
-                  eval_sequences=16, cosine_sequences=32, seeds=2, trio_seeds=2,
-                  sweep_gammas=(0.1, 0.3))
+FULL = StudySize(
+  model="mini",
+  seq_len=128,
+  global_batch=32,
+  steps=150,
+  lr=3e-3,
+  evals=3,
+  eval_sequences=64,
+  cosine_sequences=192,
+  seeds=3,
+  trio_seeds=5,
+  sweep_gammas=(0.03, 0.1, 0.3),
+)
+QUICK = StudySize(
+  model="tiny",
+  seq_len=64,
+  global_batch=16,
+  steps=24,
+  lr=3e-3,
+  evals=2,
+  eval_sequences=16,
+  cosine_sequences=32,
+  seeds=2,
+  trio_seeds=2,
+  sweep_gammas=(0.1, 0.3),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,14 +137,19 @@ class Arm:
 
 
 def trio(suffix: str, large_gamma: float, **setting) -> list[Arm]:
-  return [Arm(f"adamw{suffix}", "adamw", **setting),
-          Arm(f"nexus-large{suffix}", "nexus", large_gamma, **setting),
-          Arm(f"control{suffix}", "nexus", CONTROL_GAMMA, **setting)]
+  return [
+    Arm(f"adamw{suffix}", "adamw", **setting),
+    Arm(f"nexus-large{suffix}", "nexus", large_gamma, **setting),
+    Arm(f"control{suffix}", "nexus", CONTROL_GAMMA, **setting),
+  ]
 
 
 def main_arms() -> list[Arm]:
-  return [Arm("adamw", "adamw"), Arm("nexus-0.01", "nexus", 0.01),
-          Arm("control", "nexus", CONTROL_GAMMA)]
+  return [
+    Arm("adamw", "adamw"),
+    Arm("nexus-0.01", "nexus", 0.01),
+    Arm("control", "nexus", CONTROL_GAMMA),
+  ]
 
 
 def sweep_arms(size: StudySize) -> list[Arm]:
@@ -120,8 +158,12 @@ def sweep_arms(size: StudySize) -> list[Arm]:
 
 def ablation_arms(large_gamma: float) -> list[Arm]:
   """Everything after the sweep, in the order it runs."""
-  arms = [Arm("nexus-large", "nexus", large_gamma), Arm("k1", "nexus", 0.01, microbatches=1),
-          Arm("momentum", "momentum", large_gamma), Arm("dot", "dot", large_gamma)]
+  arms = [
+    Arm("nexus-large", "nexus", large_gamma),
+    Arm("k1", "nexus", 0.01, microbatches=1),
+    Arm("momentum", "momentum", large_gamma),
+    Arm("dot", "dot", large_gamma),
+  ]
   for k in (2, 8):
     arms += trio(f"-k{k}", large_gamma, microbatches=k)[1:]  # AdamW does not depend on K
   # With equal weights and K = 4 the source and mixed loaders put the same sequences in a
@@ -144,10 +186,12 @@ class Study:
   def __init__(self, size: StudySize, out: pathlib.Path):
     self.size, self.out = size, out
     self.cache = ensure_default_cache(show_progress=True)
-    self.sequences = {name: source_sequences(self.cache, name, size.seq_len)
-                      for name in self.cache.names(TRAIN)}
-    self.eval_sets = cache_eval_sets(self.cache, size.seq_len, size.eval_sequences,
-                                     roles=(TRAIN, VALIDATION, HELDOUT))
+    self.sequences = {
+      name: source_sequences(self.cache, name, size.seq_len) for name in self.cache.names(TRAIN)
+    }
+    self.eval_sets = cache_eval_sets(
+      self.cache, size.seq_len, size.eval_sequences, roles=(TRAIN, VALIDATION, HELDOUT)
+    )
     self.cosine_batches = self._cosine_batches()
     self.mesh = parallel.make_mesh(parallel.parse_mesh("fsdp=-1", jax.device_count()), False)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -160,19 +204,29 @@ class Study:
       windows = self.cache.windows(VALIDATION, domain, self.size.seq_len)
       count = min(self.size.cosine_sequences, len(windows) - len(windows) % 2)
       picks = np.linspace(0, len(windows) - 1, count).round().astype(int)
-      halves += [np.stack([windows[i] for i in picks[0::2]]),
-                 np.stack([windows[i] for i in picks[1::2]])]
+      halves += [
+        np.stack([windows[i] for i in picks[0::2]]),
+        np.stack([windows[i] for i in picks[1::2]]),
+      ]
     rows = min(len(half) for half in halves)
     return np.stack([half[:rows] for half in halves])
 
   def config(self, arm: Arm, seed: int) -> TrainConfig:
-    return TrainConfig(model=self.size.model, seq_len=self.size.seq_len,
-                       micro_batch_size=self.size.global_batch // arm.microbatches,
-                       microbatches=arm.microbatches, mixture=MIXTURES[arm.mixture],
-                       batch_mode=arm.batch_mode, seed=seed,
-                       optimizer="adamw" if arm.kind == "adamw" else "nexus", lr=self.size.lr,
-                       inner_lr=arm.gamma if arm.gamma else 0.01, steps=self.size.steps,
-                       eval_sequences=self.size.eval_sequences, out=str(self.out))
+    return TrainConfig(
+      model=self.size.model,
+      seq_len=self.size.seq_len,
+      micro_batch_size=self.size.global_batch // arm.microbatches,
+      microbatches=arm.microbatches,
+      mixture=MIXTURES[arm.mixture],
+      batch_mode=arm.batch_mode,
+      seed=seed,
+      optimizer="adamw" if arm.kind == "adamw" else "nexus",
+      lr=self.size.lr,
+      inner_lr=arm.gamma if arm.gamma else 0.01,
+      steps=self.size.steps,
+      eval_sequences=self.size.eval_sequences,
+      out=str(self.out),
+    )
 
   def run(self, arm: Arm, seed: int) -> dict:
     path = self.out / "runs" / f"{arm.name}-seed{seed}.json"
@@ -184,29 +238,40 @@ class Study:
       tx = optax.chain(nexus_ablation(arm.gamma, arm.kind), outer_optimizer(config))
     training = build_training(config, self.mesh, tx=tx)
     weights = parse_mixture(config.mixture, list(self.sequences))
-    loader = LoaderConfig(config.seq_len, config.micro_batch_size, config.microbatches,
-                          config.batch_mode, seed)
+    loader = LoaderConfig(
+      config.seq_len, config.micro_batch_size, config.microbatches, config.batch_mode, seed
+    )
     iterator = iter(outer_step_dataset(self.sequences, weights, loader).to_iter_dataset())
     evaluator = Evaluator(training.graphdef, self.mesh, batch_size=64)
     cosines = cosine_statistics_fn(training.graphdef)
-    eval_steps = {round(self.size.steps * (i + 1) / self.size.evals)
-                  for i in range(self.size.evals)}
+    eval_steps = {
+      round(self.size.steps * (i + 1) / self.size.evals) for i in range(self.size.evals)
+    }
     state, started, points = training.init(), time.perf_counter(), []
     for step in range(1, self.size.steps + 1):
       tokens = jnp.asarray(next(iterator)["tokens"])
       state, metrics = training.step(state, tokens)
       if step in eval_steps:
-        point = {"step": step, "tokens": step * config.tokens_per_step,
-                 "inner_or_batch_loss": float(metrics["train_loss"])}
+        point = {
+          "step": step,
+          "tokens": step * config.tokens_per_step,
+          "inner_or_batch_loss": float(metrics["train_loss"]),
+        }
         for eval_set in self.eval_sets:
           point[eval_set.name] = evaluator.losses(state.params, eval_set)["loss"]
         point.update(cosines(state.params, self.cosine_batches))
         point.update(summary_losses(point, weights))
         points.append(point)
-    result = {"arm": dataclasses.asdict(arm), "seed": seed, "config": config.to_dict(),
-              "skipped_steps": int(state.skipped_steps), "points": points,
-              "final": points[-1], "seconds": round(time.perf_counter() - started, 1),
-              "epochs": epochs_per_source(self.sequences, weights, loader, self.size.steps)}
+    result = {
+      "arm": dataclasses.asdict(arm),
+      "seed": seed,
+      "config": config.to_dict(),
+      "skipped_steps": int(state.skipped_steps),
+      "points": points,
+      "final": points[-1],
+      "seconds": round(time.perf_counter() - started, 1),
+      "epochs": epochs_per_source(self.sequences, weights, loader, self.size.steps),
+    }
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -241,7 +306,7 @@ def cosine_statistics(gram: np.ndarray) -> dict:
   domains = len(gram) // 2
   pool = np.zeros((domains, 2 * domains))
   for d in range(domains):
-    pool[d, 2 * d:2 * d + 2] = 0.5
+    pool[d, 2 * d : 2 * d + 2] = 0.5
   full = pool @ gram @ pool.T
 
   def mean_off_diagonal_cosine(matrix):
@@ -249,36 +314,52 @@ def cosine_statistics(gram: np.ndarray) -> dict:
     cos = matrix / np.outer(norms, norms)
     return float(cos[~np.eye(len(cos), dtype=bool)].mean())
 
-  split_half = [gram[2 * d, 2 * d + 1] / math.sqrt(gram[2 * d, 2 * d] * gram[2 * d + 1, 2 * d + 1])
-                for d in range(domains)]
-  return {"cosine": mean_off_diagonal_cosine(full),
-          "cosine_half_a": mean_off_diagonal_cosine(gram[0::2, 0::2]),
-          "cosine_half_b": mean_off_diagonal_cosine(gram[1::2, 1::2]),
-          "split_half": dict(zip(DOMAINS, map(float, split_half))),
-          "split_half_min": float(min(split_half))}
+  split_half = [
+    gram[2 * d, 2 * d + 1] / math.sqrt(gram[2 * d, 2 * d] * gram[2 * d + 1, 2 * d + 1])
+    for d in range(domains)
+  ]
+  return {
+    "cosine": mean_off_diagonal_cosine(full),
+    "cosine_half_a": mean_off_diagonal_cosine(gram[0::2, 0::2]),
+    "cosine_half_b": mean_off_diagonal_cosine(gram[1::2, 1::2]),
+    "split_half": dict(zip(DOMAINS, map(float, split_half))),
+    "split_half_min": float(min(split_half)),
+  }
 
 
 def summary_losses(point: dict, weights: dict[str, float]) -> dict:
   """Mixture-weighted training and pretraining (validation) loss; mean held-out loss."""
   total = sum(weights.values())
   weighted = lambda role: sum(w * point[f"{role}/{d}"] for d, w in weights.items()) / total
-  return {"train_loss": weighted(TRAIN), "pretrain_loss": weighted(VALIDATION),
-          "heldout_mean": statistics.fmean(point[f"{HELDOUT}/{s}"] for s in HELDOUT_SETS)}
+  return {
+    "train_loss": weighted(TRAIN),
+    "pretrain_loss": weighted(VALIDATION),
+    "heldout_mean": statistics.fmean(point[f"{HELDOUT}/{s}"] for s in HELDOUT_SETS),
+  }
 
 
 def choose_large_gamma(sweep: dict[float, dict], control: dict, tolerance: float = 0.02) -> float:
   """The largest swept gamma whose pretraining loss is within ``tolerance`` of the control's
   (same seed): the strongest alignment term still in the paper's same-loss regime. With
   none inside, the smallest gamma."""
-  inside = [g for g, r in sweep.items()
-            if r["final"]["pretrain_loss"] - control["final"]["pretrain_loss"] <= tolerance]
+  inside = [
+    g
+    for g, r in sweep.items()
+    if r["final"]["pretrain_loss"] - control["final"]["pretrain_loss"] <= tolerance
+  ]
   return max(inside) if inside else min(sweep)
 
 
 # ----------------------------------------------------------------------------- analysis
 
-METRICS = ("train_loss", "pretrain_loss", "heldout_mean", "heldout_matched", "cosine",
-           "split_half_min")
+METRICS = (
+  "train_loss",
+  "pretrain_loss",
+  "heldout_mean",
+  "heldout_matched",
+  "cosine",
+  "split_half_min",
+)
 PAIRED_METRICS = METRICS[:5]
 
 
@@ -293,8 +374,9 @@ def baseline_of(arm: str) -> str:
 def heldout_line(runs) -> tuple[float, float, float, float]:
   """AdamW's held-out mean as a linear function of pretraining loss, fitted to every eval
   point of every seed: (slope, intercept, lowest, highest pretraining loss seen)."""
-  x, y = np.array([(p["pretrain_loss"], p["heldout_mean"])
-                   for run in runs for p in run["points"]]).T
+  x, y = np.array(
+    [(p["pretrain_loss"], p["heldout_mean"]) for run in runs for p in run["points"]]
+  ).T
   slope, intercept = np.polyfit(x, y, 1)
   return float(slope), float(intercept), float(x.min()), float(x.max())
 
@@ -304,13 +386,17 @@ def add_matched_heldout(results: dict) -> None:
   whose pretraining loss lies inside the range AdamW visited, of held-out loss minus
   AdamW's at that same pretraining loss (Fig. 7a as a number; NaN without such a point).
   Interpolation only: a run that reaches losses AdamW never saw is not extrapolated."""
-  lines = {b: heldout_line(results[b].values()) for b in {baseline_of(a) for a in results}
-           if b in results}
+  lines = {
+    b: heldout_line(results[b].values()) for b in {baseline_of(a) for a in results} if b in results
+  }
   for arm, runs in results.items():
     slope, intercept, low, high = lines[baseline_of(arm)]
     for run in runs.values():
-      gaps = [p["heldout_mean"] - (slope * p["pretrain_loss"] + intercept)
-              for p in run["points"] if low <= p["pretrain_loss"] <= high]
+      gaps = [
+        p["heldout_mean"] - (slope * p["pretrain_loss"] + intercept)
+        for p in run["points"]
+        if low <= p["pretrain_loss"] <= high
+      ]
       run["final"]["heldout_matched"] = statistics.fmean(gaps) if gaps else float("nan")
       run["matched_points"] = len(gaps)
 
@@ -327,8 +413,7 @@ def mean_std(values) -> str:
 def paired(results: dict, arm: str, baseline: str, metric: str) -> dict | None:
   """Mean, sd and t of ``arm - baseline`` over the seeds both ran."""
   seeds = sorted(set(results.get(arm, {})) & set(results.get(baseline, {})))
-  diffs = [results[arm][s]["final"][metric] - results[baseline][s]["final"][metric]
-           for s in seeds]
+  diffs = [results[arm][s]["final"][metric] - results[baseline][s]["final"][metric] for s in seeds]
   diffs = [d for d in diffs if not math.isnan(d)]
   if not diffs:
     return None
@@ -344,84 +429,151 @@ def format_paired(p: dict | None) -> str:
   return f"{p['mean']:+.4f} ± {p['sd']:.4f} (t {p['t']:+.1f})"
 
 
-CONTRASTS = [("nexus-0.01", "adamw"), ("control", "adamw"), ("nexus-0.01", "control"),
-             ("nexus-large", "adamw"), ("nexus-large", "control"), ("k1", "adamw"),
-             ("momentum", "nexus-large"), ("dot", "adamw"),
-             ("nexus-large-k2", "control-k2"), ("nexus-large-k2", "adamw"),
-             ("nexus-large-k8", "control-k8"), ("nexus-large-k8", "adamw"),
-             ("nexus-large-source", "control-source"), ("nexus-large-source", "adamw"),
-             ("control-source", "adamw"),
-             ("nexus-large-math10", "control-math10"), ("nexus-large-math10", "adamw-math10"),
-             ("nexus-large-math70", "control-math70"), ("nexus-large-math70", "adamw-math70")]
+CONTRASTS = [
+  ("nexus-0.01", "adamw"),
+  ("control", "adamw"),
+  ("nexus-0.01", "control"),
+  ("nexus-large", "adamw"),
+  ("nexus-large", "control"),
+  ("k1", "adamw"),
+  ("momentum", "nexus-large"),
+  ("dot", "adamw"),
+  ("nexus-large-k2", "control-k2"),
+  ("nexus-large-k2", "adamw"),
+  ("nexus-large-k8", "control-k8"),
+  ("nexus-large-k8", "adamw"),
+  ("nexus-large-source", "control-source"),
+  ("nexus-large-source", "adamw"),
+  ("control-source", "adamw"),
+  ("nexus-large-math10", "control-math10"),
+  ("nexus-large-math10", "adamw-math10"),
+  ("nexus-large-math70", "control-math70"),
+  ("nexus-large-math70", "adamw-math70"),
+]
 
 
-def report(results: dict, size: StudySize, large_gamma: float, out: pathlib.Path,
-           command: str, seconds: float) -> str:
+def report(
+  results: dict,
+  size: StudySize,
+  large_gamma: float,
+  out: pathlib.Path,
+  command: str,
+  seconds: float,
+) -> str:
   add_matched_heldout(results)
   arms = list(results)
   first = next(iter(results[arms[0]].values()))
   run_minutes = sum(r["seconds"] for runs in results.values() for r in runs.values()) / 60
   sets = [k for k in first["final"] if k.startswith((f"{VALIDATION}/", f"{HELDOUT}/"))]
-  lines = [f"# Replication study results ({size.model}, generated)", "",
-           f"Command: `{command}`  ", f"Date: {datetime.date.today().isoformat()}, "
-           f"{run_minutes:.1f} min of training and evaluation summed over the runs "
-           f"({seconds / 60:.1f} min in this invocation; finished runs are read from disk), "
-           f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s).",
-           "", f"Model `{size.model}`, {size.steps} outer steps of {size.global_batch} x "
-           f"{size.seq_len} tokens ({size.steps * size.global_batch * size.seq_len:,} tokens "
-           f"per run), WSD lr {size.lr}, AdamW betas (0.9, 0.95), wd 0.2, clip 1.0. "
-           f"Large gamma chosen by the sweep: **{large_gamma:g}**. Losses in nats per token at "
-           "the outer parameters; t = paired mean / (sd / sqrt(n)). `heldout_matched`: held-out "
-           "mean minus the AdamW line (held-out against pretraining loss, fitted to every "
-           "AdamW eval point of the same data) at the run's own pretraining loss, averaged "
-           "over its eval points inside AdamW's loss range (`matched points` counts them; "
-           "none means no number). `split_half_min`: the lowest over domains of the cosine "
-           "between a domain's gradients on two disjoint halves of its windows.", "",
-           "## Arms (mean ± std over seeds, final step)", "",
-           "| arm | seeds | " + " | ".join(METRICS) + " | matched points |",
-           "|---|---|" + "---|" * (len(METRICS) + 1)]
+  lines = [
+    f"# Replication study results ({size.model}, generated)",
+    "",
+    f"Command: `{command}`  ",
+    f"Date: {datetime.date.today().isoformat()}, "
+    f"{run_minutes:.1f} min of training and evaluation summed over the runs "
+    f"({seconds / 60:.1f} min in this invocation; finished runs are read from disk), "
+    f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s).",
+    "",
+    f"Model `{size.model}`, {size.steps} outer steps of {size.global_batch} x "
+    f"{size.seq_len} tokens ({size.steps * size.global_batch * size.seq_len:,} tokens "
+    f"per run), WSD lr {size.lr}, AdamW betas (0.9, 0.95), wd 0.2, clip 1.0. "
+    f"Large gamma chosen by the sweep: **{large_gamma:g}**. Losses in nats per token at "
+    "the outer parameters; t = paired mean / (sd / sqrt(n)). `heldout_matched`: held-out "
+    "mean minus the AdamW line (held-out against pretraining loss, fitted to every "
+    "AdamW eval point of the same data) at the run's own pretraining loss, averaged "
+    "over its eval points inside AdamW's loss range (`matched points` counts them; "
+    "none means no number). `split_half_min`: the lowest over domains of the cosine "
+    "between a domain's gradients on two disjoint halves of its windows.",
+    "",
+    "## Arms (mean ± std over seeds, final step)",
+    "",
+    "| arm | seeds | " + " | ".join(METRICS) + " | matched points |",
+    "|---|---|" + "---|" * (len(METRICS) + 1),
+  ]
   for arm in arms:
     runs = results[arm].values()
-    lines.append(f"| {arm} | {len(runs)} | " + " | ".join(
-        mean_std(v for r in runs if not math.isnan(v := r["final"][m])) or "–"
-        for m in METRICS) + f" | {sum(r['matched_points'] for r in runs)} |")
-  lines += ["", "## Paired differences (same seeds)", "",
-            "| arm - baseline | n | " + " | ".join(PAIRED_METRICS) + " |",
-            "|---|---|" + "---|" * len(PAIRED_METRICS)]
+    lines.append(
+      f"| {arm} | {len(runs)} | "
+      + " | ".join(
+        mean_std(v for r in runs if not math.isnan(v := r["final"][m])) or "–" for m in METRICS
+      )
+      + f" | {sum(r['matched_points'] for r in runs)} |"
+    )
+  lines += [
+    "",
+    "## Paired differences (same seeds)",
+    "",
+    "| arm - baseline | n | " + " | ".join(PAIRED_METRICS) + " |",
+    "|---|---|" + "---|" * len(PAIRED_METRICS),
+  ]
   for arm, baseline in CONTRASTS:
     cells = [paired(results, arm, baseline, m) for m in PAIRED_METRICS]
     if cells[0] is not None:
-      lines.append(f"| {arm} - {baseline} | {cells[0]['n']} | "
-                   + " | ".join(format_paired(c) for c in cells) + " |")
-  lines += ["", "## Every validation and held-out set (mean over seeds)", "",
-            "| arm | " + " | ".join(s.replace("validation/", "val/").replace("heldout/", "ho/")
-                                   for s in sets) + " |", "|---|" + "---|" * len(sets)]
+      lines.append(
+        f"| {arm} - {baseline} | {cells[0]['n']} | "
+        + " | ".join(format_paired(c) for c in cells)
+        + " |"
+      )
+  lines += [
+    "",
+    "## Every validation and held-out set (mean over seeds)",
+    "",
+    "| arm | "
+    + " | ".join(s.replace("validation/", "val/").replace("heldout/", "ho/") for s in sets)
+    + " |",
+    "|---|" + "---|" * len(sets),
+  ]
   for arm in arms:
     runs = list(results[arm].values())
-    lines.append(f"| {arm} | " + " | ".join(
-        f"{statistics.fmean(r['final'][s] for r in runs):.4f}" for s in sets) + " |")
-  lines += ["", "## Cross-domain gradient cosine through training (mean over seeds)", "",
-            "| arm | " + " | ".join(f"step {p['step']}" for p in first["points"])
-            + " | split-half min (final) |", "|---|" + "---|" * (len(first["points"]) + 1)]
+    lines.append(
+      f"| {arm} | "
+      + " | ".join(f"{statistics.fmean(r['final'][s] for r in runs):.4f}" for s in sets)
+      + " |"
+    )
+  lines += [
+    "",
+    "## Cross-domain gradient cosine through training (mean over seeds)",
+    "",
+    "| arm | "
+    + " | ".join(f"step {p['step']}" for p in first["points"])
+    + " | split-half min (final) |",
+    "|---|" + "---|" * (len(first["points"]) + 1),
+  ]
   for arm in arms:
     runs = list(results[arm].values())
-    lines.append(f"| {arm} | " + " | ".join(
+    lines.append(
+      f"| {arm} | "
+      + " | ".join(
         f"{statistics.fmean(r['points'][i]['cosine'] for r in runs):.4f}"
-        for i in range(len(first["points"])))
-        + f" | {statistics.fmean(r['final']['split_half_min'] for r in runs):.3f} |")
-  lines += ["", "## Epochs per domain", "", "| data setting | " + " | ".join(DOMAINS) + " |",
-            "|---|" + "---|" * len(DOMAINS)]
+        for i in range(len(first["points"]))
+      )
+      + f" | {statistics.fmean(r['final']['split_half_min'] for r in runs):.3f} |"
+    )
+  lines += [
+    "",
+    "## Epochs per domain",
+    "",
+    "| data setting | " + " | ".join(DOMAINS) + " |",
+    "|---|" + "---|" * len(DOMAINS),
+  ]
   seen = set()
   for arm in arms:
     run = next(iter(results[arm].values()))
     key = (run["arm"]["mixture"], run["arm"]["batch_mode"])
     if key not in seen:
       seen.add(key)
-      lines.append(f"| {key[0]}, {key[1]} | " + " | ".join(
-          f"{run['epochs'].get(d, 0):.3f}" for d in DOMAINS) + " |")
-  lines += ["", "![cosine through training](cosine_through_training.png)",
-            "![held-out against pretraining loss](same_loss.png)",
-            "![paired differences](paired_differences.png)", ""]
+      lines.append(
+        f"| {key[0]}, {key[1]} | "
+        + " | ".join(f"{run['epochs'].get(d, 0):.3f}" for d in DOMAINS)
+        + " |"
+      )
+  lines += [
+    "",
+    "![cosine through training](cosine_through_training.png)",
+    "![held-out against pretraining loss](same_loss.png)",
+    "![paired differences](paired_differences.png)",
+    "",
+  ]
   text = "\n".join(lines)
   (out / "results.md").write_text(text)
   return text
@@ -429,33 +581,49 @@ def report(results: dict, size: StudySize, large_gamma: float, out: pathlib.Path
 
 def plots(results: dict, out: pathlib.Path) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  main = [a for a in ("adamw", "control", "nexus-0.01", "nexus-large", "k1", "momentum", "dot")
-          if a in results]
+  main = [
+    a
+    for a in ("adamw", "control", "nexus-0.01", "nexus-large", "k1", "momentum", "dot")
+    if a in results
+  ]
   figure, axis = plt.subplots(figsize=(6, 4))
   for arm in main:
     runs = list(results[arm].values())
     steps = [p["step"] for p in runs[0]["points"]]
     values = np.array([[p["cosine"] for p in r["points"]] for r in runs])
     axis.errorbar(steps, values.mean(0), yerr=values.std(0), label=arm, capsize=3)
-  axis.set(xlabel="outer step", ylabel="mean cross-domain gradient cosine",
-           title="Gradient agreement through training")
+  axis.set(
+    xlabel="outer step",
+    ylabel="mean cross-domain gradient cosine",
+    title="Gradient agreement through training",
+  )
   axis.legend(fontsize=8)
   figure.tight_layout()
   figure.savefig(out / "cosine_through_training.png", dpi=120)
 
   figure, axis = plt.subplots(figsize=(6, 4))
   slope, intercept, low, high = heldout_line(results["adamw"].values())
-  axis.plot([low, high], [slope * low + intercept, slope * high + intercept], color="grey",
-            lw=1, label="AdamW line (fit)")
+  axis.plot(
+    [low, high],
+    [slope * low + intercept, slope * high + intercept],
+    color="grey",
+    lw=1,
+    label="AdamW line (fit)",
+  )
   for arm in main:
     points = [p for r in results[arm].values() for p in r["points"]]
-    axis.scatter([p["pretrain_loss"] for p in points], [p["heldout_mean"] for p in points],
-                 label=arm, s=14)
-  axis.set(xlabel="pretraining (validation) loss", ylabel="mean held-out loss",
-           title="Held-out against pretraining loss (every eval point, every seed)")
+    axis.scatter(
+      [p["pretrain_loss"] for p in points], [p["heldout_mean"] for p in points], label=arm, s=14
+    )
+  axis.set(
+    xlabel="pretraining (validation) loss",
+    ylabel="mean held-out loss",
+    title="Held-out against pretraining loss (every eval point, every seed)",
+  )
   axis.legend(fontsize=8)
   figure.tight_layout()
   figure.savefig(out / "same_loss.png", dpi=120)
@@ -464,9 +632,13 @@ def plots(results: dict, out: pathlib.Path) -> None:
   figure, axes = plt.subplots(1, 2, figsize=(10, 0.35 * len(contrasts) + 1.5), sharey=True)
   for axis, metric in zip(axes, ("pretrain_loss", "heldout_mean")):
     stats = [paired(results, a, b, metric) for a, b in contrasts]
-    axis.errorbar([s["mean"] for s in stats], range(len(stats)),
-                  xerr=[s["sd"] / math.sqrt(s["n"]) if s["n"] > 1 else 0 for s in stats],
-                  fmt="o", capsize=3)
+    axis.errorbar(
+      [s["mean"] for s in stats],
+      range(len(stats)),
+      xerr=[s["sd"] / math.sqrt(s["n"]) if s["n"] > 1 else 0 for s in stats],
+      fmt="o",
+      capsize=3,
+    )
     axis.axvline(0, color="grey", lw=0.8)
     axis.set(xlabel=f"paired difference in {metric} (± s.e.)")
   axes[0].set_yticks(range(len(contrasts)), [f"{a} - {b}" for a, b in contrasts], fontsize=7)
@@ -479,8 +651,12 @@ def plots(results: dict, out: pathlib.Path) -> None:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="every arm, smaller and fewer seeds")
-  parser.add_argument("--out", type=pathlib.Path, default=None,
-                      help="results directory (default benchmarks/replication[-quick])")
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=None,
+    help="results directory (default benchmarks/replication[-quick])",
+  )
   args = parser.parse_args(argv)
   size = QUICK if args.quick else FULL
   out = args.out or pathlib.Path("benchmarks/replication" + ("-quick" if args.quick else ""))
@@ -497,10 +673,12 @@ def main(argv=None) -> int:
         results.setdefault(arm.name, {})[seed] = result
         progress.update(1)
         final = result["final"]
-        progress.write(f"{arm.name:<20} seed {seed}: train {final['train_loss']:.4f} "
-                       f"pretrain {final['pretrain_loss']:.4f} held-out "
-                       f"{final['heldout_mean']:.4f} cosine {final['cosine']:+.4f} "
-                       f"(split-half min {final['split_half_min']:.2f}) {result['seconds']}s")
+        progress.write(
+          f"{arm.name:<20} seed {seed}: train {final['train_loss']:.4f} "
+          f"pretrain {final['pretrain_loss']:.4f} held-out "
+          f"{final['heldout_mean']:.4f} cosine {final['cosine']:+.4f} "
+          f"(split-half min {final['split_half_min']:.2f}) {result['seconds']}s"
+        )
 
   first_phase = main_arms() + sweep_arms(size)
   total = sum(len(seeds_for(a, size)) for a in first_phase + ablation_arms(1.0)) - 1

@@ -42,20 +42,20 @@ GAMMAS = [0.01, 0.005, 0.0025]
 TABLE_SEED = 1
 K = 3
 COLUMNS = (
-    "orders vs $-\\frac12\\sum_{i\\ne j}J_iu_j$",
-    "i.i.d. vs $-\\frac{K-1}{2K}\\sum_{i,j}J_iu_j$",
-    "i.i.d. vs Eq. 12, autodiff gradient",
-    "i.i.d. vs Eq. 12, Eq. 9 expression",
-    "orders vs $\\frac{K-1}{4K}\\times$Eq. 9",
+  "orders vs $-\\frac12\\sum_{i\\ne j}J_iu_j$",
+  "i.i.d. vs $-\\frac{K-1}{2K}\\sum_{i,j}J_iu_j$",
+  "i.i.d. vs Eq. 12, autodiff gradient",
+  "i.i.d. vs Eq. 12, Eq. 9 expression",
+  "orders vs $\\frac{K-1}{4K}\\times$Eq. 9",
 )
-KEYS = ("orders_expansion", "iid_expansion", "iid_eq12_autodiff", "iid_eq12_eq9",
-        "orders_eq9")
+KEYS = ("orders_expansion", "iid_expansion", "iid_eq12_autodiff", "iid_eq12_eq9", "orders_eq9")
 
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--seeds", type=int, default=25,
-                      help="sweep seeds 0..SEEDS-1 (0: the seed-1 table only)")
+  parser.add_argument(
+    "--seeds", type=int, default=25, help="sweep seeds 0..SEEDS-1 (0: the seed-1 table only)"
+  )
   args = parser.parse_args()
   if args.seeds < 0:
     parser.error("--seeds must be >= 0")
@@ -75,11 +75,11 @@ def check(seed):
   eq12 = (K - 1) / (4 * K)
   errors = second_order._coefficient_errors  # pylint: disable=protected-access
   columns = [
-      errors(theory, orders, -0.5 * distinct),
-      errors(theory, iid, -(K - 1) / (2 * K) * sum(ju.values())),
-      errors(theory, iid, -eq12 * autodiff),
-      errors(theory, iid, -eq12 * eq9),
-      errors(theory, orders, -eq12 * eq9),
+    errors(theory, orders, -0.5 * distinct),
+    errors(theory, iid, -(K - 1) / (2 * K) * sum(ju.values())),
+    errors(theory, iid, -eq12 * autodiff),
+    errors(theory, iid, -eq12 * eq9),
+    errors(theory, orders, -eq12 * eq9),
   ]
   gap = float(jnp.linalg.norm(eq9 - autodiff) / jnp.linalg.norm(autodiff))
   return dict(zip(KEYS, columns)), gap
@@ -122,12 +122,15 @@ def main():
     expansion = last("orders_expansion") + last("iid_expansion")
     print(f"\nOver seeds 0-{args.seeds - 1} (residuals at gamma = {GAMMAS[-1]}):")
     print(f"  Eq. 9/autodiff gap:             {percent(min(gaps))} to {percent(max(gaps))}")
-    for key, name in (("iid_eq12_autodiff", "i.i.d. vs Eq. 12, autodiff:"),
-                      ("iid_eq12_eq9", "i.i.d. vs Eq. 12, Eq. 9:")):
+    for key, name in (
+      ("iid_eq12_autodiff", "i.i.d. vs Eq. 12, autodiff:"),
+      ("iid_eq12_eq9", "i.i.d. vs Eq. 12, Eq. 9:"),
+    ):
       print(f"  {name:<32}{fmt(min(last(key)))} to {fmt(max(last(key)))}")
     print(f"  vs the expansion (both), max:   {fmt(max(expansion))}")
-    result["sweep"] = {str(seed): {"residuals": columns, "eq9_gap": g}
-                       for seed, (columns, g) in sweep.items()}
+    result["sweep"] = {
+      str(seed): {"residuals": columns, "eq9_gap": g} for seed, (columns, g) in sweep.items()
+    }
   result["seconds"] = round(seconds, 1)
   print(json.dumps(result))
 

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from flax import nnx
 
 import nexus_optax as nx
-from models import LlamaConfig, next_token_loss
 from benchmarks import write_report
+from models import LlamaConfig, next_token_loss
 from train import parallel
 from train.build import build_training
 from train.config import TrainConfig
@@ -60,15 +60,23 @@ def torch_layout(params: dict, config: LlamaConfig) -> dict[str, np.ndarray]:
   blocks = params["blocks"]
   n, kv, hd = config.num_heads, config.num_kv_heads, config.resolved_head_dim
   d = config.hidden_dim
-  named = {"embedding": np.asarray(params["embedding"]),
-           "final_norm": np.asarray(params["final_norm"]["scale"])}
+  named = {
+    "embedding": np.asarray(params["embedding"]),
+    "final_norm": np.asarray(params["final_norm"]["scale"]),
+  }
   if not config.tie_embeddings:
     named["unembedding"] = np.asarray(params["unembedding"])
-  shapes = {("attention_norm", "scale"): (d,), ("attention", "query"): (d, n * hd),
-            ("attention", "key"): (d, kv * hd), ("attention", "value"): (d, kv * hd),
-            ("attention", "output"): (n * hd, d), ("mlp_norm", "scale"): (d,),
-            ("mlp", "gate"): (d, config.mlp_dim), ("mlp", "up"): (d, config.mlp_dim),
-            ("mlp", "down"): (config.mlp_dim, d)}
+  shapes = {
+    ("attention_norm", "scale"): (d,),
+    ("attention", "query"): (d, n * hd),
+    ("attention", "key"): (d, kv * hd),
+    ("attention", "value"): (d, kv * hd),
+    ("attention", "output"): (n * hd, d),
+    ("mlp_norm", "scale"): (d,),
+    ("mlp", "gate"): (d, config.mlp_dim),
+    ("mlp", "up"): (d, config.mlp_dim),
+    ("mlp", "down"): (config.mlp_dim, d),
+  }
   for layer in range(config.num_layers):
     for (group, name), shape in shapes.items():
       stacked = np.asarray(blocks[group][name])
@@ -116,9 +124,13 @@ class TorchBlock(torch.nn.Module):
     k = (h @ self.attention_key.to(dtype)).view(batch, length, kv_heads, head_dim)
     v = (h @ self.attention_value.to(dtype)).view(batch, length, kv_heads, head_dim)
     q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-    mixed = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                           v.transpose(1, 2), is_causal=True,
-                                           enable_gqa=kv_heads != heads)
+    mixed = F.scaled_dot_product_attention(
+      q.transpose(1, 2),
+      k.transpose(1, 2),
+      v.transpose(1, 2),
+      is_causal=True,
+      enable_gqa=kv_heads != heads,
+    )
     mixed = mixed.transpose(1, 2).reshape(batch, length, heads * head_dim)
     x = x + mixed @ self.attention_output.to(dtype)
     h = _rms_norm(x, self.mlp_norm_scale, config.norm_eps)
@@ -156,17 +168,23 @@ class TorchLlama(torch.nn.Module):
     if not config.tie_embeddings:
       self.unembedding = torch.nn.Parameter(torch.empty(config.hidden_dim, config.vocab_size))
     self.to(dtype)
-    self.load_state_dict({name: torch.from_numpy(np.array(value)).to(dtype)
-                          for name, value in named.items()})
+    self.load_state_dict(
+      {name: torch.from_numpy(np.array(value)).to(dtype) for name, value in named.items()}
+    )
     head_dim = config.resolved_head_dim
-    self.register_buffer("inverse_frequency", config.rope_theta ** (
-        -torch.arange(0, head_dim, 2, dtype=dtype) / head_dim), persistent=False)
+    self.register_buffer(
+      "inverse_frequency",
+      config.rope_theta ** (-torch.arange(0, head_dim, 2, dtype=dtype) / head_dim),
+      persistent=False,
+    )
 
   def forward(self, tokens):
     """Float32 (float64) logits [B, T, vocab] of int tokens [B, T]."""
     frequency = self.inverse_frequency
-    angles = torch.arange(tokens.shape[-1], device=tokens.device,
-                          dtype=frequency.dtype)[:, None] * frequency
+    angles = (
+      torch.arange(tokens.shape[-1], device=tokens.device, dtype=frequency.dtype)[:, None]
+      * frequency
+    )
     cos, sin = angles.cos(), angles.sin()
     x = self.embedding[tokens].to(self.compute_dtype)
     for layer in self.layers:
@@ -211,9 +229,15 @@ class TorchNexus:
     decay = [p for name, p in model.named_parameters() if "norm" not in name]
     no_decay = [p for name, p in model.named_parameters() if "norm" in name]
     self.optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.resolved_weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(config.b1, config.b2), eps=config.eps, fused=True)
+      [
+        {"params": decay, "weight_decay": config.resolved_weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+      ],
+      lr=config.lr,
+      betas=(config.b1, config.b2),
+      eps=config.eps,
+      fused=True,
+    )
 
   def pseudo_gradient(self, microbatches) -> list[torch.Tensor]:
     """g_hat = model - inner_model after K NSGD steps, one per ``microbatches[m]``."""
@@ -240,10 +264,19 @@ class TorchNexus:
 
 def distance(tree: dict, other: dict | None = None) -> float:
   """||tree - other|| (or ||tree||) over dicts of arrays, summed in float64."""
-  return float(np.sqrt(sum(
-      np.sum(np.square(np.asarray(value, np.float64)
-                       - (0.0 if other is None else np.asarray(other[name], np.float64))))
-      for name, value in tree.items())))
+  return float(
+    np.sqrt(
+      sum(
+        np.sum(
+          np.square(
+            np.asarray(value, np.float64)
+            - (0.0 if other is None else np.asarray(other[name], np.float64))
+          )
+        )
+        for name, value in tree.items()
+      )
+    )
+  )
 
 
 def agreement(torch_g_hat: dict, jax_g_hat: dict, first_order: dict) -> dict:
@@ -254,32 +287,44 @@ def agreement(torch_g_hat: dict, jax_g_hat: dict, first_order: dict) -> dict:
   """
   difference = distance(torch_g_hat, jax_g_hat)
   size, second_order = distance(jax_g_hat), distance(jax_g_hat, first_order)
-  return {"relative_error": difference / size, "error_over_second_order": difference / second_order,
-          "second_order_over_g_hat": second_order / size, "g_hat_norm": size}
+  return {
+    "relative_error": difference / size,
+    "error_over_second_order": difference / second_order,
+    "second_order_over_g_hat": second_order / size,
+    "g_hat_norm": size,
+  }
 
 
-def compare_pseudo_gradients(config: TrainConfig, model_config: LlamaConfig, graphdef,
-                             params: dict, tokens: np.ndarray) -> dict:
+def compare_pseudo_gradients(
+  config: TrainConfig, model_config: LlamaConfig, graphdef, params: dict, tokens: np.ndarray
+) -> dict:
   """One outer step's g_hat from ``nexus_optax.inner_loop`` and from :class:`TorchNexus`
   on the same weights and micro-batches ``tokens`` [K, B, T + 1]: :func:`agreement`, plus
   each float32 result's relative distance to :class:`TorchNexus` in float64."""
+
   def jax_loss(p, batch):
     return next_token_loss(nnx.merge(graphdef, p), batch)
 
   gamma = config.inner_lr
-  jax_g_hat = jax.jit(lambda p, b: nx.inner_loop(jax_loss, p, b, gamma).displacement)(params, tokens)
-  first = jax.jit(lambda p, b: nx.diagnostics.first_order_pseudo_gradient(
-      jax_loss, p, b, gamma))(params, tokens)
+  jax_g_hat = jax.jit(lambda p, b: nx.inner_loop(jax_loss, p, b, gamma).displacement)(
+    params, tokens
+  )
+  first = jax.jit(lambda p, b: nx.diagnostics.first_order_pseudo_gradient(jax_loss, p, b, gamma))(
+    params, tokens
+  )
   torch_tokens = torch.from_numpy(np.asarray(tokens, np.int64))
   torch_g_hat = {}
   for dtype in (torch.float32, torch.float64):
     nexus = TorchNexus(TorchLlama(model_config, params, dtype), config)
-    torch_g_hat[dtype] = {name: g.numpy() for (name, _), g in
-                          zip(nexus.model.named_parameters(), nexus.pseudo_gradient(torch_tokens))}
+    torch_g_hat[dtype] = {
+      name: g.numpy()
+      for (name, _), g in zip(nexus.model.named_parameters(), nexus.pseudo_gradient(torch_tokens))
+    }
   jax_named = torch_layout(jax.device_get(jax_g_hat), model_config)
   reference = torch_g_hat[torch.float64]
-  result = agreement(torch_g_hat[torch.float32], jax_named,
-                     torch_layout(jax.device_get(first), model_config))
+  result = agreement(
+    torch_g_hat[torch.float32], jax_named, torch_layout(jax.device_get(first), model_config)
+  )
   result["jax_vs_float64"] = distance(jax_named, reference) / distance(reference)
   result["torch_vs_float64"] = distance(torch_g_hat[torch.float32], reference) / distance(reference)
   return result
@@ -296,10 +341,12 @@ def best_seconds(fn, repeats: int) -> float:
   return best
 
 
-def time_breakdown(model_config: LlamaConfig, graphdef, params: dict, microbatch: np.ndarray,
-                   repeats: int = 5) -> dict:
+def time_breakdown(
+  model_config: LlamaConfig, graphdef, params: dict, microbatch: np.ndarray, repeats: int = 5
+) -> dict:
   """Milliseconds of one micro-batch's forward and forward + backward in each framework,
   and GFLOP/s of a 2048 x 768 x 768 float32 matmul (the demo MLP's shape at 2048 tokens)."""
+
   def jax_loss(p, batch):
     return next_token_loss(nnx.merge(graphdef, p), batch)
 
@@ -318,17 +365,24 @@ def time_breakdown(model_config: LlamaConfig, graphdef, params: dict, microbatch
   torch_a, torch_b = torch.ones(2048, 768), torch.ones(768, 768)
   flops = 2 * 2048 * 768 * 768
   seconds = {
-      "jax_forward_ms": best_seconds(lambda: jax.block_until_ready(forward(params, microbatch)),
-                                     repeats),
-      "jax_forward_backward_ms": best_seconds(
-          lambda: jax.block_until_ready(forward_backward(params, microbatch)), repeats),
-      "torch_forward_ms": best_seconds(torch_forward, repeats),
-      "torch_forward_backward_ms": best_seconds(
-          lambda: torch.autograd.grad(next_token_loss_torch(model, tokens), weights), repeats)}
+    "jax_forward_ms": best_seconds(
+      lambda: jax.block_until_ready(forward(params, microbatch)), repeats
+    ),
+    "jax_forward_backward_ms": best_seconds(
+      lambda: jax.block_until_ready(forward_backward(params, microbatch)), repeats
+    ),
+    "torch_forward_ms": best_seconds(torch_forward, repeats),
+    "torch_forward_backward_ms": best_seconds(
+      lambda: torch.autograd.grad(next_token_loss_torch(model, tokens), weights), repeats
+    ),
+  }
   result = {name: round(value * 1e3, 1) for name, value in seconds.items()}
   result["jax_matmul_gflops"] = round(
-      flops / best_seconds(lambda: jax.block_until_ready(matmul(a, b)), 10) / 1e9, 1)
-  result["torch_matmul_gflops"] = round(flops / best_seconds(lambda: torch_a @ torch_b, 10) / 1e9, 1)
+    flops / best_seconds(lambda: jax.block_until_ready(matmul(a, b)), 10) / 1e9, 1
+  )
+  result["torch_matmul_gflops"] = round(
+    flops / best_seconds(lambda: torch_a @ torch_b, 10) / 1e9, 1
+  )
   return result
 
 
@@ -337,8 +391,12 @@ def parse_args():
   parser.add_argument("--preset", default="demo")
   parser.add_argument("--rounds", type=int, default=8)
   parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "out",
-                      help="folder for the JSON report")
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=pathlib.Path(__file__).parent / "out",
+    help="folder for the JSON report",
+  )
   return parser.parse_args()
 
 
@@ -355,34 +413,46 @@ def main():
   training = build_training(config, mesh)
   model_config = training.model_config
   if model_config.compute_dtype != "float32":
-    raise SystemExit(f"--preset {args.preset} computes in {model_config.compute_dtype}; the "
-                     "agreement check is float32: pick tiny or demo.")
+    raise SystemExit(
+      f"--preset {args.preset} computes in {model_config.compute_dtype}; the "
+      "agreement check is float32: pick tiny or demo."
+    )
   state = training.init()
   params = jax.device_get(state.params)
   shape = (config.microbatches, config.micro_batch_size, config.seq_len + 1)
   tokens = np.random.default_rng(0).integers(0, 257, shape).astype(np.int32)
-  print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), {platform.processor() or 'cpu'}; {args.preset}: "
-        f"{model_config.non_embedding_params() / 1e6:.2f}M non-embedding params, K="
-        f"{config.microbatches} x {config.micro_batch_size} x {config.seq_len} = "
-        f"{config.tokens_per_step:,} tokens per step", flush=True)
+  print(
+    f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+    f"({torch.get_num_threads()} threads), {platform.processor() or 'cpu'}; {args.preset}: "
+    f"{model_config.non_embedding_params() / 1e6:.2f}M non-embedding params, K="
+    f"{config.microbatches} x {config.micro_batch_size} x {config.seq_len} = "
+    f"{config.tokens_per_step:,} tokens per step",
+    flush=True,
+  )
 
   agreed = compare_pseudo_gradients(config, model_config, training.graphdef, params, tokens)
-  print(f"pseudo-gradient, one outer step: ||g_torch - g_jax|| / ||g_jax|| = "
-        f"{agreed['relative_error']:.2e} (target <= 1e-4), = {agreed['error_over_second_order']:.2e} "
-        f"of the second-order part (itself {agreed['second_order_over_g_hat']:.2e} of g_hat); "
-        f"against float64 PyTorch: nexus-optax {agreed['jax_vs_float64']:.2e}, PyTorch float32 "
-        f"{agreed['torch_vs_float64']:.2e}", flush=True)
+  print(
+    f"pseudo-gradient, one outer step: ||g_torch - g_jax|| / ||g_jax|| = "
+    f"{agreed['relative_error']:.2e} (target <= 1e-4), = {agreed['error_over_second_order']:.2e} "
+    f"of the second-order part (itself {agreed['second_order_over_g_hat']:.2e} of g_hat); "
+    f"against float64 PyTorch: nexus-optax {agreed['jax_vs_float64']:.2e}, PyTorch float32 "
+    f"{agreed['torch_vs_float64']:.2e}",
+    flush=True,
+  )
 
   breakdown = time_breakdown(model_config, training.graphdef, params, tokens[0])
-  print("one micro-batch, best of 5: " + ", ".join(f"{k} {v}" for k, v in breakdown.items()),
-        flush=True)
+  print(
+    "one micro-batch, best of 5: " + ", ".join(f"{k} {v}" for k, v in breakdown.items()), flush=True
+  )
 
-  steppers = {"nexus-optax": None,
-              "torch-eager": TorchNexus(TorchLlama(model_config, params), config)}
+  steppers = {
+    "nexus-optax": None,
+    "torch-eager": TorchNexus(TorchLlama(model_config, params), config),
+  }
   if not args.no_compile:
-    steppers["torch-compile"] = TorchNexus(TorchLlama(model_config, params), config,
-                                           torch.compile(next_token_loss_torch))
+    steppers["torch-compile"] = TorchNexus(
+      TorchLlama(model_config, params), config, torch.compile(next_token_loss_torch)
+    )
   jax_tokens = jax.device_put(tokens, training.batch_sharding)
   torch_tokens = torch.from_numpy(tokens.astype(np.int64))
 
@@ -405,28 +475,45 @@ def main():
       elif round_index == 0:
         print(f"warm-up {name}: {elapsed:.1f} s", flush=True)
     if round_index >= 2:
-      print(f"round {round_index - 1}/{args.rounds}: " + ", ".join(
-          f"{name} {times[name][-1] * 1e3:.0f} ms" for name in steppers), flush=True)
+      print(
+        f"round {round_index - 1}/{args.rounds}: "
+        + ", ".join(f"{name} {times[name][-1] * 1e3:.0f} ms" for name in steppers),
+        flush=True,
+      )
 
   rows = {}
   for name, values in times.items():
     median = statistics.median(values)
-    rows[name] = {"median_step_ms": round(median * 1e3, 1),
-                  "tokens_per_s": round(config.tokens_per_step / median, 1),
-                  "nexus_optax_speedup": round(statistics.median(
-                      [t / j for t, j in zip(values, times["nexus-optax"])]), 3)}
+    rows[name] = {
+      "median_step_ms": round(median * 1e3, 1),
+      "tokens_per_s": round(config.tokens_per_step / median, 1),
+      "nexus_optax_speedup": round(
+        statistics.median([t / j for t, j in zip(values, times["nexus-optax"])]), 3
+      ),
+    }
   print("\n| implementation | median outer step (ms) | tokens/s | nexus-optax speed-up |")
   print("|---|---:|---:|---:|")
   for name, row in rows.items():
-    print(f"| {name} | {row['median_step_ms']:.1f} | {row['tokens_per_s']:,.0f} | "
-          f"{row['nexus_optax_speedup']:.2f}x |")
-  result = {"preset": args.preset, "jax": jax.__version__, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),
-            "microbatches": config.microbatches, "micro_batch_size": config.micro_batch_size,
-            "seq_len": config.seq_len, "tokens_per_step": config.tokens_per_step,
-            "inner_lr": config.inner_lr, "rounds": args.rounds, "agreement": agreed,
-            "breakdown": breakdown,
-            "implementations": rows}
+    print(
+      f"| {name} | {row['median_step_ms']:.1f} | {row['tokens_per_s']:,.0f} | "
+      f"{row['nexus_optax_speedup']:.2f}x |"
+    )
+  result = {
+    "preset": args.preset,
+    "jax": jax.__version__,
+    "torch": torch.__version__,
+    "torch_threads": torch.get_num_threads(),
+    "backend": jax.default_backend(),
+    "microbatches": config.microbatches,
+    "micro_batch_size": config.micro_batch_size,
+    "seq_len": config.seq_len,
+    "tokens_per_step": config.tokens_per_step,
+    "inner_lr": config.inner_lr,
+    "rounds": args.rounds,
+    "agreement": agreed,
+    "breakdown": breakdown,
+    "implementations": rows,
+  }
   write_report(args.out / f"torch_reference-{args.preset}.json", result)
 
 

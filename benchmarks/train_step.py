@@ -43,10 +43,18 @@ def parse_args():
   parser.add_argument("--microbatches", type=int, default=None)
   parser.add_argument("--seq-len", type=int, default=None)
   parser.add_argument("--rounds", type=int, default=10)
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "out",
-                      help="folder for the JSON report")
-  parser.add_argument("--matmul-size", type=int, default=None,
-                      help="side of the peak-measuring matmul (default 2048 on CPU, 8192 else)")
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=pathlib.Path(__file__).parent / "out",
+    help="folder for the JSON report",
+  )
+  parser.add_argument(
+    "--matmul-size",
+    type=int,
+    default=None,
+    help="side of the peak-measuring matmul (default 2048 on CPU, 8192 else)",
+  )
   return parser.parse_args()
 
 
@@ -66,24 +74,34 @@ def matmul_peak_flops(size: int, dtype, repeats: int = 10) -> float:
 
 def main():
   args = parse_args()
-  overrides = {k: v for k, v in (("micro_batch_size", args.micro_batch_size),
-                                 ("microbatches", args.microbatches),
-                                 ("seq_len", args.seq_len)) if v is not None}
+  overrides = {
+    k: v
+    for k, v in (
+      ("micro_batch_size", args.micro_batch_size),
+      ("microbatches", args.microbatches),
+      ("seq_len", args.seq_len),
+    )
+    if v is not None
+  }
   mesh = parallel.make_mesh(parallel.parse_mesh("data=1", jax.device_count()), False)
   configs = {name: get_run_preset(args.preset, optimizer=name, **overrides) for name in OPTIMIZERS}
   config = configs["adamw"]
   trainings = {name: build_training(c, mesh) for name, c in configs.items()}
   model_config = trainings["adamw"].model_config
   shape = (config.microbatches, config.micro_batch_size, config.seq_len + 1)
-  tokens = jax.device_put(np.random.default_rng(0).integers(0, 257, shape).astype(np.int32),
-                          trainings["adamw"].batch_sharding)
+  tokens = jax.device_put(
+    np.random.default_rng(0).integers(0, 257, shape).astype(np.int32),
+    trainings["adamw"].batch_sharding,
+  )
   backend = jax.default_backend()
-  print(f"jax {jax.__version__} on {backend} ({jax.devices()[0].device_kind}, "
-        f"{platform.processor() or 'cpu'}), {args.preset}: "
-        f"{model_config.non_embedding_params() / 1e6:.2f}M non-embedding params, "
-        f"{model_config.compute_dtype} compute, K={config.microbatches} x "
-        f"{config.micro_batch_size} x {config.seq_len} = {config.tokens_per_step:,} tokens per step",
-        flush=True)
+  print(
+    f"jax {jax.__version__} on {backend} ({jax.devices()[0].device_kind}, "
+    f"{platform.processor() or 'cpu'}), {args.preset}: "
+    f"{model_config.non_embedding_params() / 1e6:.2f}M non-embedding params, "
+    f"{model_config.compute_dtype} compute, K={config.microbatches} x "
+    f"{config.micro_batch_size} x {config.seq_len} = {config.tokens_per_step:,} tokens per step",
+    flush=True,
+  )
 
   states = {name: t.init() for name, t in trainings.items()}
   memory = {}
@@ -100,40 +118,65 @@ def main():
       if round_index >= 2:
         times[name].append(time.perf_counter() - start)
     if round_index >= 2:
-      print(f"round {round_index - 1}/{args.rounds}: " + ", ".join(
-          f"{name} {times[name][-1] * 1e3:.1f} ms" for name in OPTIMIZERS), flush=True)
+      print(
+        f"round {round_index - 1}/{args.rounds}: "
+        + ", ".join(f"{name} {times[name][-1] * 1e3:.1f} ms" for name in OPTIMIZERS),
+        flush=True,
+      )
 
   dtype = jnp.dtype(model_config.compute_dtype)
   size = args.matmul_size or (2048 if backend == "cpu" else 8192)
   peak = matmul_peak_flops(size, dtype)
   flops_per_step = model_config.flops_per_token(config.seq_len) * config.tokens_per_step
   median = {name: statistics.median(values) for name, values in times.items()}
-  paired = {name: statistics.median([t / a for t, a in zip(times[name], times["adamw"])])
-            for name in OPTIMIZERS}
-  rows = {name: {"median_step_ms": round(median[name] * 1e3, 2),
-                 "time_over_accumulation": round(paired[name], 4),
-                 "temp_mib": round(memory[name] / 2**20, 3),
-                 "temp_over_accumulation": round(memory[name] / memory["adamw"], 4),
-                 "tokens_per_s": round(config.tokens_per_step / median[name], 1),
-                 "mfu": round(flops_per_step / median[name] / peak, 4)}
-          for name in OPTIMIZERS}
-  print(f"\nmatmul peak ({size}x{size} {dtype.name}): {peak / 1e9:.1f} GFLOP/s; model "
-        f"{flops_per_step / 1e9:.2f} GFLOP per step")
-  print("\n| optimizer | median step (ms) | time / accumulation | XLA temp (MiB) | "
-        "temp / accumulation | tokens/s | MFU |")
+  paired = {
+    name: statistics.median([t / a for t, a in zip(times[name], times["adamw"])])
+    for name in OPTIMIZERS
+  }
+  rows = {
+    name: {
+      "median_step_ms": round(median[name] * 1e3, 2),
+      "time_over_accumulation": round(paired[name], 4),
+      "temp_mib": round(memory[name] / 2**20, 3),
+      "temp_over_accumulation": round(memory[name] / memory["adamw"], 4),
+      "tokens_per_s": round(config.tokens_per_step / median[name], 1),
+      "mfu": round(flops_per_step / median[name] / peak, 4),
+    }
+    for name in OPTIMIZERS
+  }
+  print(
+    f"\nmatmul peak ({size}x{size} {dtype.name}): {peak / 1e9:.1f} GFLOP/s; model "
+    f"{flops_per_step / 1e9:.2f} GFLOP per step"
+  )
+  print(
+    "\n| optimizer | median step (ms) | time / accumulation | XLA temp (MiB) | "
+    "temp / accumulation | tokens/s | MFU |"
+  )
   print("|---|---|---|---|---|---|---|")
   for name, row in rows.items():
-    print(f"| {name} | {row['median_step_ms']:.1f} | {row['time_over_accumulation']:.3f} | "
-          f"{row['temp_mib']:.2f} | {row['temp_over_accumulation']:.3f} | "
-          f"{row['tokens_per_s']:,.0f} | {row['mfu'] * 100:.1f} % |")
-  result = {"preset": args.preset, "backend": backend, "device": jax.devices()[0].device_kind,
-            "jax": jax.__version__, "compute_dtype": model_config.compute_dtype,
-            "non_embedding_params": model_config.non_embedding_params(),
-            "params": sum(leaf.size for leaf in jax.tree.leaves(states["adamw"].params)),
-            "microbatches": config.microbatches, "micro_batch_size": config.micro_batch_size,
-            "seq_len": config.seq_len, "tokens_per_step": config.tokens_per_step,
-            "rounds": args.rounds, "matmul_size": size, "matmul_peak_flops": peak,
-            "model_flops_per_step": flops_per_step, "optimizers": rows}
+    print(
+      f"| {name} | {row['median_step_ms']:.1f} | {row['time_over_accumulation']:.3f} | "
+      f"{row['temp_mib']:.2f} | {row['temp_over_accumulation']:.3f} | "
+      f"{row['tokens_per_s']:,.0f} | {row['mfu'] * 100:.1f} % |"
+    )
+  result = {
+    "preset": args.preset,
+    "backend": backend,
+    "device": jax.devices()[0].device_kind,
+    "jax": jax.__version__,
+    "compute_dtype": model_config.compute_dtype,
+    "non_embedding_params": model_config.non_embedding_params(),
+    "params": sum(leaf.size for leaf in jax.tree.leaves(states["adamw"].params)),
+    "microbatches": config.microbatches,
+    "micro_batch_size": config.micro_batch_size,
+    "seq_len": config.seq_len,
+    "tokens_per_step": config.tokens_per_step,
+    "rounds": args.rounds,
+    "matmul_size": size,
+    "matmul_peak_flops": peak,
+    "model_flops_per_step": flops_per_step,
+    "optimizers": rows,
+  }
   write_report(args.out / f"train_step-{args.preset}-{backend}.json", result)
 
 

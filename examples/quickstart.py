@@ -30,14 +30,24 @@ import nexus_optax as nx
 from examples.tiny_transformer import TransformerConfig, count_params, init_params, next_byte_loss
 
 HELD_OUT_PACKAGES = ("json", "email")
-SKIPPED_DIRS = {"test", "tests", "idle_test", "lib2to3", "site-packages", "encodings",
-                "pydoc_data", "__pycache__", "turtledemo"}
+SKIPPED_DIRS = {
+  "test",
+  "tests",
+  "idle_test",
+  "lib2to3",
+  "site-packages",
+  "encodings",
+  "pydoc_data",
+  "__pycache__",
+  "turtledemo",
+}
 
 
 def _stdlib_files():
   root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-  files = sorted(p for p in root.rglob("*.py")
-                 if not SKIPPED_DIRS.intersection(p.relative_to(root).parts[:-1]))
+  files = sorted(
+    p for p in root.rglob("*.py") if not SKIPPED_DIRS.intersection(p.relative_to(root).parts[:-1])
+  )
   return root, files
 
 
@@ -54,28 +64,35 @@ def load_sources(max_bytes: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
       tree = ast.parse(text)
     except SyntaxError:
       continue
-    nodes = [tree] + [n for n in ast.walk(tree)
-                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    nodes = [tree] + [
+      n
+      for n in ast.walk(tree)
+      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    ]
     docs = [d for d in (ast.get_docstring(n) for n in nodes) if d]
     docstrings["validation" if index % 10 == 0 else "train"].extend(docs)
 
   from pydoc_data.topics import topics  # the stdlib's own copy of the docs' topics
 
   names = sorted(topics)
-  docs = {"train": [topics[n] for i, n in enumerate(names) if i % 10],
-          "validation": [topics[n] for i, n in enumerate(names) if i % 10 == 0]}
+  docs = {
+    "train": [topics[n] for i, n in enumerate(names) if i % 10],
+    "validation": [topics[n] for i, n in enumerate(names) if i % 10 == 0],
+  }
 
   def encode(texts, limit):
     data = np.frombuffer("\n\n".join(texts).encode("utf-8"), np.uint8)
     return data[:limit]
 
-  return {name: (encode(split["train"], max_bytes), encode(split["validation"], max_bytes // 8))
-          for name, split in (("code", code), ("docs", docs), ("docstrings", docstrings))}
+  return {
+    name: (encode(split["train"], max_bytes), encode(split["validation"], max_bytes // 8))
+    for name, split in (("code", code), ("docs", docs), ("docstrings", docstrings))
+  }
 
 
 def sample_windows(data: np.ndarray, rng: np.random.Generator, count: int, length: int):
   starts = rng.integers(0, len(data) - length, size=count)
-  return np.stack([data[s:s + length] for s in starts]).astype(np.int32)
+  return np.stack([data[s : s + length] for s in starts]).astype(np.int32)
 
 
 def parse_args():
@@ -104,17 +121,20 @@ def main():
   names = sorted(sources)
   for name in names:
     train, validation = sources[name]
-    print(f"  {name:<10} {len(train) / 1e6:5.2f} MB train, {len(validation) / 1e6:5.2f} MB validation")
+    print(
+      f"  {name:<10} {len(train) / 1e6:5.2f} MB train, {len(validation) / 1e6:5.2f} MB validation"
+    )
 
   config = TransformerConfig(d_model=128, num_layers=2, num_heads=4, seq_len=args.seq_len)
   params = init_params(config, jax.random.key(args.seed))
   loss_fn = lambda p, tokens: next_byte_loss(p, tokens, config)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, max(1, args.steps // 10), args.steps,
-                                                end_value=args.lr / 10)
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0, args.lr, max(1, args.steps // 10), args.steps, end_value=args.lr / 10
+  )
   tx = optax.chain(
-      nx.nexus(inner_lr=args.inner_lr),
-      optax.clip_by_global_norm(1.0),
-      optax.adamw(schedule, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.2),
+    nx.nexus(inner_lr=args.inner_lr),
+    optax.clip_by_global_norm(1.0),
+    optax.adamw(schedule, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.2),
   )
   state = tx.init(params)
 
@@ -125,35 +145,51 @@ def main():
 
   validation_loss = jax.jit(jax.vmap(loss_fn, in_axes=(None, 0)))
   rng = np.random.default_rng(args.seed)
-  validation = np.stack([sample_windows(sources[n][1], np.random.default_rng(100 + i), 64,
-                                        args.seq_len + 1).reshape(8, 8, -1)
-                         for i, n in enumerate(names)])
+  validation = np.stack(
+    [
+      sample_windows(sources[n][1], np.random.default_rng(100 + i), 64, args.seq_len + 1).reshape(
+        8, 8, -1
+      )
+      for i, n in enumerate(names)
+    ]
+  )
   bits = lambda nats: nats / math.log(2)
 
-  print(f"model: {count_params(params) / 1e6:.2f}M params; K = {len(names)} micro-batches "
-        f"of {args.micro_batch} x {args.seq_len} bytes per outer step; gamma = {args.inner_lr}")
-  print(f"{'step':>6} {'inner loss':>10} " + " ".join(f"{'val ' + n:>14}" for n in names)
-        + f" {'consensus':>9} {'tok/s':>7} {'ETA':>6}")
+  print(
+    f"model: {count_params(params) / 1e6:.2f}M params; K = {len(names)} micro-batches "
+    f"of {args.micro_batch} x {args.seq_len} bytes per outer step; gamma = {args.inner_lr}"
+  )
+  print(
+    f"{'step':>6} {'inner loss':>10} "
+    + " ".join(f"{'val ' + n:>14}" for n in names)
+    + f" {'consensus':>9} {'tok/s':>7} {'ETA':>6}"
+  )
   start = time.perf_counter()
   tokens_per_step = len(names) * args.micro_batch * args.seq_len
   for step in range(1, args.steps + 1):
     order = rng.permutation(len(names))
-    microbatches = np.stack([sample_windows(sources[names[i]][0], rng, args.micro_batch,
-                                            args.seq_len + 1) for i in order])
+    microbatches = np.stack(
+      [sample_windows(sources[names[i]][0], rng, args.micro_batch, args.seq_len + 1) for i in order]
+    )
     params, state = train_step(params, state, microbatches)
     if step % args.log_every == 0 or step == args.steps:
       metrics = nx.nexus_metrics(state)
       val = [float(jnp.mean(validation_loss(params, validation[i]))) for i in range(len(names))]
       elapsed = time.perf_counter() - start
       eta = elapsed / step * (args.steps - step)
-      print(f"{step:>6} {bits(float(metrics['inner_loss'])):>10.3f} "
-            + " ".join(f"{bits(v):>14.3f}" for v in val)
-            + f" {float(metrics['consensus']):>9.3f} {tokens_per_step * step / elapsed:>7.0f}"
-            + f" {eta:>5.0f}s", flush=True)
+      print(
+        f"{step:>6} {bits(float(metrics['inner_loss'])):>10.3f} "
+        + " ".join(f"{bits(v):>14.3f}" for v in val)
+        + f" {float(metrics['consensus']):>9.3f} {tokens_per_step * step / elapsed:>7.0f}"
+        + f" {eta:>5.0f}s",
+        flush=True,
+      )
 
   cosines = nx.diagnostics.gradient_cosine_matrix(
-      loss_fn, params, [jnp.asarray(validation[i].reshape(-1, args.seq_len + 1)) for i in
-                        range(len(names))])
+    loss_fn,
+    params,
+    [jnp.asarray(validation[i].reshape(-1, args.seq_len + 1)) for i in range(len(names))],
+  )
   print("\nlosses in bits per byte; cross-source gradient cosine at the end (validation windows):")
   print(" " * 11 + " ".join(f"{n:>10}" for n in names))
   for name, row in zip(names, np.asarray(cosines)):

@@ -30,19 +30,21 @@ def init_params(config: TransformerConfig, key: jax.Array) -> dict:
   d = config.d_model
   layers = []
   for _ in range(config.num_layers):
-    layers.append({
+    layers.append(
+      {
         "attn_norm": jnp.ones(d),
         "qkv": normal((d, 3 * d), d**-0.5),
         "attn_out": normal((d, d), (2 * d * config.num_layers) ** -0.5),
         "mlp_norm": jnp.ones(d),
         "mlp_in": normal((d, 4 * d), d**-0.5),
         "mlp_out": normal((4 * d, d), (8 * d * config.num_layers) ** -0.5),
-    })
+      }
+    )
   return {
-      "embed": normal((config.vocab_size, d), d**-0.5),
-      "position": normal((config.seq_len, d), 0.02),
-      "final_norm": jnp.ones(d),
-      "layers": layers,
+    "embed": normal((config.vocab_size, d), d**-0.5),
+    "position": normal((config.seq_len, d), 0.02),
+    "final_norm": jnp.ones(d),
+    "layers": layers,
   }
 
 

@@ -107,23 +107,37 @@ def _output_from_hf(array, config):
 
 _LAYER = "model.layers.{layer}."
 _TENSORS = (
-    _Tensor(("embedding",), "model.embed_tokens.weight", _same, _same),
-    _Tensor(("blocks", "attention_norm", "scale"), _LAYER + "input_layernorm.weight", _same, _same),
-    _Tensor(("blocks", "attention", "query"), _LAYER + "self_attn.q_proj.weight", _heads_in_to_hf,
-            _query_from_hf),
-    _Tensor(("blocks", "attention", "key"), _LAYER + "self_attn.k_proj.weight", _heads_in_to_hf,
-            _kv_from_hf),
-    _Tensor(("blocks", "attention", "value"), _LAYER + "self_attn.v_proj.weight", _heads_in_to_hf,
-            _kv_from_hf),
-    _Tensor(("blocks", "attention", "output"), _LAYER + "self_attn.o_proj.weight", _output_to_hf,
-            _output_from_hf),
-    _Tensor(("blocks", "mlp_norm", "scale"), _LAYER + "post_attention_layernorm.weight", _same,
-            _same),
-    _Tensor(("blocks", "mlp", "gate"), _LAYER + "mlp.gate_proj.weight", _transpose, _transpose),
-    _Tensor(("blocks", "mlp", "up"), _LAYER + "mlp.up_proj.weight", _transpose, _transpose),
-    _Tensor(("blocks", "mlp", "down"), _LAYER + "mlp.down_proj.weight", _transpose, _transpose),
-    _Tensor(("final_norm", "scale"), "model.norm.weight", _same, _same),
-    _Tensor(("unembedding",), "lm_head.weight", _transpose, _transpose),
+  _Tensor(("embedding",), "model.embed_tokens.weight", _same, _same),
+  _Tensor(("blocks", "attention_norm", "scale"), _LAYER + "input_layernorm.weight", _same, _same),
+  _Tensor(
+    ("blocks", "attention", "query"),
+    _LAYER + "self_attn.q_proj.weight",
+    _heads_in_to_hf,
+    _query_from_hf,
+  ),
+  _Tensor(
+    ("blocks", "attention", "key"), _LAYER + "self_attn.k_proj.weight", _heads_in_to_hf, _kv_from_hf
+  ),
+  _Tensor(
+    ("blocks", "attention", "value"),
+    _LAYER + "self_attn.v_proj.weight",
+    _heads_in_to_hf,
+    _kv_from_hf,
+  ),
+  _Tensor(
+    ("blocks", "attention", "output"),
+    _LAYER + "self_attn.o_proj.weight",
+    _output_to_hf,
+    _output_from_hf,
+  ),
+  _Tensor(
+    ("blocks", "mlp_norm", "scale"), _LAYER + "post_attention_layernorm.weight", _same, _same
+  ),
+  _Tensor(("blocks", "mlp", "gate"), _LAYER + "mlp.gate_proj.weight", _transpose, _transpose),
+  _Tensor(("blocks", "mlp", "up"), _LAYER + "mlp.up_proj.weight", _transpose, _transpose),
+  _Tensor(("blocks", "mlp", "down"), _LAYER + "mlp.down_proj.weight", _transpose, _transpose),
+  _Tensor(("final_norm", "scale"), "model.norm.weight", _same, _same),
+  _Tensor(("unembedding",), "lm_head.weight", _transpose, _transpose),
 )
 
 
@@ -138,17 +152,27 @@ def hf_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
   d, m, v = config.hidden_dim, config.mlp_dim, config.vocab_size
   n, kv, h = config.num_heads, config.num_kv_heads, config.resolved_head_dim
   per_name = {
-      "model.embed_tokens.weight": (v, d), "input_layernorm.weight": (d,),
-      "self_attn.q_proj.weight": (n * h, d), "self_attn.k_proj.weight": (kv * h, d),
-      "self_attn.v_proj.weight": (kv * h, d), "self_attn.o_proj.weight": (d, n * h),
-      "post_attention_layernorm.weight": (d,), "mlp.gate_proj.weight": (m, d),
-      "mlp.up_proj.weight": (m, d), "mlp.down_proj.weight": (d, m), "model.norm.weight": (d,),
-      "lm_head.weight": (v, d)}
+    "model.embed_tokens.weight": (v, d),
+    "input_layernorm.weight": (d,),
+    "self_attn.q_proj.weight": (n * h, d),
+    "self_attn.k_proj.weight": (kv * h, d),
+    "self_attn.v_proj.weight": (kv * h, d),
+    "self_attn.o_proj.weight": (d, n * h),
+    "post_attention_layernorm.weight": (d,),
+    "mlp.gate_proj.weight": (m, d),
+    "mlp.up_proj.weight": (m, d),
+    "mlp.down_proj.weight": (d, m),
+    "model.norm.weight": (d,),
+    "lm_head.weight": (v, d),
+  }
   shapes = {}
   for tensor in _tensors(config):
     shape = per_name[tensor.name.removeprefix(_LAYER)]
-    names = ([tensor.name.format(layer=layer) for layer in range(config.num_layers)]
-             if tensor.per_layer else [tensor.name])
+    names = (
+      [tensor.name.format(layer=layer) for layer in range(config.num_layers)]
+      if tensor.per_layer
+      else [tensor.name]
+    )
     shapes.update({name: shape for name in names})
   return shapes
 
@@ -165,31 +189,31 @@ def to_hf_config(config: LlamaConfig, eod_id: int, dtype: str = "float32") -> di
   if config.rope_scaling is not None:
     rope = {**rope, "rope_type": "llama3", **dataclasses.asdict(config.rope_scaling)}
   return {
-      "architectures": ["LlamaForCausalLM"],
-      "model_type": "llama",
-      "vocab_size": config.vocab_size,
-      "hidden_size": config.hidden_dim,
-      "intermediate_size": config.mlp_dim,
-      "num_hidden_layers": config.num_layers,
-      "num_attention_heads": config.num_heads,
-      "num_key_value_heads": config.num_kv_heads,
-      "head_dim": config.resolved_head_dim,
-      "hidden_act": "silu",
-      "max_position_embeddings": config.max_seq_len,
-      "rms_norm_eps": config.norm_eps,
-      "rope_theta": config.rope_theta,
-      "rope_parameters": rope,
-      "rope_scaling": rope if config.rope_scaling is not None else None,
-      "tie_word_embeddings": config.tie_embeddings,
-      "attention_bias": False,
-      "attention_dropout": 0.0,
-      "mlp_bias": False,
-      "initializer_range": config.init_std,
-      "bos_token_id": eod_id,
-      "eos_token_id": eod_id,
-      "pretraining_tp": 1,
-      "use_cache": True,
-      "torch_dtype": dtype,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": config.vocab_size,
+    "hidden_size": config.hidden_dim,
+    "intermediate_size": config.mlp_dim,
+    "num_hidden_layers": config.num_layers,
+    "num_attention_heads": config.num_heads,
+    "num_key_value_heads": config.num_kv_heads,
+    "head_dim": config.resolved_head_dim,
+    "hidden_act": "silu",
+    "max_position_embeddings": config.max_seq_len,
+    "rms_norm_eps": config.norm_eps,
+    "rope_theta": config.rope_theta,
+    "rope_parameters": rope,
+    "rope_scaling": rope if config.rope_scaling is not None else None,
+    "tie_word_embeddings": config.tie_embeddings,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "mlp_bias": False,
+    "initializer_range": config.init_std,
+    "bos_token_id": eod_id,
+    "eos_token_id": eod_id,
+    "pretraining_tp": 1,
+    "use_cache": True,
+    "torch_dtype": dtype,
   }
 
 
@@ -205,59 +229,78 @@ def from_hf_config(hf: dict, base: LlamaConfig, where: str = "config.json") -> L
   model_type = hf.get("model_type")
   architectures = hf.get("architectures") or []
   if model_type != "llama" or any(a != "LlamaForCausalLM" for a in architectures):
-    named = f"model_type {model_type!r}" + (f" ({', '.join(architectures)})" if architectures else "")
-    raise HFCheckpointError(f"{where}: {named} is not a Llama; nexus-optax reads "
-                            "LlamaForCausalLM checkpoints (model_type 'llama').")
+    named = f"model_type {model_type!r}" + (
+      f" ({', '.join(architectures)})" if architectures else ""
+    )
+    raise HFCheckpointError(
+      f"{where}: {named} is not a Llama; nexus-optax reads "
+      "LlamaForCausalLM checkpoints (model_type 'llama')."
+    )
   # transformers 5 reads rope_scaling first when both are there.
   rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
   if not isinstance(rope, dict):
-    raise HFCheckpointError(f"{where}: rope_scaling / rope_parameters is not an object; write "
-                            "the checkpoint's config again.")
+    raise HFCheckpointError(
+      f"{where}: rope_scaling / rope_parameters is not an object; write "
+      "the checkpoint's config again."
+    )
   rope_type = rope.get("rope_type", rope.get("type", "default"))
   partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
   unsupported = {
-      "partial_rotary_factor": (float(partial or 1.0), 1.0),
-      "hidden_act": (hf.get("hidden_act", "silu"), "silu"),
-      "attention_bias": (bool(hf.get("attention_bias", False)), False),
-      "mlp_bias": (bool(hf.get("mlp_bias", False)), False),
+    "partial_rotary_factor": (float(partial or 1.0), 1.0),
+    "hidden_act": (hf.get("hidden_act", "silu"), "silu"),
+    "attention_bias": (bool(hf.get("attention_bias", False)), False),
+    "mlp_bias": (bool(hf.get("mlp_bias", False)), False),
   }
   for name, (value, wanted) in unsupported.items():
     if value != wanted:
-      raise HFCheckpointError(f"{where}: {name} {value!r} is not supported (this Llama has "
-                              f"{name} {wanted!r}); use a checkpoint without it.")
+      raise HFCheckpointError(
+        f"{where}: {name} {value!r} is not supported (this Llama has "
+        f"{name} {wanted!r}); use a checkpoint without it."
+      )
   if rope_type not in SUPPORTED_ROPE_TYPES:
-    raise HFCheckpointError(f"{where}: rope type {rope_type!r} is not supported (this Llama "
-                            f"computes {' and '.join(SUPPORTED_ROPE_TYPES)}); use a checkpoint "
-                            "with one of those.")
+    raise HFCheckpointError(
+      f"{where}: rope type {rope_type!r} is not supported (this Llama "
+      f"computes {' and '.join(SUPPORTED_ROPE_TYPES)}); use a checkpoint "
+      "with one of those."
+    )
   try:
     heads = int(hf["num_attention_heads"])
     hidden = int(hf["hidden_size"])
     return dataclasses.replace(
-        base,
-        vocab_size=int(hf["vocab_size"]),
-        hidden_dim=hidden,
-        mlp_dim=int(hf["intermediate_size"]),
-        num_layers=int(hf["num_hidden_layers"]),
-        num_heads=heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=int(hf.get("head_dim") or hidden // heads),
-        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
-        rope_scaling=None if rope_type == "default" else Llama3RopeScaling(
-            factor=float(rope["factor"]), low_freq_factor=float(rope["low_freq_factor"]),
-            high_freq_factor=float(rope["high_freq_factor"]),
-            original_max_position_embeddings=int(rope.get(
-                "original_max_position_embeddings", hf.get("max_position_embeddings", 2048)))),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        init_std=float(hf.get("initializer_range", 0.02)),
+      base,
+      vocab_size=int(hf["vocab_size"]),
+      hidden_dim=hidden,
+      mlp_dim=int(hf["intermediate_size"]),
+      num_layers=int(hf["num_hidden_layers"]),
+      num_heads=heads,
+      num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+      head_dim=int(hf.get("head_dim") or hidden // heads),
+      max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+      rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+      rope_scaling=None
+      if rope_type == "default"
+      else Llama3RopeScaling(
+        factor=float(rope["factor"]),
+        low_freq_factor=float(rope["low_freq_factor"]),
+        high_freq_factor=float(rope["high_freq_factor"]),
+        original_max_position_embeddings=int(
+          rope.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
+        ),
+      ),
+      norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      init_std=float(hf.get("initializer_range", 0.02)),
     )
   except KeyError as error:
-    raise HFCheckpointError(f"{where} has no {error.args[0]!r}, which a Llama config.json of "
-                            "this kind needs; write the checkpoint's config again.") from None
+    raise HFCheckpointError(
+      f"{where} has no {error.args[0]!r}, which a Llama config.json of "
+      "this kind needs; write the checkpoint's config again."
+    ) from None
   except (TypeError, AttributeError) as error:  # a null or non-numeric field
-    raise HFCheckpointError(f"{where}: a size or RoPE field is not a number ({error}); write "
-                            "the checkpoint's config again.") from None
+    raise HFCheckpointError(
+      f"{where}: a size or RoPE field is not a number ({error}); write "
+      "the checkpoint's config again."
+    ) from None
   except ValueError as error:  # LlamaConfig's own checks (a head count that does not divide)
     raise HFCheckpointError(f"{where}: {error}") from None
 
@@ -282,30 +325,43 @@ def to_hf_tensors(params: dict, config: LlamaConfig) -> dict[str, np.ndarray]:
     if tensor.per_layer:
       for layer in range(config.num_layers):
         tensors[tensor.name.format(layer=layer)] = np.ascontiguousarray(
-            tensor.to_hf(array[layer], config))
+          tensor.to_hf(array[layer], config)
+        )
     else:
       tensors[tensor.name] = np.ascontiguousarray(tensor.to_hf(array, config))
   return tensors
 
 
-def check_hf_tensors(shapes: dict[str, tuple[int, ...]], config: LlamaConfig,
-                     where: str = "the checkpoint") -> None:
+def check_hf_tensors(
+  shapes: dict[str, tuple[int, ...]], config: LlamaConfig, where: str = "the checkpoint"
+) -> None:
   """Raises :class:`HFCheckpointError` unless ``shapes`` (name -> shape) are exactly the
   tensors of ``config``'s model (frequency buffers and a tied model's ``lm_head`` aside)."""
   wanted = hf_shapes(config)
   for name, shape in wanted.items():
     if name not in shapes:
-      raise HFCheckpointError(f"{where} has no tensor {name}, which its config.json needs; "
-                              "the weights and config.json are from different models.")
+      raise HFCheckpointError(
+        f"{where} has no tensor {name}, which its config.json needs; "
+        "the weights and config.json are from different models."
+      )
     if tuple(shapes[name]) != shape:
-      raise HFCheckpointError(f"{where}: {name} has shape {tuple(shapes[name])}, but config.json "
-                              f"needs {shape}; the weights and config.json are from different "
-                              "models.")
-  extra = [name for name in shapes if name not in wanted and not name.endswith(IGNORED_SUFFIXES)
-           and not (config.tie_embeddings and name == "lm_head.weight")]
+      raise HFCheckpointError(
+        f"{where}: {name} has shape {tuple(shapes[name])}, but config.json "
+        f"needs {shape}; the weights and config.json are from different "
+        "models."
+      )
+  extra = [
+    name
+    for name in shapes
+    if name not in wanted
+    and not name.endswith(IGNORED_SUFFIXES)
+    and not (config.tie_embeddings and name == "lm_head.weight")
+  ]
   if extra:
-    raise HFCheckpointError(f"{where} has tensors this Llama does not use ({', '.join(extra[:3])}"
-                            f"{', ...' if len(extra) > 3 else ''}); it is not a plain Llama.")
+    raise HFCheckpointError(
+      f"{where} has tensors this Llama does not use ({', '.join(extra[:3])}"
+      f"{', ...' if len(extra) > 3 else ''}); it is not a plain Llama."
+    )
 
 
 class LazyParam:
@@ -324,8 +380,9 @@ class LazyParam:
     if not self._tensor.per_layer:
       return np.ascontiguousarray(self._convert(self._tensor.name)[index])
     layers = range(self._config.num_layers)[index[0]]
-    return np.stack([self._convert(self._tensor.name.format(layer=layer))[index[1:]]
-                     for layer in layers])
+    return np.stack(
+      [self._convert(self._tensor.name.format(layer=layer))[index[1:]] for layer in layers]
+    )
 
 
 def lazy_hf_params(read, config: LlamaConfig, dtype) -> dict:

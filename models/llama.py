@@ -30,16 +30,31 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.sharding import (ACTIVATION_EMBED, ACTIVATION_HEADS, ACTIVATION_KV_HEADS,
-                             ACTIVATION_MLP, ACTIVATION_VOCAB, BATCH, EMBED, HEAD_DIM, HEADS,
-                             KV_HEADS, LAYERS, LENGTH, MLP, NORM, VOCAB, constrain)
+from models.sharding import (
+  ACTIVATION_EMBED,
+  ACTIVATION_HEADS,
+  ACTIVATION_KV_HEADS,
+  ACTIVATION_MLP,
+  ACTIVATION_VOCAB,
+  BATCH,
+  EMBED,
+  HEAD_DIM,
+  HEADS,
+  KV_HEADS,
+  LAYERS,
+  LENGTH,
+  MLP,
+  NORM,
+  VOCAB,
+  constrain,
+)
 
 RESIDUAL = (BATCH, LENGTH, ACTIVATION_EMBED)
 
 RematPolicy = Literal["none", "full", "dots"]
 _REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -52,7 +67,8 @@ class Llama3RopeScaling:
   inverse frequency ``f``: long wavelengths (``w > L / low_freq_factor``) are slowed by
   ``factor``, short ones (``w < L / high_freq_factor``) kept, and those between blended,
 
-    f' = (1 - s) f / factor + s f,   s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor).
+    f' = (1 - s) f / factor + s f,
+    s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor).
 
   References:
     Llama Team, "The Llama 3 Herd of Models" (2024), https://arxiv.org/abs/2407.21783;
@@ -65,21 +81,29 @@ class Llama3RopeScaling:
   original_max_position_embeddings: int
 
   def __post_init__(self):
-    if not (self.factor >= 1 and 0 < self.low_freq_factor < self.high_freq_factor
-            and self.original_max_position_embeddings >= 1):
-      raise ValueError(f"Llama3RopeScaling needs factor >= 1, 0 < low_freq_factor < "
-                       f"high_freq_factor and original_max_position_embeddings >= 1; got {self}.")
+    if not (
+      self.factor >= 1
+      and 0 < self.low_freq_factor < self.high_freq_factor
+      and self.original_max_position_embeddings >= 1
+    ):
+      raise ValueError(
+        f"Llama3RopeScaling needs factor >= 1, 0 < low_freq_factor < "
+        f"high_freq_factor and original_max_position_embeddings >= 1; got {self}."
+      )
 
   def scale(self, inverse_frequency):
     """The scaled inverse frequencies, in float32."""
     context = self.original_max_position_embeddings
     wavelength = 2 * jnp.pi / inverse_frequency
-    blend = ((context / wavelength - self.low_freq_factor)
-             / (self.high_freq_factor - self.low_freq_factor))
+    blend = (context / wavelength - self.low_freq_factor) / (
+      self.high_freq_factor - self.low_freq_factor
+    )
     blended = (1 - blend) * inverse_frequency / self.factor + blend * inverse_frequency
-    return jnp.where(wavelength > context / self.low_freq_factor, inverse_frequency / self.factor,
-                     jnp.where(wavelength < context / self.high_freq_factor, inverse_frequency,
-                               blended))
+    return jnp.where(
+      wavelength > context / self.low_freq_factor,
+      inverse_frequency / self.factor,
+      jnp.where(wavelength < context / self.high_freq_factor, inverse_frequency, blended),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,24 +156,37 @@ class LlamaConfig:
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", Llama3RopeScaling(**self.rope_scaling))
-    for name in ("vocab_size", "hidden_dim", "mlp_dim", "num_layers", "num_heads",
-                 "num_kv_heads", "max_seq_len"):
+    for name in (
+      "vocab_size",
+      "hidden_dim",
+      "mlp_dim",
+      "num_layers",
+      "num_heads",
+      "num_kv_heads",
+      "max_seq_len",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"LlamaConfig.{name} must be a positive integer, got {value!r}.")
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"LlamaConfig.num_kv_heads ({self.num_kv_heads}) must divide num_heads "
-                       f"({self.num_heads}); pick a divisor for grouped-query attention.")
+      raise ValueError(
+        f"LlamaConfig.num_kv_heads ({self.num_kv_heads}) must divide num_heads "
+        f"({self.num_heads}); pick a divisor for grouped-query attention."
+      )
     if self.head_dim is None and self.hidden_dim % self.num_heads:
-      raise ValueError(f"LlamaConfig.hidden_dim ({self.hidden_dim}) is not divisible by "
-                       f"num_heads ({self.num_heads}); set head_dim explicitly.")
+      raise ValueError(
+        f"LlamaConfig.hidden_dim ({self.hidden_dim}) is not divisible by "
+        f"num_heads ({self.num_heads}); set head_dim explicitly."
+      )
     if self.resolved_head_dim < 2 or self.resolved_head_dim % 2:
       raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.resolved_head_dim}.")
     if self.remat not in ("none", *_REMAT_POLICIES):
       raise ValueError(f"LlamaConfig.remat must be 'none', 'full' or 'dots', got {self.remat!r}.")
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in _DTYPES:
-        raise ValueError(f"LlamaConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}.")
+        raise ValueError(
+          f"LlamaConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}."
+        )
     if not (self.rope_theta > 0 and self.norm_eps > 0 and self.init_std > 0):
       raise ValueError("LlamaConfig.rope_theta, norm_eps and init_std must be > 0.")
 
@@ -160,7 +197,9 @@ class LlamaConfig:
 
   def non_embedding_params(self) -> int:
     """Weights outside the embedding and output tables: Wen et al.'s model size."""
-    attention = self.hidden_dim * self.resolved_head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+    attention = (
+      self.hidden_dim * self.resolved_head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+    )
     block = attention + 3 * self.hidden_dim * self.mlp_dim + 2 * self.hidden_dim
     return self.num_layers * block + self.hidden_dim
 
@@ -201,8 +240,7 @@ class RMSNorm(nnx.Module):
     return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def rope_angles(positions, head_dim: int, theta: float,
-                scaling: Llama3RopeScaling | None = None):
+def rope_angles(positions, head_dim: int, theta: float, scaling: Llama3RopeScaling | None = None):
   """cos and sin of position * theta^(-2i/head_dim), i < head_dim / 2 (frequencies scaled by
   ``scaling`` when given); shape [..., T, head_dim/2]."""
   inverse_frequency = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
@@ -224,8 +262,12 @@ class Attention(nnx.Module):
   """Causal grouped-query self-attention with RoPE."""
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
-    d, n, kv, hd = (config.hidden_dim, config.num_heads, config.num_kv_heads,
-                     config.resolved_head_dim)
+    d, n, kv, hd = (
+      config.hidden_dim,
+      config.num_heads,
+      config.num_kv_heads,
+      config.resolved_head_dim,
+    )
     self.config = config
     self.query = _normal_param(rngs, (d, n, hd), (EMBED, HEADS, HEAD_DIM), config)
     self.key = _normal_param(rngs, (d, kv, hd), (EMBED, KV_HEADS, HEAD_DIM), config)
@@ -240,8 +282,9 @@ class Attention(nnx.Module):
     k = constrain(jnp.einsum("btd,dnh->btnh", x, self.key[...].astype(dtype)), kv_heads)
     v = constrain(jnp.einsum("btd,dnh->btnh", x, self.value[...].astype(dtype)), kv_heads)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    mixed = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                         implementation=self.config.attention_impl)
+    mixed = jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, implementation=self.config.attention_impl
+    )
     return jnp.einsum("btnh,nhd->btd", mixed, self.output[...].astype(dtype))
 
 
@@ -292,8 +335,9 @@ class Llama(nnx.Module):
 
   def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.embedding = _normal_param(rngs, (config.vocab_size, config.hidden_dim), (VOCAB, EMBED),
-                                   config)
+    self.embedding = _normal_param(
+      rngs, (config.vocab_size, config.hidden_dim), (VOCAB, EMBED), config
+    )
 
     @nnx.split_rngs(splits=config.num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS})
@@ -303,37 +347,44 @@ class Llama(nnx.Module):
     self.blocks = stacked_blocks(rngs)
     self.final_norm = RMSNorm(config.hidden_dim, config)
     if not config.tie_embeddings:
-      self.unembedding = _normal_param(rngs, (config.hidden_dim, config.vocab_size),
-                                       (EMBED, VOCAB), config)
+      self.unembedding = _normal_param(
+        rngs, (config.hidden_dim, config.vocab_size), (EMBED, VOCAB), config
+      )
 
   def __call__(self, tokens, positions=None):
     """Logits [B, T, vocab] for int tokens [B, T]; positions default to 0..T-1."""
     config = self.config
     if positions is None:
       positions = jnp.arange(tokens.shape[-1])
-    cos, sin = rope_angles(positions, config.resolved_head_dim, config.rope_theta,
-                           config.rope_scaling)
-    x = constrain(jnp.take(self.embedding[...], tokens, axis=0).astype(config.compute_dtype),
-                  RESIDUAL)
+    cos, sin = rope_angles(
+      positions, config.resolved_head_dim, config.rope_theta, config.rope_scaling
+    )
+    x = constrain(
+      jnp.take(self.embedding[...], tokens, axis=0).astype(config.compute_dtype), RESIDUAL
+    )
 
     run_block = _run_block
     if config.remat != "none":
       run_block = nnx.remat(_run_block, policy=_REMAT_POLICIES[config.remat])
     if config.scan_layers:
-      scanned = nnx.scan(lambda block, h: run_block(block, h, cos, sin),
-                         in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
-                         transform_metadata={nnx.PARTITION_NAME: LAYERS})
+      scanned = nnx.scan(
+        lambda block, h: run_block(block, h, cos, sin),
+        in_axes=(0, nnx.Carry),
+        out_axes=nnx.Carry,
+        transform_metadata={nnx.PARTITION_NAME: LAYERS},
+      )
       x = scanned(self.blocks, x)
     else:
       graphdef, stacked = nnx.split(self.blocks)
       for layer in range(config.num_layers):
-        block = nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf[layer], stacked))
+        block = nnx.merge(graphdef, jax.tree.map(lambda leaf, layer=layer: leaf[layer], stacked))
         x = run_block(block, x, cos, sin)
 
     x = self.final_norm(x)
-    unembedding = (self.embedding[...].T if config.tie_embeddings else self.unembedding[...])
-    logits = jnp.einsum("btd,dv->btv", x, unembedding.astype(x.dtype),
-                        preferred_element_type=jnp.float32)
+    unembedding = self.embedding[...].T if config.tie_embeddings else self.unembedding[...]
+    logits = jnp.einsum(
+      "btd,dv->btv", x, unembedding.astype(x.dtype), preferred_element_type=jnp.float32
+    )
     return constrain(logits, (BATCH, LENGTH, ACTIVATION_VOCAB))
 
 

@@ -39,29 +39,60 @@ PAPER_SIZES = {"130m": 130e6, "300m": 300e6, "520m": 520e6, "1.2b": 1.2e9, "2.3b
 
 
 def _paper(hidden_dim: int, num_heads: int, num_layers: int = 32) -> LlamaConfig:
-  return LlamaConfig(vocab_size=BYTE_VOCAB_SIZE, hidden_dim=hidden_dim, mlp_dim=4 * hidden_dim,
-                     num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_heads,
-                     max_seq_len=4096, remat="full", compute_dtype="bfloat16")
+  return LlamaConfig(
+    vocab_size=BYTE_VOCAB_SIZE,
+    hidden_dim=hidden_dim,
+    mlp_dim=4 * hidden_dim,
+    num_layers=num_layers,
+    num_heads=num_heads,
+    num_kv_heads=num_heads,
+    max_seq_len=4096,
+    remat="full",
+    compute_dtype="bfloat16",
+  )
 
 
 PRESETS: dict[str, LlamaConfig] = {
-    # Tests: every feature on (GQA with 2 query heads per kv head, untied output).
-    "tiny": LlamaConfig(vocab_size=BYTE_VOCAB_SIZE, hidden_dim=64, mlp_dim=192, num_layers=2,
-                        num_heads=4, num_kv_heads=2, max_seq_len=128),
-    # The main job: two runs of it fit in 15 minutes on 2 CPU cores
-    # (benchmarks/RESULTS.md has its measured step time). Unrolled: XLA:CPU runs the four
-    # layers faster than under a scan (262 against 291 us/token, benchmarks/RESULTS.md).
-    "demo": LlamaConfig(vocab_size=BYTE_VOCAB_SIZE, hidden_dim=256, mlp_dim=768, num_layers=4,
-                        num_heads=4, num_kv_heads=4, max_seq_len=256, scan_layers=False),
-    # The replication study (benchmarks/replicate.py): ~70 runs must fit in 80 minutes on
-    # 2 CPU cores, so a run of 600k tokens takes under a minute (about 25k tokens/s).
-    "mini": LlamaConfig(vocab_size=BYTE_VOCAB_SIZE, hidden_dim=96, mlp_dim=288, num_layers=3,
-                        num_heads=4, num_kv_heads=4, max_seq_len=128, scan_layers=False),
-    "130m": _paper(512, 8),
-    "300m": _paper(768, 12),
-    "520m": _paper(1024, 16),
-    "1.2b": _paper(1536, 24),
-    "2.3b": _paper(2048, 32, num_layers=34),
+  # Tests: every feature on (GQA with 2 query heads per kv head, untied output).
+  "tiny": LlamaConfig(
+    vocab_size=BYTE_VOCAB_SIZE,
+    hidden_dim=64,
+    mlp_dim=192,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    max_seq_len=128,
+  ),
+  # The main job: two runs of it fit in 15 minutes on 2 CPU cores
+  # (benchmarks/RESULTS.md has its measured step time). Unrolled: XLA:CPU runs the four
+  # layers faster than under a scan (262 against 291 us/token, benchmarks/RESULTS.md).
+  "demo": LlamaConfig(
+    vocab_size=BYTE_VOCAB_SIZE,
+    hidden_dim=256,
+    mlp_dim=768,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=4,
+    max_seq_len=256,
+    scan_layers=False,
+  ),
+  # The replication study (benchmarks/replicate.py): ~70 runs must fit in 80 minutes on
+  # 2 CPU cores, so a run of 600k tokens takes under a minute (about 25k tokens/s).
+  "mini": LlamaConfig(
+    vocab_size=BYTE_VOCAB_SIZE,
+    hidden_dim=96,
+    mlp_dim=288,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=4,
+    max_seq_len=128,
+    scan_layers=False,
+  ),
+  "130m": _paper(512, 8),
+  "300m": _paper(768, 12),
+  "520m": _paper(1024, 16),
+  "1.2b": _paper(1536, 24),
+  "2.3b": _paper(2048, 32, num_layers=34),
 }
 
 
@@ -85,15 +116,19 @@ def preset_table() -> str:
 
   from models.llama import Llama  # pylint: disable=import-outside-toplevel
 
-  lines = ["| preset | layers | hidden | mlp | heads / kv | non-embedding (eval_shape) | paper | diff |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+  lines = [
+    "| preset | layers | hidden | mlp | heads / kv | non-embedding (eval_shape) | paper | diff |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   for name, config in PRESETS.items():
     abstract = nnx.eval_shape(lambda config=config: Llama(config, rngs=nnx.Rngs(0)))
     total = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     non_embedding = total - 2 * config.vocab_size * config.hidden_dim
     paper = PAPER_SIZES.get(name)
     diff = f"{non_embedding / paper - 1:+.1%}" if paper else ""
-    lines.append(f"| {name} | {config.num_layers} | {config.hidden_dim} | {config.mlp_dim} | "
-                 f"{config.num_heads} / {config.num_kv_heads} | {non_embedding / 1e6:,.2f}M | "
-                 f"{f'{paper / 1e6:,.0f}M' if paper else ''} | {diff} |")
+    lines.append(
+      f"| {name} | {config.num_layers} | {config.hidden_dim} | {config.mlp_dim} | "
+      f"{config.num_heads} / {config.num_kv_heads} | {non_embedding / 1e6:,.2f}M | "
+      f"{f'{paper / 1e6:,.0f}M' if paper else ''} | {diff} |"
+    )
   return "\n".join(lines)

@@ -43,25 +43,26 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Logical name -> mesh axis (None: replicated). The first matching rule wins, so
 # a rule list is a priority list exactly as in flax.linen.logical_axis_rules.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    (EMBED, "fsdp"),
-    (MLP, "tensor"),
-    (HEADS, "tensor"),
-    (KV_HEADS, "tensor"),
-    (VOCAB, "tensor"),
-    (HEAD_DIM, None),
-    (LAYERS, None),
-    (NORM, None),
-    (BATCH, ("data", "fsdp")),
-    (LENGTH, None),
-    (ACTIVATION_EMBED, None),
-    (ACTIVATION_HEADS, "tensor"),
-    (ACTIVATION_KV_HEADS, "tensor"),
-    (ACTIVATION_MLP, "tensor"),
-    (ACTIVATION_VOCAB, "tensor"),
+  (EMBED, "fsdp"),
+  (MLP, "tensor"),
+  (HEADS, "tensor"),
+  (KV_HEADS, "tensor"),
+  (VOCAB, "tensor"),
+  (HEAD_DIM, None),
+  (LAYERS, None),
+  (NORM, None),
+  (BATCH, ("data", "fsdp")),
+  (LENGTH, None),
+  (ACTIVATION_EMBED, None),
+  (ACTIVATION_HEADS, "tensor"),
+  (ACTIVATION_KV_HEADS, "tensor"),
+  (ACTIVATION_MLP, "tensor"),
+  (ACTIVATION_VOCAB, "tensor"),
 )
 
-_ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar("activation_sharding",
-                                                                      default=None)
+_ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar(
+  "activation_sharding", default=None
+)
 
 
 def logical_partition_specs(state, rules: Sequence = DEFAULT_RULES):
@@ -93,8 +94,9 @@ def named_shardings(state, mesh: jax.sharding.Mesh, rules: Sequence = DEFAULT_RU
   return jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec), specs)
 
 
-def logical_to_mesh(logical_axes: Sequence[str | None], rules: Sequence = DEFAULT_RULES
-                    ) -> jax.sharding.PartitionSpec:
+def logical_to_mesh(
+  logical_axes: Sequence[str | None], rules: Sequence = DEFAULT_RULES
+) -> jax.sharding.PartitionSpec:
   """The ``PartitionSpec`` of a tensor whose axes carry ``logical_axes`` (first rule wins).
 
   Example:
@@ -104,8 +106,9 @@ def logical_to_mesh(logical_axes: Sequence[str | None], rules: Sequence = DEFAUL
   table = {}
   for name, mesh_axis in rules:
     table.setdefault(name, mesh_axis)
-  return jax.sharding.PartitionSpec(*(None if name is None else table.get(name)
-                                      for name in logical_axes))
+  return jax.sharding.PartitionSpec(
+    *(None if name is None else table.get(name) for name in logical_axes)
+  )
 
 
 @contextlib.contextmanager

@@ -14,14 +14,14 @@ from nexus_optax._nexus import InnerLoopResult, NexusState, inner_loop, nexus
 __version__ = "0.1.0"
 
 __all__ = [
-    "InnerLoopResult",
-    "InnerStepSums",
-    "NexusMetrics",
-    "NexusMultiStepsState",
-    "NexusState",
-    "diagnostics",
-    "inner_loop",
-    "nexus",
-    "nexus_metrics",
-    "nexus_multisteps",
+  "InnerLoopResult",
+  "InnerStepSums",
+  "NexusMetrics",
+  "NexusMultiStepsState",
+  "NexusState",
+  "diagnostics",
+  "inner_loop",
+  "nexus",
+  "nexus_metrics",
+  "nexus_multisteps",
 ]

@@ -6,7 +6,8 @@ gradient, in at least float32, and the per-step statistics that
 :func:`nexus_optax.nexus_metrics` reports.
 """
 
-from typing import Any, Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -50,16 +51,16 @@ def to_accumulation_dtype(tree):
 def check_normalize(normalize: str) -> None:
   if normalize not in NORMALIZE_MODES:
     raise ValueError(
-        f"normalize={normalize!r} is not a normalization mode; use 'global' "
-        "(the paper: one L2 norm over the whole pytree) or 'per_leaf'."
+      f"normalize={normalize!r} is not a normalization mode; use 'global' "
+      "(the paper: one L2 norm over the whole pytree) or 'per_leaf'."
     )
 
 
 def check_inner_rounding(inner_rounding: str) -> None:
   if inner_rounding not in INNER_ROUNDINGS:
     raise ValueError(
-        f"inner_rounding={inner_rounding!r} is not a rounding mode; use 'nearest' (the "
-        "default) or 'stochastic' (unbiased rounding of bfloat16/float16 inner points)."
+      f"inner_rounding={inner_rounding!r} is not a rounding mode; use 'nearest' (the "
+      "default) or 'stochastic' (unbiased rounding of bfloat16/float16 inner points)."
     )
 
 
@@ -89,8 +90,8 @@ def check_mask(mask) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(mask):
     if not isinstance(leaf, (bool, np.bool_)):
       raise ValueError(
-          f"mask leaf {jax.tree_util.keystr(path) or '(root)'} is {leaf!r}; mask= takes a "
-          "pytree of Python bools (True: the leaf trains), or a callable of params returning one."
+        f"mask leaf {jax.tree_util.keystr(path) or '(root)'} is {leaf!r}; mask= takes a "
+        "pytree of Python bools (True: the leaf trains), or a callable of params returning one."
       )
 
 
@@ -99,9 +100,9 @@ def reject_optax_masked(params, who: str) -> None:
   is_masked_node = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
   if any(is_masked_node(leaf) for leaf in jax.tree.leaves(params, is_leaf=is_masked_node)):
     raise ValueError(
-        f"{who} cannot run inside optax.masked: its loss needs every parameter, and "
-        f"optax.masked replaces the frozen ones with MaskedNode. Pass the mask to {who} "
-        f"instead: {who}(..., mask=mask)."
+      f"{who} cannot run inside optax.masked: its loss needs every parameter, and "
+      f"optax.masked replaces the frozen ones with MaskedNode. Pass the mask to {who} "
+      f"instead: {who}(..., mask=mask)."
     )
 
 
@@ -125,12 +126,13 @@ def trainable_flags(params, mask, who: str) -> list[bool]:
     mask_tree = mask(params) if callable(mask) else mask
     check_mask(mask_tree)
     try:
-      broadcast = jax.tree.map(lambda flag, subtree: jax.tree.map(lambda _: flag, subtree),
-                               mask_tree, params)
+      broadcast = jax.tree.map(
+        lambda flag, subtree: jax.tree.map(lambda _: flag, subtree), mask_tree, params
+      )
     except ValueError as error:
       raise ValueError(
-          f"{who}'s mask does not fit the parameters ({error}); give it the structure of "
-          "params, or a prefix of it, with a bool per leaf or subtree."
+        f"{who}'s mask does not fit the parameters ({error}); give it the structure of "
+        "params, or a prefix of it, with a bool per leaf or subtree."
       ) from None
     flags = [bool(flag) for flag in jax.tree.leaves(broadcast)]
     if not any(flags):
@@ -138,10 +140,10 @@ def trainable_flags(params, mask, who: str) -> list[bool]:
   for (path, leaf), trains in zip(jax.tree_util.tree_leaves_with_path(params), flags):
     if trains and not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
       raise ValueError(
-          f"{who}: parameter {jax.tree_util.keystr(path) or '(root)'} has dtype "
-          f"{jnp.result_type(leaf)}, and only floating-point parameters can take inner steps; "
-          f"freeze it with {who}(..., mask=lambda params: jax.tree.map(lambda p: "
-          "jnp.issubdtype(p.dtype, jnp.floating), params))."
+        f"{who}: parameter {jax.tree_util.keystr(path) or '(root)'} has dtype "
+        f"{jnp.result_type(leaf)}, and only floating-point parameters can take inner steps; "
+        f"freeze it with {who}(..., mask=lambda params: jax.tree.map(lambda p: "
+        "jnp.issubdtype(p.dtype, jnp.floating), params))."
       )
   return flags
 
@@ -171,16 +173,14 @@ def check_inner_lr(inner_lr) -> None:
     value = float(inner_lr)
   except (TypeError, ValueError) as error:
     raise ValueError(
-        f"inner_lr={inner_lr!r} is neither a number nor a schedule; pass a "
-        "positive float such as 0.01 or an optax schedule of the outer step count."
+      f"inner_lr={inner_lr!r} is neither a number nor a schedule; pass a "
+      "positive float such as 0.01 or an optax schedule of the outer step count."
     ) from error
   if not value > 0.0:
-    raise ValueError(
-        f"inner_lr must be > 0 (got {inner_lr!r}); the paper's default is 0.01."
-    )
+    raise ValueError(f"inner_lr must be > 0 (got {inner_lr!r}); the paper's default is 0.01.")
 
 
-def inner_lr_at(inner_lr: Union[float, optax.Schedule], count: chex.Numeric) -> jax.Array:
+def inner_lr_at(inner_lr: float | optax.Schedule, count: chex.Numeric) -> jax.Array:
   value = inner_lr(count) if callable(inner_lr) else inner_lr
   return jnp.asarray(value, dtype=float)  # float64 under jax_enable_x64
 
@@ -191,12 +191,12 @@ def _safe_inverse(norm: jax.Array) -> jax.Array:
 
 
 def normalized_step(
-    grads,
-    inner_lr: chex.Numeric,
-    *,
-    normalize: str,
-    skip_nonfinite: bool,
-    loss: chex.Numeric | None = None,
+  grads,
+  inner_lr: chex.Numeric,
+  *,
+  normalize: str,
+  skip_nonfinite: bool,
+  loss: chex.Numeric | None = None,
 ) -> InnerStep:
   """Returns ``gamma * g / ||g||`` for one micro-batch gradient.
 
@@ -233,8 +233,8 @@ def normalized_step(
 
   step = jax.tree.map(lambda u: jnp.asarray(inner_lr, u.dtype) * u, unit)
   return InnerStep(
-      step=step,
-      grad_norm=grad_norm.astype(jnp.float32),
-      unit_sq_norm=unit_sq_norm,
-      finite=finite,
+    step=step,
+    grad_norm=grad_norm.astype(jnp.float32),
+    unit_sq_norm=unit_sq_norm,
+    finite=finite,
   )

@@ -1,6 +1,6 @@
 """Per-outer-step metrics of Nexus, and :func:`nexus_metrics` to read them.
 
-Free consensus estimate (DESIGN.md). With unit inner steps u_1..u_K,
+Free consensus estimate (docs/math.md#consensus-estimate). With unit inner steps u_1..u_K,
 
   ||sum_m u_m||^2 = sum_m ||u_m||^2 + sum_{l != m} u_l . u_m,
 
@@ -72,11 +72,11 @@ class InnerStepSums(NamedTuple):
 
 
 def summarize_outer_step(
-    sums: InnerStepSums,
-    *,
-    pseudo_grad_sq_norm: jax.Array,
-    inner_lr: jax.Array,
-    previous: NexusMetrics,
+  sums: InnerStepSums,
+  *,
+  pseudo_grad_sq_norm: jax.Array,
+  inner_lr: jax.Array,
+  previous: NexusMetrics,
 ) -> NexusMetrics:
   """Turns the sums gathered over one outer step into :class:`NexusMetrics`."""
   sums = InnerStepSums(*(jnp.asarray(x, jnp.float32) for x in sums))
@@ -84,16 +84,16 @@ def summarize_outer_step(
   inner_lr = jnp.asarray(inner_lr, jnp.float32)
   pairwise = pseudo_grad_sq_norm / jnp.square(inner_lr) - sums.unit_sq_norm_sum
   consensus = pairwise / jnp.maximum(
-      (sums.steps_taken - 1.0) * sums.unit_sq_norm_sum, jnp.finfo(jnp.float32).tiny
+    (sums.steps_taken - 1.0) * sums.unit_sq_norm_sum, jnp.finfo(jnp.float32).tiny
   )
   return NexusMetrics(
-      inner_loss=jnp.where(
-          sums.loss_count > 0, sums.loss_sum / jnp.maximum(sums.loss_count, 1.0), jnp.nan
-      ),
-      inner_grad_norm=sums.grad_norm_sum / jnp.maximum(sums.steps_taken, 1.0),
-      pseudo_grad_norm=jnp.sqrt(pseudo_grad_sq_norm),
-      consensus=jnp.where(sums.steps_taken >= 2, consensus, jnp.nan),
-      skipped_steps=previous.skipped_steps + sums.steps_skipped.astype(jnp.int32),
+    inner_loss=jnp.where(
+      sums.loss_count > 0, sums.loss_sum / jnp.maximum(sums.loss_count, 1.0), jnp.nan
+    ),
+    inner_grad_norm=sums.grad_norm_sum / jnp.maximum(sums.steps_taken, 1.0),
+    pseudo_grad_norm=jnp.sqrt(pseudo_grad_sq_norm),
+    consensus=jnp.where(sums.steps_taken >= 2, consensus, jnp.nan),
+    skipped_steps=previous.skipped_steps + sums.steps_skipped.astype(jnp.int32),
   )
 
 
@@ -116,6 +116,10 @@ def nexus_metrics(state: Any) -> dict[str, jax.Array]:
   Raises:
     ValueError: if the state holds no Nexus metrics, or more than one.
 
+  References:
+    Chen et al., `Same Pretraining Loss, Better Downstream Generalization via Common
+    Minima <https://arxiv.org/abs/2604.09258>`_, 2026 (arXiv:2604.09258).
+
   Example:
     >>> import jax.numpy as jnp, optax, nexus_optax as nx
     >>> tx = optax.chain(nx.nexus(inner_lr=0.1), optax.sgd(1.0))
@@ -131,18 +135,18 @@ def nexus_metrics(state: Any) -> dict[str, jax.Array]:
     0
   """
   found = [
-      leaf
-      for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, NexusMetrics))
-      if isinstance(leaf, NexusMetrics)
+    leaf
+    for leaf in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, NexusMetrics))
+    if isinstance(leaf, NexusMetrics)
   ]
   if not found:
     raise ValueError(
-        "this optimizer state holds no Nexus metrics; pass the state of a "
-        "transformation built with nexus_optax.nexus or nexus_optax.nexus_multisteps."
+      "this optimizer state holds no Nexus metrics; pass the state of a "
+      "transformation built with nexus_optax.nexus or nexus_optax.nexus_multisteps."
     )
   if len(found) > 1:
     raise ValueError(
-        f"this optimizer state holds {len(found)} Nexus states; pass the sub-state "
-        "of the one you want to read."
+      f"this optimizer state holds {len(found)} Nexus states; pass the sub-state "
+      "of the one you want to read."
     )
   return found[0]._asdict()

@@ -1,6 +1,7 @@
 """Nexus, transparent form: the paper's Algorithm 3, one micro-batch per call.
 
-Reference: arXiv 2604.09258, Algorithm 3 (engineering adaptation) and Sec. 3.3.
+Reference: Chen et al., https://arxiv.org/abs/2604.09258, Algorithm 3 (engineering
+adaptation) and Sec. 3.3; docs/math.md#algorithm.
 
 The caller's parameters are the inner model. With outer parameters theta_{t-1}
 stored in the state, call m = 1..K of outer step t receives
@@ -16,7 +17,7 @@ not move: no moment decay, no step count, no weight decay. On the same
 micro-batches this gives the outer parameters of ``chain(nexus(...), outer)``.
 """
 
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,14 +50,14 @@ class NexusMultiStepsState(NamedTuple):
 
 
 def nexus_multisteps(
-    outer: optax.GradientTransformation,
-    every_k: int,
-    inner_lr: Union[float, optax.Schedule] = 0.01,
-    *,
-    normalize: str = "global",
-    skip_nonfinite: bool = True,
-    batch_axis_name: str | None = None,
-    mask: Any = None,
+  outer: optax.GradientTransformation,
+  every_k: int,
+  inner_lr: float | optax.Schedule = 0.01,
+  *,
+  normalize: str = "global",
+  skip_nonfinite: bool = True,
+  batch_axis_name: str | None = None,
+  mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps an outer optimizer in Nexus for loops that feed one micro-batch per call.
 
@@ -97,6 +98,10 @@ def nexus_multisteps(
     ``update(grads, state, params, *, value=None, **extra_args)``; ``value``,
     the micro-batch loss, is optional and only feeds the ``inner_loss`` metric.
 
+  References:
+    Chen et al., `Same Pretraining Loss, Better Downstream Generalization via Common
+    Minima <https://arxiv.org/abs/2604.09258>`_, 2026 (arXiv:2604.09258).
+
   Example:
     >>> import jax, jax.numpy as jnp, optax, nexus_optax as nx
     >>> loss_fn = lambda params, x: jnp.sum((params - x) ** 2)
@@ -112,8 +117,8 @@ def nexus_multisteps(
   """
   if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
     raise ValueError(
-        f"every_k must be an integer >= 1 (got {every_k!r}); set it to the number "
-        "of micro-batches per outer step."
+      f"every_k must be an integer >= 1 (got {every_k!r}); set it to the number "
+      "of micro-batches per outer step."
     )
   _inner_step.check_inner_lr(inner_lr)
   _inner_step.check_normalize(normalize)
@@ -126,54 +131,53 @@ def nexus_multisteps(
   def init_fn(params):
     _inner_step.trainable_flags(params, mask, who)
     return NexusMultiStepsState(
-        mini_step=jnp.zeros([], jnp.int32),
-        outer_count=jnp.zeros([], jnp.int32),
-        # A copy, so that a step may donate both params and this state.
-        outer_params=jax.tree.map(lambda p: p.copy(), params),
-        outer_state=outer.init(params),
-        sums=InnerStepSums.zeros(),
-        metrics=NexusMetrics.initial(),
+      mini_step=jnp.zeros([], jnp.int32),
+      outer_count=jnp.zeros([], jnp.int32),
+      # A copy, so that a step may donate both params and this state.
+      outer_params=jax.tree.map(lambda p: p.copy(), params),
+      outer_state=outer.init(params),
+      sums=InnerStepSums.zeros(),
+      metrics=NexusMetrics.initial(),
     )
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     if params is None:
-      raise ValueError(
-          "nexus_multisteps needs params: call tx.update(grads, state, params)."
-      )
+      raise ValueError("nexus_multisteps needs params: call tx.update(grads, state, params).")
     if updates is None:
       raise ValueError(
-          "nexus_multisteps needs the micro-batch gradient taken at params: call "
-          "tx.update(jax.grad(loss_fn)(params, microbatch), state, params)."
+        "nexus_multisteps needs the micro-batch gradient taken at params: call "
+        "tx.update(jax.grad(loss_fn)(params, microbatch), state, params)."
       )
     trains = _inner_step.trainable_flags(params, mask, who)
     param_leaves, treedef = jax.tree.flatten(params)
     trained_params = _inner_step.select(param_leaves, trains)
     trained_grads = _inner_step.select(treedef.flatten_up_to(updates), trains)
-    value, trained_grads = _inner_step.mean_over_batch_axis((value, trained_grads),
-                                                            batch_axis_name)
+    value, trained_grads = _inner_step.mean_over_batch_axis((value, trained_grads), batch_axis_name)
     inner_lr_now = _inner_step.inner_lr_at(inner_lr, state.outer_count)
     inner = _inner_step.normalized_step(
-        trained_grads,
-        inner_lr_now,
-        normalize=normalize,
-        skip_nonfinite=skip_nonfinite,
-        loss=value,
+      trained_grads,
+      inner_lr_now,
+      normalize=normalize,
+      skip_nonfinite=skip_nonfinite,
+      loss=value,
     )
     taken = (inner.finite if skip_nonfinite else jnp.asarray(True)).astype(jnp.float32)
     has_loss = taken * float(value is not None)
     loss = jnp.asarray(0.0 if value is None else value, jnp.float32)
     sums = InnerStepSums(
-        loss_sum=state.sums.loss_sum + jnp.where(has_loss > 0, loss, 0.0),
-        loss_count=state.sums.loss_count + has_loss,
-        grad_norm_sum=state.sums.grad_norm_sum + jnp.where(taken > 0, inner.grad_norm, 0.0),
-        unit_sq_norm_sum=state.sums.unit_sq_norm_sum + inner.unit_sq_norm,
-        steps_taken=state.sums.steps_taken + taken,
-        steps_skipped=state.sums.steps_skipped + (1.0 - taken),
+      loss_sum=state.sums.loss_sum + jnp.where(has_loss > 0, loss, 0.0),
+      loss_count=state.sums.loss_count + has_loss,
+      grad_norm_sum=state.sums.grad_norm_sum + jnp.where(taken > 0, inner.grad_norm, 0.0),
+      unit_sq_norm_sum=state.sums.unit_sq_norm_sum + inner.unit_sq_norm,
+      steps_taken=state.sums.steps_taken + taken,
+      steps_skipped=state.sums.steps_skipped + (1.0 - taken),
     )
 
     def with_frozen_zeros(trained_leaves):
-      return jax.tree.unflatten(treedef, _inner_step.scatter(
-          trained_leaves, trains, lambda i: jnp.zeros_like(param_leaves[i])))
+      return jax.tree.unflatten(
+        treedef,
+        _inner_step.scatter(trained_leaves, trains, lambda i: jnp.zeros_like(param_leaves[i])),
+      )
 
     def inner_update():
       emitted = with_frozen_zeros([-step for step in inner.step])
@@ -182,34 +186,37 @@ def nexus_multisteps(
     def outer_update():
       trained_outer = _inner_step.select(jax.tree.leaves(state.outer_params), trains)
       pseudo_gradient = [
-          outer_p.astype(s.dtype) - p.astype(s.dtype) + s
-          for outer_p, p, s in zip(trained_outer, trained_params, inner.step)
+        outer_p.astype(s.dtype) - p.astype(s.dtype) + s
+        for outer_p, p, s in zip(trained_outer, trained_params, inner.step)
       ]
       outer_updates, outer_state = outer.update(
-          optax.tree.cast_like(with_frozen_zeros(pseudo_gradient), params),
-          state.outer_state,
-          state.outer_params,
-          **extra_args,
+        optax.tree.cast_like(with_frozen_zeros(pseudo_gradient), params),
+        state.outer_state,
+        state.outer_params,
+        **extra_args,
       )
       outer_params = optax.apply_updates(state.outer_params, outer_updates)
-      emitted = with_frozen_zeros([
+      emitted = with_frozen_zeros(
+        [
           new.astype(s.dtype) - p.astype(s.dtype)
-          for new, p, s in zip(_inner_step.select(jax.tree.leaves(outer_params), trains),
-                               trained_params, inner.step)
-      ])
+          for new, p, s in zip(
+            _inner_step.select(jax.tree.leaves(outer_params), trains), trained_params, inner.step
+          )
+        ]
+      )
       metrics = summarize_outer_step(
-          sums,
-          pseudo_grad_sq_norm=optax.tree.norm(pseudo_gradient, squared=True),
-          inner_lr=inner_lr_now,
-          previous=state.metrics,
+        sums,
+        pseudo_grad_sq_norm=optax.tree.norm(pseudo_gradient, squared=True),
+        inner_lr=inner_lr_now,
+        previous=state.metrics,
       )
       return emitted, NexusMultiStepsState(
-          mini_step=jnp.zeros([], jnp.int32),
-          outer_count=optax.safe_increment(state.outer_count),
-          outer_params=outer_params,
-          outer_state=outer_state,
-          sums=InnerStepSums.zeros(),
-          metrics=metrics,
+        mini_step=jnp.zeros([], jnp.int32),
+        outer_count=optax.safe_increment(state.outer_count),
+        outer_params=outer_params,
+        outer_state=outer_state,
+        sums=InnerStepSums.zeros(),
+        metrics=metrics,
       )
 
     return jax.lax.cond(state.mini_step == every_k - 1, outer_update, inner_update)

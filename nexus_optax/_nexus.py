@@ -1,7 +1,8 @@
 """Nexus (scan form): K normalized-SGD inner steps, displacement as gradient.
 
-Reference: "Same Pretraining Loss, Better Downstream Generalization via Common
-Minima", arXiv 2604.09258, Algorithm 1 and Sec. 3.2.
+Reference: Chen et al., "Same Pretraining Loss, Better Downstream Generalization via
+Common Minima", https://arxiv.org/abs/2604.09258, Algorithm 1 and Sec. 3.2. The math
+below is derived in docs/math.md.
 
 For outer step t, starting at theta_{t,0} = theta_{t-1} and for m = 1..K:
 
@@ -11,7 +12,7 @@ For outer step t, starting at theta_{t,0} = theta_{t-1} and for m = 1..K:
 
 and g_hat_t goes to the outer optimizer as if it were a gradient.
 
-To second order (DESIGN.md, "What the second-order term really is"), with
+To second order (docs/math.md#second-order-expansion), with
 u_i = g_i / ||g_i|| and J_i = (I - u_i u_i^T) H_i / ||g_i|| at theta_{t,0}:
 
   g_hat = gamma * sum_m u_{s_m} - gamma^2 * sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3),
@@ -20,10 +21,11 @@ whose average over the K! orders of K distinct micro-batches is
 gamma * sum_i u_i - (gamma^2 / 2) * sum_{i != j} J_i u_j. This Hessian-coupling
 term is what the paper (Eq. 9, 12) identifies with the gradient of the summed
 cross-source cosine similarity; it equals that gradient only where P_i and H_i
-commute.
+commute (docs/math.md#where-the-papers-eq-9-and-eq-12-differ).
 """
 
-from typing import Any, Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -60,19 +62,19 @@ def _num_microbatches(microbatches) -> int:
   leaves = jax.tree.leaves(microbatches)
   if not leaves:
     raise ValueError(
-        "microbatches is empty; pass a pytree of arrays whose leading axis "
-        "indexes the K micro-batches."
+      "microbatches is empty; pass a pytree of arrays whose leading axis "
+      "indexes the K micro-batches."
     )
   sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) > 0 else None for leaf in leaves}
   if None in sizes:
     raise ValueError(
-        "every leaf of microbatches needs a leading micro-batch axis, but one is "
-        "a scalar; stack the K micro-batches along axis 0."
+      "every leaf of microbatches needs a leading micro-batch axis, but one is "
+      "a scalar; stack the K micro-batches along axis 0."
     )
   if len(sizes) > 1:
     raise ValueError(
-        f"micro-batch leaves have different leading sizes {sorted(sizes)}; "
-        "stack every leaf to the same K micro-batches along axis 0."
+      f"micro-batch leaves have different leading sizes {sorted(sizes)}; "
+      "stack every leaf to the same K micro-batches along axis 0."
     )
   (size,) = sizes
   if size < 1:
@@ -86,34 +88,34 @@ def _check_loss_signature(loss_fn, params, microbatches, has_aux: bool) -> None:
   if has_aux:
     if not (isinstance(out, tuple) and len(out) == 2):
       raise ValueError(
-          "with has_aux=True, loss_fn must return (loss, aux); it returned "
-          f"{type(out).__name__}. Pass has_aux=False for a loss_fn that returns a scalar."
+        "with has_aux=True, loss_fn must return (loss, aux); it returned "
+        f"{type(out).__name__}. Pass has_aux=False for a loss_fn that returns a scalar."
       )
     out = out[0]
   elif isinstance(out, tuple):
     raise ValueError(
-        "loss_fn returned a tuple; if it returns (loss, aux), build Nexus with has_aux=True."
+      "loss_fn returned a tuple; if it returns (loss, aux), build Nexus with has_aux=True."
     )
   if getattr(out, "shape", None) != ():
     raise ValueError(
-        f"loss_fn must return a scalar loss, got shape {getattr(out, 'shape', None)}; "
-        "reduce it, e.g. with .mean() over the micro-batch."
+      f"loss_fn must return a scalar loss, got shape {getattr(out, 'shape', None)}; "
+      "reduce it, e.g. with .mean() over the micro-batch."
     )
 
 
 def inner_loop(
-    loss_fn: Callable[..., Any],
-    params: optax.Params,
-    microbatches: Any,
-    inner_lr: chex.Numeric,
-    *,
-    normalize: str = "global",
-    has_aux: bool = False,
-    skip_nonfinite: bool = True,
-    inner_rounding: str = "nearest",
-    rounding_key: jax.Array | None = None,
-    batch_axis_name: str | None = None,
-    mask: Any = None,
+  loss_fn: Callable[..., Any],
+  params: optax.Params,
+  microbatches: Any,
+  inner_lr: chex.Numeric,
+  *,
+  normalize: str = "global",
+  has_aux: bool = False,
+  skip_nonfinite: bool = True,
+  inner_rounding: str = "nearest",
+  rounding_key: jax.Array | None = None,
+  batch_axis_name: str | None = None,
+  mask: Any = None,
 ) -> InnerLoopResult:
   """Runs Algorithm 1's inner loop with ``jax.lax.scan`` over micro-batches.
 
@@ -154,6 +156,10 @@ def inner_loop(
   Returns:
     An :class:`InnerLoopResult`.
 
+  References:
+    Chen et al., `Same Pretraining Loss, Better Downstream Generalization via Common
+    Minima <https://arxiv.org/abs/2604.09258>`_, 2026 (arXiv:2604.09258).
+
   Raises:
     ValueError: for a trainable parameter that is not floating point (mask it), a mask
       that does not fit ``params``, and the malformed inputs named in the messages.
@@ -175,8 +181,8 @@ def inner_loop(
   stochastic = inner_rounding == "stochastic"
   if stochastic and rounding_key is None:
     raise ValueError(
-        "inner_rounding='stochastic' needs rounding_key=jax.random.key(seed), a fresh "
-        "key per outer step (nexus() folds in the step count for you)."
+      "inner_rounding='stochastic' needs rounding_key=jax.random.key(seed), a fresh "
+      "key per outer step (nexus() folds in the step count for you)."
     )
   leaves, treedef = jax.tree.flatten(params)
   trained = _inner_step.select(leaves, trains)
@@ -207,19 +213,19 @@ def inner_loop(
     loss, aux = value if has_aux else (value, None)
     loss, grads = _inner_step.mean_over_batch_axis((loss, grads), batch_axis_name)
     inner = _inner_step.normalized_step(
-        grads,
-        inner_lr,
-        normalize=normalize,
-        skip_nonfinite=skip_nonfinite,
-        loss=loss,
+      grads,
+      inner_lr,
+      normalize=normalize,
+      skip_nonfinite=skip_nonfinite,
+      loss=loss,
     )
     displacement = jax.tree.map(jnp.add, displacement, inner.step)
     per_step = (
-        jnp.asarray(loss, jnp.float32),
-        inner.grad_norm,
-        inner.unit_sq_norm,
-        inner.finite,
-        aux,
+      jnp.asarray(loss, jnp.float32),
+      inner.grad_norm,
+      inner.unit_sq_norm,
+      inner.finite,
+      aux,
     )
     return displacement, per_step
 
@@ -227,12 +233,14 @@ def inner_loop(
   # explicit mesh requires of a scan carry.
   initial = [jnp.zeros_like(p, _inner_step.accumulation_dtype(p.dtype)) for p in trained]
   displacement, (losses, grad_norms, unit_sq_norms, finite, aux) = jax.lax.scan(
-      one_inner_step, initial, (jnp.arange(num_steps), microbatches)
+    one_inner_step, initial, (jnp.arange(num_steps), microbatches)
   )
   frozen_zeros = lambda i: jnp.zeros_like(  # noqa: E731
-      leaves[i], _inner_step.accumulation_dtype(jnp.result_type(leaves[i])))
+    leaves[i], _inner_step.accumulation_dtype(jnp.result_type(leaves[i]))
+  )
   displacement = jax.tree.unflatten(
-      treedef, _inner_step.scatter(displacement, trains, frozen_zeros))
+    treedef, _inner_step.scatter(displacement, trains, frozen_zeros)
+  )
   return InnerLoopResult(displacement, losses, grad_norms, unit_sq_norms, finite, aux)
 
 
@@ -249,15 +257,15 @@ class NexusState(NamedTuple):
 
 
 def nexus(
-    inner_lr: Union[float, optax.Schedule] = 0.01,
-    *,
-    normalize: str = "global",
-    has_aux: bool = False,
-    skip_nonfinite: bool = True,
-    inner_rounding: str = "nearest",
-    rounding_seed: int = 0,
-    batch_axis_name: str | None = None,
-    mask: Any = None,
+  inner_lr: float | optax.Schedule = 0.01,
+  *,
+  normalize: str = "global",
+  has_aux: bool = False,
+  skip_nonfinite: bool = True,
+  inner_rounding: str = "nearest",
+  rounding_seed: int = 0,
+  batch_axis_name: str | None = None,
+  mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Nexus pseudo-gradient: K normalized inner steps, then the displacement.
 
@@ -317,6 +325,10 @@ def nexus(
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` is
     ``update(updates, state, params, *, loss_fn, microbatches, **extra_args)``.
 
+  References:
+    Chen et al., `Same Pretraining Loss, Better Downstream Generalization via Common
+    Minima <https://arxiv.org/abs/2604.09258>`_, 2026 (arXiv:2604.09258).
+
   Example:
     >>> import jax, jax.numpy as jnp, optax, nexus_optax as nx
     >>> def loss_fn(params, batch):
@@ -349,49 +361,50 @@ def nexus(
     del updates, extra_args
     if params is None:
       raise ValueError(
-          "nexus needs params: call tx.update(None, state, params, loss_fn=..., microbatches=...)."
+        "nexus needs params: call tx.update(None, state, params, loss_fn=..., microbatches=...)."
       )
     if loss_fn is None:
       raise ValueError(
-          "nexus needs loss_fn=loss_fn(params, microbatch) as a keyword argument of update."
+        "nexus needs loss_fn=loss_fn(params, microbatch) as a keyword argument of update."
       )
     if microbatches is None:
       raise ValueError(
-          "nexus needs microbatches= as a keyword argument of update: a pytree whose "
-          "leaves stack the K micro-batches along axis 0."
+        "nexus needs microbatches= as a keyword argument of update: a pytree whose "
+        "leaves stack the K micro-batches along axis 0."
       )
     _inner_step.trainable_flags(params, mask, "nexus")
     inner_lr_now = _inner_step.inner_lr_at(inner_lr, state.count)
     result = inner_loop(
-        loss_fn,
-        params,
-        microbatches,
-        inner_lr_now,
-        normalize=normalize,
-        has_aux=has_aux,
-        skip_nonfinite=skip_nonfinite,
-        inner_rounding=inner_rounding,
-        rounding_key=(jax.random.fold_in(jax.random.key(rounding_seed, impl="rbg"), state.count)
-                      if inner_rounding == "stochastic" else None),
-        batch_axis_name=batch_axis_name,
-        mask=mask,
+      loss_fn,
+      params,
+      microbatches,
+      inner_lr_now,
+      normalize=normalize,
+      has_aux=has_aux,
+      skip_nonfinite=skip_nonfinite,
+      inner_rounding=inner_rounding,
+      rounding_key=(
+        jax.random.fold_in(jax.random.key(rounding_seed, impl="rbg"), state.count)
+        if inner_rounding == "stochastic"
+        else None
+      ),
+      batch_axis_name=batch_axis_name,
+      mask=mask,
     )
-    taken = (result.finite if skip_nonfinite else jnp.ones_like(result.finite)).astype(
-        jnp.float32
-    )
+    taken = (result.finite if skip_nonfinite else jnp.ones_like(result.finite)).astype(jnp.float32)
     sums = InnerStepSums(
-        loss_sum=jnp.sum(jnp.where(taken > 0, result.losses, 0.0)),
-        loss_count=jnp.sum(taken),
-        grad_norm_sum=jnp.sum(jnp.where(taken > 0, result.grad_norms, 0.0)),
-        unit_sq_norm_sum=jnp.sum(result.unit_sq_norms),
-        steps_taken=jnp.sum(taken),
-        steps_skipped=jnp.sum(1.0 - taken),
+      loss_sum=jnp.sum(jnp.where(taken > 0, result.losses, 0.0)),
+      loss_count=jnp.sum(taken),
+      grad_norm_sum=jnp.sum(jnp.where(taken > 0, result.grad_norms, 0.0)),
+      unit_sq_norm_sum=jnp.sum(result.unit_sq_norms),
+      steps_taken=jnp.sum(taken),
+      steps_skipped=jnp.sum(1.0 - taken),
     )
     metrics = summarize_outer_step(
-        sums,
-        pseudo_grad_sq_norm=optax.tree.norm(result.displacement, squared=True),
-        inner_lr=inner_lr_now,
-        previous=state.metrics,
+      sums,
+      pseudo_grad_sq_norm=optax.tree.norm(result.displacement, squared=True),
+      inner_lr=inner_lr_now,
+      previous=state.metrics,
     )
     pseudo_gradient = jax.tree.map(lambda d, p: d.astype(p.dtype), result.displacement, params)
     return pseudo_gradient, NexusState(count=optax.safe_increment(state.count), metrics=metrics)

@@ -7,10 +7,14 @@ different training sources,
 
 which Nexus is meant to raise (Sec. 3.1: it upper-bounds the distance between
 the sources' minimizers), and the first-order part of Nexus's pseudo-gradient,
-whose difference from the real one is the second-order term that does the raising.
+whose difference from the real one is the second-order term that the paper credits
+with the raising. That term is a Hessian coupling, equal to the cosine's gradient
+only in special cases (docs/math.md#where-the-papers-eq-9-and-eq-12-differ), so
+whether a run raises the cosine is measured here, not assumed.
 """
 
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,21 +35,21 @@ def _per_source_grads(loss_fn, params, batches_by_source, has_aux):
   sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
   if not leaves or None in sizes or len(sizes) != 1:
     raise ValueError(
-        "batches_by_source must be a list of per-source batches, or a pytree whose "
-        f"leaves share one leading source axis (got leading sizes {sorted(map(str, sizes))})."
+      "batches_by_source must be a list of per-source batches, or a pytree whose "
+      f"leaves share one leading source axis (got leading sizes {sorted(map(str, sizes))})."
     )
   stacked = jax.lax.map(
-      lambda b: _inner_step.to_accumulation_dtype(grad_fn(params, b)), batches_by_source
+    lambda b: _inner_step.to_accumulation_dtype(grad_fn(params, b)), batches_by_source
   )
   return [jax.tree.map(lambda g, i=i: g[i], stacked) for i in range(sizes.pop())]
 
 
 def gradient_cosine_matrix(
-    loss_fn: Callable[..., Any],
-    params: optax.Params,
-    batches_by_source: Union[Sequence[Any], Any],
-    *,
-    has_aux: bool = False,
+  loss_fn: Callable[..., Any],
+  params: optax.Params,
+  batches_by_source: Sequence[Any] | Any,
+  *,
+  has_aux: bool = False,
 ) -> jax.Array:
   """The S x S cosine similarities of the per-source gradients at ``params``.
 
@@ -60,6 +64,10 @@ def gradient_cosine_matrix(
   Returns:
     A float32 ``[S, S]`` symmetric matrix; the diagonal is 1 for a nonzero
     gradient, and any entry involving a zero gradient is 0.
+
+  References:
+    Chen et al., `Same Pretraining Loss, Better Downstream Generalization via Common
+    Minima <https://arxiv.org/abs/2604.09258>`_, 2026 (arXiv:2604.09258), Table 4.
 
   Example:
     >>> import jax.numpy as jnp, nexus_optax as nx
@@ -83,12 +91,12 @@ def gradient_cosine_matrix(
 
 
 def first_order_pseudo_gradient(
-    loss_fn: Callable[..., Any],
-    params: optax.Params,
-    microbatches: Any,
-    inner_lr: float,
-    *,
-    normalize: str = "global",
+  loss_fn: Callable[..., Any],
+  params: optax.Params,
+  microbatches: Any,
+  inner_lr: float,
+  *,
+  normalize: str = "global",
 ) -> Any:
   r"""Nexus's pseudo-gradient with every unit gradient taken at the start point.
 
@@ -98,7 +106,7 @@ def first_order_pseudo_gradient(
 
   This is :func:`nexus_optax.inner_loop`'s displacement without the inner steps'
   feedback: ``inner_loop(...).displacement - F`` is the Hessian-coupling term
-  ``-gamma^2 sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3)`` (DESIGN.md), the part that
+  ``-gamma^2 sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3)`` (docs/math.md), the part that
   numerics such as a bfloat16 forward pass can erase (benchmarks/bf16_fidelity.py).
 
   Args:
@@ -110,6 +118,11 @@ def first_order_pseudo_gradient(
 
   Returns:
     F with the structure of ``params``, each leaf in at least float32.
+
+  References:
+    Chen et al., `Same Pretraining Loss, Better Downstream Generalization via Common
+    Minima <https://arxiv.org/abs/2604.09258>`_, 2026 (arXiv:2604.09258), Sec. 3.2;
+    docs/math.md#second-order-expansion.
 
   Example:
     >>> import jax.numpy as jnp, nexus_optax as nx
@@ -125,10 +138,12 @@ def first_order_pseudo_gradient(
 
   def add_unit_step(total, microbatch):
     grads = jax.grad(loss_fn)(params, microbatch)
-    step = _inner_step.normalized_step(grads, inner_lr, normalize=normalize,
-                                       skip_nonfinite=False).step
+    step = _inner_step.normalized_step(
+      grads, inner_lr, normalize=normalize, skip_nonfinite=False
+    ).step
     return jax.tree.map(jnp.add, total, step), None
 
   zeros = jax.tree.map(
-      lambda p: jnp.zeros(jnp.shape(p), _inner_step.accumulation_dtype(p.dtype)), params)
+    lambda p: jnp.zeros(jnp.shape(p), _inner_step.accumulation_dtype(p.dtype)), params
+  )
   return jax.lax.scan(add_unit_step, zeros, microbatches)[0]

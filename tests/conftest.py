@@ -28,7 +28,7 @@ class SoftmaxRegression:
     rng = np.random.default_rng(seed)
     self.xs = []
     self.ys = []
-    for i in range(num_sources):
+    for _ in range(num_sources):
       shift = rng.normal(size=d) * 0.5
       x = rng.normal(size=(n, d)) + shift
       labels = rng.integers(0, c, size=n)
@@ -74,8 +74,8 @@ class SoftmaxRegression:
 
   def microbatches(self, sequence, dtype=np.float64):
     return {
-        "x": np.stack([self.xs[s] for s in sequence]).astype(dtype),
-        "y": np.stack([self.ys[s] for s in sequence]).astype(dtype),
+      "x": np.stack([self.xs[s] for s in sequence]).astype(dtype),
+      "y": np.stack([self.ys[s] for s in sequence]).astype(dtype),
     }
 
 
@@ -88,13 +88,19 @@ def problem():
 def small_corpus(tmp_path_factory):
   """A corpus with every domain and held-out set, small enough to build in seconds."""
   from train.data import corpus as corpus_lib
-  spec = corpus_lib.CorpusSpec(math_train_rounds=12, math_validation_rounds=4,
-                               math_extrapolate_rounds=2, rounds_per_task=6,
-                               extrapolate_rounds_per_task=1)
+
+  spec = corpus_lib.CorpusSpec(
+    math_train_rounds=12,
+    math_validation_rounds=4,
+    math_extrapolate_rounds=2,
+    rounds_per_task=6,
+    extrapolate_rounds_per_task=1,
+  )
   directory = tmp_path_factory.mktemp("corpus") / "small"
   download_dir = corpus_lib.default_cache_root() / "downloads"
-  return corpus_lib.Corpus(corpus_lib.build_corpus(directory, spec, download_dir=download_dir,
-                                                   show_progress=False))
+  return corpus_lib.Corpus(
+    corpus_lib.build_corpus(directory, spec, download_dir=download_dir, show_progress=False)
+  )
 
 
 @pytest.fixture(scope="session")
@@ -103,19 +109,34 @@ def small_cache(small_corpus, tmp_path_factory):
   from train.data import load_spec
   from train.data.corpus import SPEC_FILE
   from train.data.prepare import prepare
-  return prepare(load_spec(small_corpus.root / SPEC_FILE), "bytes",
-                 tmp_path_factory.mktemp("cache") / "small", show_progress=False)
+
+  return prepare(
+    load_spec(small_corpus.root / SPEC_FILE),
+    "bytes",
+    tmp_path_factory.mktemp("cache") / "small",
+    show_progress=False,
+  )
 
 
 @pytest.fixture(scope="session")
 def sentencepiece_model(small_corpus, tmp_path_factory):
   """A 500-piece BPE SentencePiece model (byte fallback) trained on the small corpus."""
   import sentencepiece as spm
-  lines = [line for doc in small_corpus.documents("train", "technical")[:30]
-           for line in doc.splitlines() if line.strip()]
+
+  lines = [
+    line
+    for doc in small_corpus.documents("train", "technical")[:30]
+    for line in doc.splitlines()
+    if line.strip()
+  ]
   model = tmp_path_factory.mktemp("sentencepiece") / "sp.model"
   with open(model, "wb") as stream:
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=stream,
-                                   vocab_size=500, model_type="bpe", byte_fallback=True,
-                                   minloglevel=2)
+    spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines),
+      model_writer=stream,
+      vocab_size=500,
+      model_type="bpe",
+      byte_fallback=True,
+      minloglevel=2,
+    )
   return model

@@ -27,11 +27,32 @@ def table_rows(summary: str) -> tuple[list[str], dict[str, list[float]]]:
 @pytest.fixture(scope="module")
 def comparison(small_cache, tmp_path_factory):
   out = tmp_path_factory.mktemp("compare")
-  result = checked(subprocess.run(
-      [sys.executable, "-m", "train.compare", "--preset", "tiny", "--out", str(out), "--steps", "6",
-       "--eval-every", "3", "--data", str(small_cache.root), "--no-progress"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
-      env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"}))
+  result = checked(
+    subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "train.compare",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--data",
+        str(small_cache.root),
+        "--no-progress",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+      env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"},
+    )
+  )
   (run_dir,) = out.iterdir()
   return run_dir, result.stdout
 
@@ -59,15 +80,17 @@ def test_summary_table_holds_both_runs_measured_losses(comparison):
     assert math.isclose(values["held-out mean"], sum(heldout) / len(heldout), abs_tol=1e-4)
     assert math.isclose(values["code (val)"], record["validation/code/loss"], abs_tol=1e-4)
     assert math.isclose(values["grad cosine"], record["gradient_cosine/mean"], abs_tol=1e-4)
-  for column, nexus, adamw, difference in zip(header, rows["AdamW + Nexus"], rows["AdamW"],
-                                               rows["Nexus - AdamW"]):
+  for column, nexus, adamw, difference in zip(
+    header, rows["AdamW + Nexus"], rows["AdamW"], rows["Nexus - AdamW"]
+  ):
     assert math.isclose(difference, nexus - adamw, abs_tol=2e-4), column
 
 
 def test_both_runs_share_everything_but_the_optimizer(comparison):
   run_dir, _ = comparison
-  configs = {name: json.loads((run_dir / name / "config.json").read_text())
-             for name in ("adamw", "nexus")}
+  configs = {
+    name: json.loads((run_dir / name / "config.json").read_text()) for name in ("adamw", "nexus")
+  }
   assert configs["adamw"]["optimizer"] == "adamw" and configs["nexus"]["optimizer"] == "nexus"
   differing = {k for k in configs["adamw"] if configs["adamw"][k] != configs["nexus"][k]}
   assert differing == {"optimizer", "out"}
@@ -79,13 +102,17 @@ def test_plots_are_pngs_and_checkpoints_load_in_train_evaluate(comparison, tmp_p
     assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   text = tmp_path / "text.txt"
   text.write_text("def add(a, b):\n    return a + b\n" * 8)
-  result = checked(run_cli(["--checkpoint", run_dir / "nexus", "--text-file", text, "--json"],
-                           module="train.evaluate"))
+  result = checked(
+    run_cli(
+      ["--checkpoint", run_dir / "nexus", "--text-file", text, "--json"], module="train.evaluate"
+    )
+  )
   assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 6
 
 
 def test_flags_that_the_job_sets_are_refused(tmp_path):
   from train import compare
+
   assert compare.main(["--optimizer", "nexus", "--out", str(tmp_path)]) == 2
   assert not any(tmp_path.iterdir())
 

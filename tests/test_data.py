@@ -12,16 +12,27 @@ import grain
 import numpy as np
 import pytest
 
-from train.data import (Corpus, CorpusSpec, LoaderConfig, MixtureError,
-                        epochs_per_source, outer_step_dataset, parse_mixture, source_sequences,
-                        training_dataset)
-from train.data import tokenizer
+from train.data import (
+  Corpus,
+  CorpusSpec,
+  LoaderConfig,
+  MixtureError,
+  epochs_per_source,
+  outer_step_dataset,
+  parse_mixture,
+  source_sequences,
+  tokenizer,
+  training_dataset,
+)
+
 
 # A corpus small enough to build in seconds: every source, little generated math.
 def numbered_sources(sizes: dict[str, int], seq_len: int = 4) -> dict[str, np.ndarray]:
   """Sequences whose first token is a global id: source s, row r -> 1000 * s + r."""
-  return {name: np.stack([np.full(seq_len + 1, 1000 * s + r, np.int32) for r in range(size)])
-          for s, (name, size) in enumerate(sizes.items())}
+  return {
+    name: np.stack([np.full(seq_len + 1, 1000 * s + r, np.int32) for r in range(size)])
+    for s, (name, size) in enumerate(sizes.items())
+  }
 
 
 def take(dataset, steps, start=0):
@@ -37,8 +48,9 @@ def test_pack_cuts_the_document_stream_into_overlapping_windows():
   stream = []
   for doc in documents:  # reference: plain Python over the UTF-8 bytes
     stream += list(doc.encode("utf-8")) + [tokenizer.END_OF_DOCUMENT]
-  expected = [stream[i * seq_len: i * seq_len + seq_len + 1]
-              for i in range((len(stream) - 1) // seq_len)]
+  expected = [
+    stream[i * seq_len : i * seq_len + seq_len + 1] for i in range((len(stream) - 1) // seq_len)
+  ]
   packed = tokenizer.pack(documents, seq_len)
   assert packed.dtype == np.int32 and packed.tolist() == expected
   # Every token but the first is a target exactly once.
@@ -85,8 +97,9 @@ def test_two_runs_see_identical_micro_batches():
   run_b = take(outer_step_dataset(dict(sequences), {"a": 1, "b": 2}, config), 20)
   for x, y in zip(run_a, run_b):
     np.testing.assert_array_equal(x["tokens"], y["tokens"])
-  other_seed = take(outer_step_dataset(sequences, {"a": 1, "b": 2},
-                                       LoaderConfig(4, 6, 3, seed=8)), 20)
+  other_seed = take(
+    outer_step_dataset(sequences, {"a": 1, "b": 2}, LoaderConfig(4, 6, 3, seed=8)), 20
+  )
   assert any((x["tokens"] != y["tokens"]).any() for x, y in zip(run_a, other_seed))
 
 
@@ -113,9 +126,12 @@ def test_process_shards_split_each_global_micro_batch_by_rows(mode):
   weights = {"a": 0.625, "b": 0.375}
   sequences = numbered_sources(sizes)
   config = LoaderConfig(seq_len=4, micro_batch_size=8, microbatches=2, mode=mode, seed=5)
-  shards = [outer_step_dataset(sequences, weights, config,
-                               grain.sharding.ShardOptions(shard_index=i, shard_count=2))
-            for i in range(2)]
+  shards = [
+    outer_step_dataset(
+      sequences, weights, config, grain.sharding.ShardOptions(shard_index=i, shard_count=2)
+    )
+    for i in range(2)
+  ]
   # 4 steps x 2 micro-batches x 8 sequences = 64 = one epoch of both sources at these weights.
   steps = [take(shard, 4) for shard in shards]
   ids = [np.concatenate([s["tokens"][..., 0].ravel() for s in run]) for run in steps]
@@ -141,7 +157,9 @@ def test_epochs_per_source_counts_reads_through_each_source():
 AVAILABLE = ["code", "math", "prose", "technical"]
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(
+  "text, message",
+  [
     ("", "empty"),
     ("   ", "empty"),
     ("prose", "malformed"),
@@ -155,7 +173,8 @@ AVAILABLE = ["code", "math", "prose", "technical"]
     ("prose=inf", "must be a finite number > 0"),
     ("prose=lots", "is not a number"),
     ("prose=1,prose=2", "appears twice"),
-])
+  ],
+)
 def test_bad_mixture_text_gets_a_one_line_error(text, message):
   with pytest.raises(MixtureError, match=message) as error:
     parse_mixture(text, AVAILABLE)
@@ -174,8 +193,12 @@ def test_bad_loader_input_gets_a_one_line_error(small_cache):
     source_sequences(small_cache, "technical", seq_len=10_000_000)
   errors.append(e)
   with pytest.raises(MixtureError, match="not divisible by the 2 data shards") as e:
-    outer_step_dataset(numbered_sources({"a": 8}), {"a": 1}, LoaderConfig(4, 3, 2),
-                       grain.sharding.ShardOptions(shard_index=0, shard_count=2))
+    outer_step_dataset(
+      numbered_sources({"a": 8}),
+      {"a": 1},
+      LoaderConfig(4, 3, 2),
+      grain.sharding.ShardOptions(shard_index=0, shard_count=2),
+    )
   errors.append(e)
   with pytest.raises(MixtureError, match="no sources") as e:
     outer_step_dataset(numbered_sources({"a": 8}), {}, LoaderConfig(4, 2, 2))
@@ -183,8 +206,9 @@ def test_bad_loader_input_gets_a_one_line_error(small_cache):
   assert all("\n" not in str(error.value) for error in errors)
 
 
-@pytest.mark.parametrize("field, value", [("math_train_rounds", 0), ("rounds_per_task", -2),
-                                          ("seed", -1)])
+@pytest.mark.parametrize(
+  "field, value", [("math_train_rounds", 0), ("rounds_per_task", -2), ("seed", -1)]
+)
 def test_bad_corpus_spec_gets_a_one_line_error(field, value):
   with pytest.raises(ValueError, match=f"CorpusSpec.{field} must be an integer >= "):
     CorpusSpec(**{field: value})
@@ -232,23 +256,31 @@ def test_no_validation_or_held_out_text_appears_in_training(small_corpus):
         assert hashlib.sha256(" ".join(doc.split()).encode()).hexdigest() not in train_hashes
       # Beyond whole documents: long passages of the prose, code and held-out sets are
       # not in training either (math questions are short and formulaic, so skipped).
-      if name in ("math",  "math_extrapolate"):
+      if name in ("math", "math_extrapolate"):
         continue
       long_docs = [d for d in docs if len(d) > 400]
       for doc in (long_docs[i] for i in rng.integers(0, len(long_docs), 5)):
         start = int(rng.integers(0, len(doc) - 300))
-        assert doc[start:start + 300] not in train_text, (role, name)
+        assert doc[start : start + 300] not in train_text, (role, name)
 
 
 def test_math_generation_does_not_depend_on_the_callers_hash_seed():
-  script = ("import hashlib; from train.data.corpus import generate_math; "
-            "docs = generate_math('train', 11, rounds=2, rounds_per_task=1); "
-            "print(hashlib.sha256(''.join(docs).encode()).hexdigest())")
+  script = (
+    "import hashlib; from train.data.corpus import generate_math; "
+    "docs = generate_math('train', 11, rounds=2, rounds_per_task=1); "
+    "print(hashlib.sha256(''.join(docs).encode()).hexdigest())"
+  )
   digests = set()
   for hash_seed in ("1", "2"):
     env = dict(os.environ, PYTHONHASHSEED=hash_seed)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=env, cwd=pathlib.Path(__file__).parents[1], check=True)
+    result = subprocess.run(
+      [sys.executable, "-c", script],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=pathlib.Path(__file__).parents[1],
+      check=True,
+    )
     digests.add(result.stdout.strip())
   assert len(digests) == 1
 
@@ -263,7 +295,9 @@ def test_training_dataset_streams_the_cache(small_corpus, small_cache):
   counts = collections.Counter(np.concatenate([dataset[i]["source"].ravel() for i in range(10)]))
   assert counts[0] == 80 and counts[1] == counts[2] == 40
   # The cache's windows are exactly the byte-level packing of the corpus's documents.
-  prose = {tuple(row) for row in tokenizer.pack(small_corpus.documents("train", "prose"), 64).tolist()}
+  prose = {
+    tuple(row) for row in tokenizer.pack(small_corpus.documents("train", "prose"), 64).tolist()
+  }
   windows = source_sequences(small_cache, "prose", 64)
   assert len(windows) == len(prose)
   assert {tuple(windows[i].tolist()) for i in range(0, len(windows), 97)} <= prose

@@ -27,7 +27,9 @@ def test_every_k_must_be_a_positive_integer(every_k):
 
 
 @pytest.mark.parametrize("inner_lr", [0.0, -0.01, float("nan")])
-@pytest.mark.parametrize("factory", [nx.nexus, lambda lr: nx.nexus_multisteps(optax.sgd(1.0), 2, lr)])
+@pytest.mark.parametrize(
+  "factory", [nx.nexus, lambda lr: nx.nexus_multisteps(optax.sgd(1.0), 2, lr)]
+)
 def test_inner_lr_must_be_positive(factory, inner_lr):
   with pytest.raises(ValueError, match=r"inner_lr must be > 0 .*0\.01"):
     factory(inner_lr)
@@ -38,8 +40,10 @@ def test_inner_lr_must_be_a_number_or_schedule():
     nx.nexus("fast")
 
 
-@pytest.mark.parametrize("factory", [lambda n: nx.nexus(normalize=n),
-                                     lambda n: nx.nexus_multisteps(optax.sgd(1.0), 2, normalize=n)])
+@pytest.mark.parametrize(
+  "factory",
+  [lambda n: nx.nexus(normalize=n), lambda n: nx.nexus_multisteps(optax.sgd(1.0), 2, normalize=n)],
+)
 def test_unknown_normalize(factory):
   with pytest.raises(ValueError, match="'global'.*'per_leaf'"):
     factory("layer")
@@ -78,14 +82,18 @@ def test_multisteps_needs_grads_and_params():
 def test_microbatch_leaves_with_different_leading_sizes():
   two_leaf_loss = lambda p, b: loss_fn(p, b["x"]) + jnp.sum(b["y"])
   with pytest.raises(ValueError, match=r"different leading sizes \[2, 3\]"):
-    _update(nx.nexus(), loss_fn=two_leaf_loss,
-            microbatches={"x": jnp.ones((2, 3)), "y": jnp.ones((3,))})
+    _update(
+      nx.nexus(), loss_fn=two_leaf_loss, microbatches={"x": jnp.ones((2, 3)), "y": jnp.ones((3,))}
+    )
 
 
 def test_scalar_microbatch_leaf():
   with pytest.raises(ValueError, match="leading micro-batch axis"):
-    _update(nx.nexus(), loss_fn=lambda p, b: loss_fn(p, b["x"]),
-            microbatches={"x": jnp.ones((2, 3)), "scale": jnp.float32(2.0)})
+    _update(
+      nx.nexus(),
+      loss_fn=lambda p, b: loss_fn(p, b["x"]),
+      microbatches={"x": jnp.ones((2, 3)), "scale": jnp.float32(2.0)},
+    )
 
 
 def test_non_scalar_loss():
@@ -129,13 +137,13 @@ def test_nonfinite_microbatch_is_skipped_and_counted():
   # Hand-computed: step 1 at w = (1, 1, 1) toward 0 has loss 3 and moves w to w1 (each
   # entry 1 - 0.1/sqrt 3); step 2 is skipped; step 3 toward (2, 1, 1) is taken at w1.
   w1 = 1.0 - 0.1 / np.sqrt(3.0)
-  np.testing.assert_allclose(metrics["inner_loss"], (3.0 + (2 - w1) ** 2 + 2 * (1 - w1) ** 2) / 2,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    metrics["inner_loss"], (3.0 + (2 - w1) ** 2 + 2 * (1 - w1) ** 2) / 2, rtol=1e-5
+  )
 
 
 def test_all_nonfinite_gives_zero_pseudo_gradient():
-  g_hat, state = _update(nx.nexus(0.1), loss_fn=loss_fn,
-                         microbatches=jnp.full((2, 3), jnp.inf))
+  g_hat, state = _update(nx.nexus(0.1), loss_fn=loss_fn, microbatches=jnp.full((2, 3), jnp.inf))
   chex.assert_trees_all_equal(g_hat, {"w": jnp.zeros(3)})
   assert int(state.metrics.skipped_steps) == 2
 
@@ -145,7 +153,8 @@ def test_zero_gradient_gives_zero_step(normalize):
   params = {"w": jnp.ones(3), "b": jnp.zeros(2)}
   flat_in_b = lambda p, x: jnp.sum((p["w"] - x) ** 2) + 0.0 * jnp.sum(p["b"])
   g_hat, state = nx.nexus(0.1, normalize=normalize).update(
-      None, nx.nexus().init(params), params, loss_fn=flat_in_b, microbatches=jnp.ones((2, 3)))
+    None, nx.nexus().init(params), params, loss_fn=flat_in_b, microbatches=jnp.ones((2, 3))
+  )
   chex.assert_trees_all_equal(g_hat, {"w": jnp.zeros(3), "b": jnp.zeros(2)})
   assert int(state.metrics.skipped_steps) == 0
   chex.assert_tree_all_finite(state.metrics._replace(consensus=0.0))

@@ -13,7 +13,6 @@ nnx = pytest.importorskip("flax.nnx")
 
 
 class MLP(nnx.Module):
-
   def __init__(self, rngs):
     self.hidden = nnx.Linear(4, 16, rngs=rngs)
     self.out = nnx.Linear(16, 2, rngs=rngs)
@@ -24,13 +23,18 @@ class MLP(nnx.Module):
 
 def _microbatches(seed, k=3):
   rng = np.random.default_rng(seed)
-  return {"x": jnp.asarray(rng.normal(size=(k, 8, 4)) + np.arange(k)[:, None, None], jnp.float32),
-          "y": jnp.asarray(rng.normal(size=(k, 8, 2)), jnp.float32)}
+  return {
+    "x": jnp.asarray(rng.normal(size=(k, 8, 4)) + np.arange(k)[:, None, None], jnp.float32),
+    "y": jnp.asarray(rng.normal(size=(k, 8, 2)), jnp.float32),
+  }
 
 
 def _make_tx():
-  return optax.chain(nx.nexus(0.05), optax.clip_by_global_norm(1.0),
-                     optax.adamw(1e-2, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.2))
+  return optax.chain(
+    nx.nexus(0.05),
+    optax.clip_by_global_norm(1.0),
+    optax.adamw(1e-2, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.2),
+  )
 
 
 def test_nnx_optimizer_matches_pure_optax():

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import SoftmaxRegression, numpy_global_norm
 
 import nexus_optax as nx
-from conftest import SoftmaxRegression, numpy_global_norm
 from nexus_optax._inner_step import stochastic_round
 
 SEQUENCE = [0, 1, 2, 1]
@@ -48,10 +48,16 @@ def test_stochastic_round_is_unbiased_between_the_two_neighbours(dtype):
   np_dtype = {jnp.bfloat16: ml_dtypes.bfloat16, jnp.float16: np.float16}[dtype]
   for column, x in enumerate(values.astype(np.float64)):
     below = float(np.asarray(x, np_dtype).astype(np.float64))
-    below = below if below <= x else float(np.nextafter(np.asarray(below, np_dtype),
-                                                        np.asarray(-np.inf, np_dtype)))
-    above = below if below == x else float(np.nextafter(np.asarray(below, np_dtype),
-                                                        np.asarray(np.inf, np_dtype)))
+    below = (
+      below
+      if below <= x
+      else float(np.nextafter(np.asarray(below, np_dtype), np.asarray(-np.inf, np_dtype)))
+    )
+    above = (
+      below
+      if below == x
+      else float(np.nextafter(np.asarray(below, np_dtype), np.asarray(np.inf, np_dtype)))
+    )
     assert set(np.unique(rounded[:, column])) <= {below, above}, x
     p_above = 0.0 if above == below else (x - below) / (above - below)
     # Mean within 4 binomial standard deviations of x.
@@ -74,16 +80,23 @@ def test_nearest_rounding_erases_the_second_order_term_and_stochastic_rounding_k
   assert survival(_flat(nearest)) < 0.4  # the steps that cross half a spacing survive
 
   keys = jax.random.split(jax.random.key(1), 256)
-  stochastic = jax.jit(jax.vmap(lambda key: nx.inner_loop(
-      problem.loss, params, microbatches, GAMMA, inner_rounding="stochastic",
-      rounding_key=key).displacement))(keys)
+  stochastic = jax.jit(
+    jax.vmap(
+      lambda key: (
+        nx.inner_loop(
+          problem.loss, params, microbatches, GAMMA, inner_rounding="stochastic", rounding_key=key
+        ).displacement
+      )
+    )
+  )(keys)
   mean = _flat(jax.tree.map(lambda x: np.asarray(x, np.float64).mean(axis=0), stochastic))
   assert survival(mean) == pytest.approx(1.0, abs=0.15)
   # Float32 parameters are never rounded: stochastic and nearest agree bit for bit.
   params32 = jax.tree.map(lambda x: x.astype(jnp.float32), params)
   exact = nx.inner_loop(problem.loss, params32, microbatches, GAMMA).displacement
-  also_exact = nx.inner_loop(problem.loss, params32, microbatches, GAMMA,
-                             inner_rounding="stochastic", rounding_key=keys[0]).displacement
+  also_exact = nx.inner_loop(
+    problem.loss, params32, microbatches, GAMMA, inner_rounding="stochastic", rounding_key=keys[0]
+  ).displacement
   jax.tree.map(np.testing.assert_array_equal, exact, also_exact)
 
 
@@ -92,14 +105,16 @@ def test_nexus_rounds_each_outer_step_with_its_own_reproducible_key():
   microbatches = problem.microbatches(SEQUENCE, np.float32)
   tx = nx.nexus(GAMMA, inner_rounding="stochastic", rounding_seed=7)
   state = tx.init(params)
-  update = jax.jit(lambda s: tx.update(None, s, params, loss_fn=problem.loss,
-                                       microbatches=microbatches))
+  update = jax.jit(
+    lambda s: tx.update(None, s, params, loss_fn=problem.loss, microbatches=microbatches)
+  )
   first, next_state = update(state)
   again, _ = update(state)  # a resumed run at the same step count rounds the same way
   later, _ = update(next_state)
   jax.tree.map(np.testing.assert_array_equal, first, again)
-  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first),
-                                                     jax.tree.leaves(later)))
+  assert not all(
+    np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(later))
+  )
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(first))
 
 
@@ -114,6 +129,7 @@ def test_bad_inner_rounding_and_missing_key_are_one_line_errors():
 
 def test_an_rbg_key_draws_the_rounding_noise_without_parameter_sized_temporaries():
   from flax import nnx  # pylint: disable=import-outside-toplevel
+
   from models import Llama, get_preset, next_token_loss  # pylint: disable=import-outside-toplevel
 
   config = get_preset("tiny", param_dtype="bfloat16", compute_dtype="bfloat16")
@@ -126,6 +142,7 @@ def test_an_rbg_key_draws_the_rounding_noise_without_parameter_sized_temporaries
     def displacement(p, t):
       loss_fn = lambda q, b: next_token_loss(nnx.merge(graphdef, q), b)  # noqa: E731
       return nx.inner_loop(loss_fn, p, t, GAMMA, **rounding).displacement
+
     compiled = jax.jit(displacement).lower(params, tokens).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 

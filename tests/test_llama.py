@@ -33,7 +33,7 @@ def numpy_llama_logits(p: dict, tokens: np.ndarray, config: LlamaConfig) -> np.n
     return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + config.norm_eps) * scale
 
   def rope(x):  # x: [B, T, N, hd]; pairs (i, i + hd/2) as one complex number
-    z = (x[..., : hd // 2] + 1j * x[..., hd // 2:]) * rotation[None, :, None, :]
+    z = (x[..., : hd // 2] + 1j * x[..., hd // 2 :]) * rotation[None, :, None, :]
     return np.concatenate([z.real, z.imag], -1)
 
   silu = lambda x: x / (1 + np.exp(-x))
@@ -41,7 +41,7 @@ def numpy_llama_logits(p: dict, tokens: np.ndarray, config: LlamaConfig) -> np.n
   x = p["embedding"][tokens]
   blocks = p["blocks"]
   for layer in range(config.num_layers):
-    w = jax.tree.map(lambda a: a[layer], blocks)
+    w = jax.tree.map(lambda a, layer=layer: a[layer], blocks)
     h = rms(x, w["attention_norm"]["scale"])
     q = rope(np.einsum("btd,dnh->btnh", h, w["attention"]["query"]))
     k = rope(np.einsum("btd,dnh->btnh", h, w["attention"]["key"]))
@@ -68,13 +68,17 @@ def random_tokens(seed, shape, vocab=TINY.vocab_size):
   return np.random.default_rng(seed).integers(0, vocab, size=shape).astype(np.int32)
 
 
-@pytest.mark.parametrize("overrides", [
+@pytest.mark.parametrize(
+  "overrides",
+  [
     {},
     {"tie_embeddings": True},
     {"num_kv_heads": 4},
     {"num_kv_heads": 1, "scan_layers": False},
     {"remat": "full"},
-], ids=["gqa", "tied", "mha", "mqa-unrolled", "remat"])
+  ],
+  ids=["gqa", "tied", "mha", "mqa-unrolled", "remat"],
+)
 def test_matches_float64_numpy_reference(overrides):
   config = get_preset("tiny", **overrides)
   model = Llama(config, rngs=nnx.Rngs(0))
@@ -124,7 +128,8 @@ def test_grouped_query_attention_equals_multi_head_with_shared_key_value_weights
   mha_state = jax.tree.map(lambda x: x, gqa_state)
   for name in ("key", "value"):  # query head j reads kv head j // group: repeat each kv head
     mha_state["blocks"]["attention"][name] = jnp.repeat(
-        gqa_state["blocks"]["attention"][name], group, axis=2)
+      gqa_state["blocks"]["attention"][name], group, axis=2
+    )
   nnx.update(mha, mha_state)
   tokens = jnp.asarray(random_tokens(4, (2, 20)))
   np.testing.assert_allclose(np.asarray(mha(tokens)), np.asarray(gqa(tokens)), rtol=1e-5, atol=1e-6)
@@ -136,7 +141,7 @@ def test_scan_over_layers_equals_the_unrolled_model_in_value_and_gradient():
   for scan in (True, False):
     model = Llama(get_preset("tiny", scan_layers=scan), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
-    loss = lambda p: next_token_loss(nnx.merge(graphdef, p), tokens)
+    loss = lambda p, graphdef=graphdef: next_token_loss(nnx.merge(graphdef, p), tokens)
     results.append(jax.value_and_grad(loss)(params))
   (loss_scan, grad_scan), (loss_loop, grad_loop) = results
   np.testing.assert_allclose(loss_scan, loss_loop, rtol=1e-6)
@@ -151,7 +156,9 @@ def test_next_token_loss_is_the_numpy_cross_entropy():
   log_probs = logits - logits.max(-1, keepdims=True)
   log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
   expected = -np.mean(np.take_along_axis(log_probs, tokens[:, 1:, None], -1))
-  np.testing.assert_allclose(float(next_token_loss(model, jnp.asarray(tokens))), expected, rtol=1e-5)
+  np.testing.assert_allclose(
+    float(next_token_loss(model, jnp.asarray(tokens))), expected, rtol=1e-5
+  )
   # An untrained model sits near the uniform distribution's loss.
   assert abs(expected - np.log(TINY.vocab_size)) < 0.1
 
@@ -196,7 +203,8 @@ def test_every_parameter_is_annotated_with_logical_axes():
   params = nnx.state(abstract, nnx.Param)
   known = {"embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "layers", "norm"}
   for path, variable in jax.tree_util.tree_leaves_with_path(
-      params, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+    params, is_leaf=lambda x: isinstance(x, nnx.Variable)
+  ):
     axes = variable.get_metadata()["out_sharding"]
     assert len(axes) == len(variable.get_value().shape) and set(axes) <= known, (path, axes)
     if jax.tree_util.keystr(path).startswith("['blocks']"):
@@ -217,14 +225,17 @@ def test_flops_per_token_counts_six_per_matmul_weight():
   assert 0.9 < xla_per_token / config.flops_per_token(seq) < 1.6
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"num_kv_heads": 3}, "must divide num_heads"),
     ({"hidden_dim": 66}, "set head_dim"),
     ({"remat": "some"}, "remat"),
     ({"compute_dtype": "float8"}, "compute_dtype"),
     ({"num_layers": 0}, "num_layers"),
     ({"head_dim": 7}, "even"),
-])
+  ],
+)
 def test_bad_config_gets_a_one_line_error(overrides, message):
   with pytest.raises(ValueError, match=message) as error:
     dataclasses.replace(TINY, **overrides)

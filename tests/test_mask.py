@@ -28,15 +28,16 @@ def as_jax(tree):
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
 
 
-@pytest.mark.parametrize("mask", [{"w": True, "b": False}, lambda p: {"w": True, "b": False}],
-                         ids=["pytree", "callable"])
+@pytest.mark.parametrize(
+  "mask", [{"w": True, "b": False}, lambda p: {"w": True, "b": False}], ids=["pytree", "callable"]
+)
 def test_masked_nexus_matches_numpy_algorithm_1_over_the_trainable_leaves(problem, mask):
   params = as_jax(problem.params)
   want = numpy_masked_nexus(problem, problem.params, ORDER, GAMMA, trainable=["w"])
   tx = nx.nexus(GAMMA, mask=mask)
-  g_hat, state = jax.jit(lambda p, s, m: tx.update(None, s, p, loss_fn=problem.loss,
-                                                   microbatches=m))(
-      params, tx.init(params), as_jax(problem.microbatches(ORDER)))
+  g_hat, state = jax.jit(
+    lambda p, s, m: tx.update(None, s, p, loss_fn=problem.loss, microbatches=m)
+  )(params, tx.init(params), as_jax(problem.microbatches(ORDER)))
   np.testing.assert_allclose(g_hat["w"], want["w"], rtol=1e-5, atol=1e-7)
   assert np.all(np.asarray(g_hat["b"]) == 0.0)
   # The norm runs over w alone: the full-tree NumPy answer differs measurably.
@@ -48,8 +49,9 @@ def test_masked_nexus_matches_numpy_algorithm_1_over_the_trainable_leaves(proble
 def test_masked_multisteps_matches_numpy_algorithm_1_over_the_trainable_leaves(problem):
   params = as_jax(problem.params)
   want = numpy_masked_nexus(problem, problem.params, ORDER, GAMMA, trainable=["w"])
-  tx = nx.nexus_multisteps(optax.sgd(1.0), every_k=len(ORDER), inner_lr=GAMMA,
-                           mask={"w": True, "b": False})
+  tx = nx.nexus_multisteps(
+    optax.sgd(1.0), every_k=len(ORDER), inner_lr=GAMMA, mask={"w": True, "b": False}
+  )
   state = tx.init(params)
   current = params
   for source in ORDER:
@@ -66,8 +68,9 @@ def train_three_outer_steps(problem, tx, form):
   state = tx.init(params)
   for _ in range(3):
     if form == "scan":
-      updates, state = tx.update(None, state, params, loss_fn=problem.loss,
-                                 microbatches=as_jax(problem.microbatches(ORDER)))
+      updates, state = tx.update(
+        None, state, params, loss_fn=problem.loss, microbatches=as_jax(problem.microbatches(ORDER))
+      )
       params = optax.apply_updates(params, updates)
     else:
       for source in ORDER:
@@ -82,12 +85,21 @@ def test_frozen_leaves_are_bit_identical_after_training(problem):
   labels = {"w": "train", "b": "frozen"}
   adamw = lambda: optax.adamw(0.05, weight_decay=0.2)  # noqa: E731
   optimizers = {
-      "scan, masked adamw": (optax.chain(nx.nexus(GAMMA, mask=mask), optax.masked(adamw(), mask)),
-                             "scan"),
-      "scan, multi_transform": (optax.chain(nx.nexus(GAMMA, mask=mask), optax.multi_transform(
-          {"train": adamw(), "frozen": optax.set_to_zero()}, labels)), "scan"),
-      "multisteps": (nx.nexus_multisteps(adamw(), every_k=3, inner_lr=GAMMA, mask=mask),
-                     "multisteps"),
+    "scan, masked adamw": (
+      optax.chain(nx.nexus(GAMMA, mask=mask), optax.masked(adamw(), mask)),
+      "scan",
+    ),
+    "scan, multi_transform": (
+      optax.chain(
+        nx.nexus(GAMMA, mask=mask),
+        optax.multi_transform({"train": adamw(), "frozen": optax.set_to_zero()}, labels),
+      ),
+      "scan",
+    ),
+    "multisteps": (
+      nx.nexus_multisteps(adamw(), every_k=3, inner_lr=GAMMA, mask=mask),
+      "multisteps",
+    ),
   }
   start = as_jax(problem.params)
   for name, (tx, form) in optimizers.items():
@@ -96,19 +108,18 @@ def test_frozen_leaves_are_bit_identical_after_training(problem):
     assert np.max(np.abs(np.asarray(trained["w"]) - np.asarray(start["w"]))) > 1e-2, name
   # Without the outer mask, AdamW's weight decay moves the frozen leaf: the mask is needed.
   unmasked = train_three_outer_steps(
-      problem, optax.chain(nx.nexus(GAMMA, mask=mask), adamw()), "scan")
+    problem, optax.chain(nx.nexus(GAMMA, mask=mask), adamw()), "scan"
+  )
   assert not np.array_equal(unmasked["b"], start["b"])
 
 
 def test_a_prefix_mask_freezes_a_whole_subtree():
   params = {"body": {"w": jnp.ones(3), "v": jnp.ones(2)}, "head": jnp.ones(2)}
   loss_fn = lambda p, x: jnp.sum(p["head"] * x) + jnp.sum(p["body"]["w"]) ** 2  # noqa: E731
-  result = nx.inner_loop(loss_fn, params, jnp.ones((2, 2)), 0.1, mask={"body": False,
-                                                                        "head": True})
+  result = nx.inner_loop(loss_fn, params, jnp.ones((2, 2)), 0.1, mask={"body": False, "head": True})
   np.testing.assert_array_equal(result.displacement["body"]["w"], np.zeros(3))
   # Two unit steps along head's own gradient (1, 1) / sqrt(2).
-  np.testing.assert_allclose(result.displacement["head"], 0.2 / np.sqrt(2) * np.ones(2),
-                             rtol=1e-6)
+  np.testing.assert_allclose(result.displacement["head"], 0.2 / np.sqrt(2) * np.ones(2), rtol=1e-6)
 
 
 def test_a_non_float_leaf_is_refused_by_path_unless_masked():
@@ -122,8 +133,7 @@ def test_a_non_float_leaf_is_refused_by_path_unless_masked():
     nx.inner_loop(loss_fn, params, microbatches, 0.1)
   mask = lambda p: jax.tree.map(lambda x: jnp.issubdtype(x.dtype, jnp.floating), p)  # noqa: E731
   tx = optax.chain(nx.nexus(0.1, mask=mask), optax.masked(optax.sgd(1.0), mask))
-  updates, _ = tx.update(None, tx.init(params), params, loss_fn=loss_fn,
-                         microbatches=microbatches)
+  updates, _ = tx.update(None, tx.init(params), params, loss_fn=loss_fn, microbatches=microbatches)
   assert updates["stats"]["count"].dtype == jnp.int32 and int(updates["stats"]["count"]) == 0
   # SGD(1) steps by -g_hat: two unit steps of 0.1 towards x = (1, 1, 1).
   np.testing.assert_allclose(updates["w"], 0.2 / np.sqrt(3) * np.ones(3), rtol=1e-6)

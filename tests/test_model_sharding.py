@@ -38,10 +38,15 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_logical_rules_shard_the_llama_without_changing_its_math():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+    [sys.executable, "-c", SCRIPT],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert abs(report["loss"][0] - report["loss"][1]) < 1e-5
@@ -81,17 +86,24 @@ ACTIVATION_SCRIPT = textwrap.dedent("""
       value, grads = step(sharded, batch)
       diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference[1])))
-      report[str(placed)] = {"temp": int(temp), "loss_diff": abs(float(value) - float(reference[0])),
+      report[str(placed)] = {
+        "temp": int(temp),
+        "loss_diff": abs(float(value) - float(reference[0])),
                              "grad_diff": diff}
     print(json.dumps(report))
 """)
 
 
 def test_activation_sharding_keeps_attention_split_by_batch_under_fsdp():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", ACTIVATION_SCRIPT], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+    [sys.executable, "-c", ACTIVATION_SCRIPT],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   for run in report.values():

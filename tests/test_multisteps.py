@@ -10,10 +10,10 @@ import pytest
 import nexus_optax as nx
 
 OUTER_OPTIMIZERS = {
-    "adamw": lambda: optax.adamw(1e-2, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.2),
-    "sgd_momentum": lambda: optax.sgd(0.1, momentum=0.9),
-    "lion": lambda: optax.lion(1e-3, weight_decay=0.1),
-    "muon": lambda: optax.contrib.muon(1e-2),
+  "adamw": lambda: optax.adamw(1e-2, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.2),
+  "sgd_momentum": lambda: optax.sgd(0.1, momentum=0.9),
+  "lion": lambda: optax.lion(1e-3, weight_decay=0.1),
+  "muon": lambda: optax.contrib.muon(1e-2),
 }
 
 
@@ -25,15 +25,17 @@ def mlp_loss(params, batch):
 def make_problem(num_outer=3, k=3, seed=0):
   rng = np.random.default_rng(seed)
   params = {
-      "w1": jnp.asarray(rng.normal(size=(4, 8)) * 0.5),
-      "b1": jnp.asarray(rng.normal(size=8) * 0.1),
-      "w2": jnp.asarray(rng.normal(size=(8, 3)) * 0.5),
+    "w1": jnp.asarray(rng.normal(size=(4, 8)) * 0.5),
+    "b1": jnp.asarray(rng.normal(size=8) * 0.1),
+    "w2": jnp.asarray(rng.normal(size=(8, 3)) * 0.5),
   }
   # Each micro-batch of an outer step comes from its own "source" (a shifted input law).
   microbatches = [
-      {"x": jnp.asarray(rng.normal(size=(k, 6, 4)) + np.arange(k)[:, None, None]),
-       "y": jnp.asarray(rng.normal(size=(k, 6, 3)))}
-      for _ in range(num_outer)
+    {
+      "x": jnp.asarray(rng.normal(size=(k, 6, 4)) + np.arange(k)[:, None, None]),
+      "y": jnp.asarray(rng.normal(size=(k, 6, 3))),
+    }
+    for _ in range(num_outer)
   ]
   return params, microbatches
 
@@ -94,8 +96,10 @@ def test_outer_state_is_frozen_between_syncs_and_inner_steps_are_nsgd(x64):
       grads = jax.grad(mlp_loss)(previous_params, batch)
       flat = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
       chex.assert_trees_all_close(
-          updates, jax.tree.map(lambda g: -0.05 * np.asarray(g) / np.linalg.norm(flat), grads),
-          rtol=1e-12)
+        updates,
+        jax.tree.map(lambda g, flat=flat: -0.05 * np.asarray(g) / np.linalg.norm(flat), grads),
+        rtol=1e-12,
+      )
       assert int(state.mini_step) == call % 4 + 1
     else:
       assert int(state.outer_state[0].count) == call // 4 + 1  # AdamW counted one step

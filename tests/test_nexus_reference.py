@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl.testing import parameterized
+from conftest import SoftmaxRegression, numpy_global_norm
 
 import nexus_optax as nx
-from conftest import SoftmaxRegression, numpy_global_norm
 
 
 def _pseudo_gradient(problem, sequence, inner_lr, normalize="global", variant=lambda f: f):
@@ -19,14 +19,12 @@ def _pseudo_gradient(problem, sequence, inner_lr, normalize="global", variant=la
 
   @variant
   def update(params, microbatches):
-    return tx.update(None, tx.init(params), params, loss_fn=problem.loss,
-                     microbatches=microbatches)
+    return tx.update(None, tx.init(params), params, loss_fn=problem.loss, microbatches=microbatches)
 
   return update(params, problem.microbatches(sequence))
 
 
 class NexusReferenceTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(inner_lr=[0.01, 0.3], normalize=["global", "per_leaf"])
   def test_matches_numpy_algorithm_1(self, inner_lr, normalize):
@@ -38,12 +36,22 @@ class NexusReferenceTest(chex.TestCase):
       chex.assert_trees_all_close(g_hat, expected, rtol=1e-10, atol=1e-13)
       chex.assert_trees_all_equal_dtypes(g_hat, problem.params)
       np.testing.assert_allclose(
-          state.metrics.inner_loss,
-          np.mean([problem.numpy_loss(
-              {k: problem.params[k] - problem.numpy_nexus(problem.params, sequence[:m], inner_lr,
-                                                          normalize)[k] for k in problem.params},
-              s) for m, s in enumerate(sequence)]),
-          rtol=1e-6)
+        state.metrics.inner_loss,
+        np.mean(
+          [
+            problem.numpy_loss(
+              {
+                k: problem.params[k]
+                - problem.numpy_nexus(problem.params, sequence[:m], inner_lr, normalize)[k]
+                for k in problem.params
+              },
+              s,
+            )
+            for m, s in enumerate(sequence)
+          ]
+        ),
+        rtol=1e-6,
+      )
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_single_microbatch_is_normalized_gradient(self):
@@ -66,8 +74,9 @@ class NexusReferenceTest(chex.TestCase):
 
       @self.variant
       def step(params, state, microbatches):
-        updates, state = tx.update(None, state, params, loss_fn=problem.loss,
-                                   microbatches=microbatches)
+        updates, state = tx.update(
+          None, state, params, loss_fn=problem.loss, microbatches=microbatches
+        )
         return optax.apply_updates(params, updates), state
 
       for sequence in sequences:
@@ -89,8 +98,9 @@ def test_inner_lr_schedule_is_indexed_by_outer_step(x64):
   state = tx.init(params)
   expected = {k: v.copy() for k, v in problem.params.items()}
   for step in range(3):
-    updates, state = tx.update(None, state, params, loss_fn=problem.loss,
-                               microbatches=problem.microbatches([0, 1]))
+    updates, state = tx.update(
+      None, state, params, loss_fn=problem.loss, microbatches=problem.microbatches([0, 1])
+    )
     params = optax.apply_updates(params, updates)
     g_hat = problem.numpy_nexus(expected, [0, 1], 0.1 / (1.0 + step))
     expected = {k: expected[k] - g_hat[k] for k in expected}
@@ -104,10 +114,9 @@ def test_inject_hyperparams_controls_inner_lr(x64):
   state = tx.init(params)
   state.hyperparams["inner_lr"] = jnp.asarray(0.2)
   g_hat, state = jax.jit(
-      lambda p, s, m: tx.update(None, s, p, loss_fn=problem.loss, microbatches=m)
+    lambda p, s, m: tx.update(None, s, p, loss_fn=problem.loss, microbatches=m)
   )(params, state, problem.microbatches([1, 0]))
-  chex.assert_trees_all_close(g_hat, problem.numpy_nexus(problem.params, [1, 0], 0.2),
-                              rtol=1e-10)
+  chex.assert_trees_all_close(g_hat, problem.numpy_nexus(problem.params, [1, 0], 0.2), rtol=1e-10)
   assert int(nx.nexus_metrics(state)["skipped_steps"]) == 0
 
 
@@ -117,7 +126,7 @@ def test_scan_carry_is_a_float32_displacement_for_bf16_params():
   microbatches = jnp.ones((4, 2, 7), jnp.bfloat16)
   tx = nx.nexus(0.01)
   jaxpr = jax.make_jaxpr(
-      lambda p: tx.update(None, tx.init(p), p, loss_fn=loss_fn, microbatches=microbatches)
+    lambda p: tx.update(None, tx.init(p), p, loss_fn=loss_fn, microbatches=microbatches)
   )(params)
   (scan,) = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "scan"]
   # Outputs are the final carry, then the stacked per-step scalars [K] (loss, gradient

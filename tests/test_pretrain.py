@@ -25,8 +25,13 @@ import pytest
 import nexus_optax as nx
 from train import parallel
 from train.config import ConfigError, TrainConfig
-from train.optimizers import (ACCUMULATE, NEXUS_MULTISTEPS, NEXUS_SCAN, learning_rate_schedule,
-                              muon_dimension_numbers)
+from train.optimizers import (
+  ACCUMULATE,
+  NEXUS_MULTISTEPS,
+  NEXUS_SCAN,
+  learning_rate_schedule,
+  muon_dimension_numbers,
+)
 from train.pretrain import main as pretrain_main
 from train.step import TrainState, make_train_step, schedule_counts
 
@@ -35,29 +40,47 @@ TOLERANCE = 1e-5
 
 
 def run_cli(args, devices=1, env=None, module="train.pretrain", wait=True):
-  environment = dict(os.environ, JAX_PLATFORMS="cpu",
-                     XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
+  environment = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    **(env or {}),
+  )
   command = [sys.executable, "-m", module, *map(str, args)]
   if module == "train.pretrain":
     command.append("--no-progress")
   if not wait:
-    return subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-  return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
-                        timeout=600, check=False)
+    return subprocess.Popen(
+      command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+  return subprocess.run(
+    command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600, check=False
+  )
 
 
 def tiny_args(cache, out, **overrides):
-  values = {"preset": "tiny", "optimizer": "nexus", "steps": 8, "checkpoint-every": 4,
-            "eval-every": 0, "log-every": 1, "mesh": "data=1", "data": cache.root, "out": out}
+  values = {
+    "preset": "tiny",
+    "optimizer": "nexus",
+    "steps": 8,
+    "checkpoint-every": 4,
+    "eval-every": 0,
+    "log-every": 1,
+    "mesh": "data=1",
+    "data": cache.root,
+    "out": out,
+  }
   values.update(overrides)
   return [item for key, value in values.items() for item in (f"--{key}", value)]
 
 
 def losses(out) -> dict[int, float]:
   lines = pathlib.Path(out, "metrics.jsonl").read_text().splitlines()
-  return {record["step"]: record["train_loss"] for record in map(json.loads, lines)
-          if "train_loss" in record}
+  return {
+    record["step"]: record["train_loss"]
+    for record in map(json.loads, lines)
+    if "train_loss" in record
+  }
 
 
 def checked(result):
@@ -68,12 +91,17 @@ def checked(result):
 def final_params(out, step, reference_run):
   """Params of a checkpoint, onto this process's one device (the reference run's layout)."""
   import orbax.checkpoint as ocp
+
   path = lambda run: pathlib.Path(run).absolute() / "checkpoints" / str(step) / "state"
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        checkpointer.restore(path(reference_run)))
-  return [np.asarray(leaf) for leaf in jax.tree.leaves(checkpointer.restore(path(out), target)["params"])]
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+    checkpointer.restore(path(reference_run)),
+  )
+  return [
+    np.asarray(leaf) for leaf in jax.tree.leaves(checkpointer.restore(path(out), target)["params"])
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +114,7 @@ def reference_run(small_cache, tmp_path_factory):
 
 # ---------------------------------------------------------------- bad input, in-process
 
+
 def expect_error(argv, message, capsys):
   code = pretrain_main([*map(str, argv), "--no-progress"])
   err = capsys.readouterr().err.strip()
@@ -94,7 +123,9 @@ def expect_error(argv, message, capsys):
   assert message in err, err
 
 
-@pytest.mark.parametrize("argv,message", [
+@pytest.mark.parametrize(
+  "argv,message",
+  [
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--optimizer", "adam"], "unknown optimizer 'adam'; choose from adamw, nexus"),
     (["--schedule", "linear"], "unknown schedule 'linear'; choose wsd or cosine"),
@@ -105,17 +136,21 @@ def expect_error(argv, message, capsys):
     (["--mesh", "data=3"], "needs 3 devices, which does not divide the 1 available"),
     (["--mesh", "pipeline=2"], "bad --mesh item 'pipeline=2'"),
     (["--num-processes", "2"], "needs --coordinator-address, --num-processes and --process-id"),
-])
+  ],
+)
 def test_bad_flags_get_a_one_line_error(argv, message, capsys, tmp_path):
   expect_error(["--preset", "tiny", "--out", tmp_path / "run", *argv], message, capsys)
 
 
-@pytest.mark.parametrize("mixture,message", [
+@pytest.mark.parametrize(
+  "mixture,message",
+  [
     ("prose:1", "malformed mixture item 'prose:1'; write name=weight"),
     ("prose=0", "weight of 'prose' must be a finite number > 0"),
     ("prose=-1,code=1", "weight of 'prose' must be a finite number > 0"),
     ("poetry=1", "unknown source 'poetry'"),
-])
+  ],
+)
 def test_bad_mixture_gets_a_one_line_error(mixture, message, small_cache, capsys, tmp_path):
   expect_error(tiny_args(small_cache, tmp_path / "run", mixture=mixture), message, capsys)
 
@@ -124,25 +159,34 @@ def test_out_dir_and_resume_errors(small_cache, reference_run, capsys, tmp_path)
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   expect_error(tiny_args(small_cache, blocker / "run"), "is not writable", capsys)
-  expect_error([*tiny_args(small_cache, tmp_path / "empty"), "--resume"],
-               "--resume: no checkpoint in", capsys)
-  expect_error(tiny_args(small_cache, reference_run), "already holds checkpoints; pass --resume",
-               capsys)
-  expect_error([*tiny_args(small_cache, reference_run, optimizer="adamw"), "--resume"],
-               "the checkpoint's run differs (optimizer: 'nexus' -> 'adamw')", capsys)
+  expect_error(
+    [*tiny_args(small_cache, tmp_path / "empty"), "--resume"], "--resume: no checkpoint in", capsys
+  )
+  expect_error(
+    tiny_args(small_cache, reference_run), "already holds checkpoints; pass --resume", capsys
+  )
+  expect_error(
+    [*tiny_args(small_cache, reference_run, optimizer="adamw"), "--resume"],
+    "the checkpoint's run differs (optimizer: 'nexus' -> 'adamw')",
+    capsys,
+  )
 
 
 def test_a_mesh_that_does_not_divide_the_model_or_batch_is_refused():
   from flax import nnx
+
   from models import DEFAULT_RULES, PRESETS, Llama
-  abstract = nnx.split(nnx.eval_shape(lambda: Llama(PRESETS["tiny"], rngs=nnx.Rngs(0))),
-                       nnx.Param)[1]
+
+  abstract = nnx.split(nnx.eval_shape(lambda: Llama(PRESETS["tiny"], rngs=nnx.Rngs(0))), nnx.Param)[
+    1
+  ]
   three_way = types.SimpleNamespace(shape={"data": 1, "fsdp": 1, "tensor": 3})
   with pytest.raises(ConfigError, match="tensor=3 does not divide dimension 2 .*key"):
     parallel.check_model_fits_mesh(abstract, three_way, DEFAULT_RULES)
   with pytest.raises(ConfigError, match="fsdp=5 does not divide dimension 1"):
-    parallel.check_model_fits_mesh(abstract, types.SimpleNamespace(
-        shape={"data": 1, "fsdp": 5, "tensor": 1}), DEFAULT_RULES)
+    parallel.check_model_fits_mesh(
+      abstract, types.SimpleNamespace(shape={"data": 1, "fsdp": 5, "tensor": 1}), DEFAULT_RULES
+    )
   with pytest.raises(ConfigError, match="--micro-batch-size 6 is not divisible .* data x fsdp = 4"):
     parallel.process_batch_rows(types.SimpleNamespace(shape={"data": 2, "fsdp": 2, "tensor": 1}), 6)
   assert parallel.parse_mesh("tensor=2,data=-1", 8) == {"data": 4, "fsdp": 1, "tensor": 2}
@@ -159,6 +203,7 @@ def test_config_rejects_bad_values_when_built():
 
 # ---------------------------------------------------------------- the step against NumPy
 
+
 def softmax_loss(params, batch):
   logits = batch["x"] @ params["w"] + params["b"]
   return -jnp.mean(jnp.sum(batch["y"] * jax.nn.log_softmax(logits), axis=-1))
@@ -166,8 +211,13 @@ def softmax_loss(params, batch):
 
 def one_step(kind, tx, problem, order):
   params = {k: jnp.asarray(v, jnp.float32) for k, v in problem.params.items()}
-  state = TrainState(jnp.zeros([], jnp.int32), params, tx.init(params), jax.random.PRNGKey(0),
-                     jnp.zeros([], jnp.int32))
+  state = TrainState(
+    jnp.zeros([], jnp.int32),
+    params,
+    tx.init(params),
+    jax.random.PRNGKey(0),
+    jnp.zeros([], jnp.int32),
+  )
   step = jax.jit(make_train_step(softmax_loss, tx, kind))
   microbatches = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), problem.microbatches(order))
   return step(state, microbatches)
@@ -178,16 +228,22 @@ def test_each_step_kind_matches_numpy(kind, problem):
   order, gamma = [0, 2, 1], 0.05
   if kind == ACCUMULATE:
     tx = optax.sgd(1.0)
-    direction = {k: np.mean([problem.numpy_grad(problem.params, s)[k] for s in order], axis=0)
-                 for k in problem.params}
+    direction = {
+      k: np.mean([problem.numpy_grad(problem.params, s)[k] for s in order], axis=0)
+      for k in problem.params
+    }
   else:
-    tx = (optax.chain(nx.nexus(gamma), optax.sgd(1.0)) if kind == NEXUS_SCAN
-          else nx.nexus_multisteps(optax.sgd(1.0), every_k=3, inner_lr=gamma))
+    tx = (
+      optax.chain(nx.nexus(gamma), optax.sgd(1.0))
+      if kind == NEXUS_SCAN
+      else nx.nexus_multisteps(optax.sgd(1.0), every_k=3, inner_lr=gamma)
+    )
     direction = problem.numpy_nexus(problem.params, order, gamma)
   state, metrics = one_step(kind, tx, problem, order)
   for key in problem.params:
-    np.testing.assert_allclose(state.params[key], problem.params[key] - direction[key],
-                               rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(
+      state.params[key], problem.params[key] - direction[key], rtol=2e-5, atol=2e-6
+    )
   if kind == ACCUMULATE:
     expected = np.mean([problem.numpy_loss(problem.params, s) for s in order])
     np.testing.assert_allclose(metrics["train_loss"], expected, rtol=1e-5)
@@ -200,8 +256,13 @@ def test_a_non_finite_step_is_skipped_and_counted(kind, problem):
   poisoned = problem.microbatches([0, 1, 2])
   poisoned["x"][:] = np.nan  # every micro-batch: Nexus skips single ones on its own
   params = {k: jnp.asarray(v, jnp.float32) for k, v in problem.params.items()}
-  state = TrainState(jnp.zeros([], jnp.int32), params, tx.init(params), jax.random.PRNGKey(0),
-                     jnp.zeros([], jnp.int32))
+  state = TrainState(
+    jnp.zeros([], jnp.int32),
+    params,
+    tx.init(params),
+    jax.random.PRNGKey(0),
+    jnp.zeros([], jnp.int32),
+  )
   step = jax.jit(make_train_step(softmax_loss, tx, kind))
   after, metrics = step(state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), poisoned))
   assert not bool(metrics["finite"]) and int(after.skipped_steps) == 1
@@ -210,21 +271,30 @@ def test_a_non_finite_step_is_skipped_and_counted(kind, problem):
   clean = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), problem.microbatches([0, 1, 2]))
   moved, _ = step(after, clean)
   assert int(moved.skipped_steps) == 1
-  assert all(np.isfinite(v).all() and not np.array_equal(v, params[k])
-             for k, v in moved.params.items())
+  assert all(
+    np.isfinite(v).all() and not np.array_equal(v, params[k]) for k, v in moved.params.items()
+  )
 
 
 @pytest.mark.parametrize("kind", [ACCUMULATE, NEXUS_SCAN])
 def test_after_skipped_steps_the_logged_lr_is_the_applied_one_and_wsd_ends_at_its_floor(
-    kind, problem):
-  config = TrainConfig(lr=0.5, steps=12, warmup_fraction=0.25, decay_fraction=0.5,
-                       final_lr_fraction=0.1)
+  kind, problem
+):
+  config = TrainConfig(
+    lr=0.5, steps=12, warmup_fraction=0.25, decay_fraction=0.5, final_lr_fraction=0.1
+  )
   schedule = learning_rate_schedule(config)
-  tx = (optax.sgd(schedule) if kind == ACCUMULATE
-        else optax.chain(nx.nexus(0.05), optax.sgd(schedule)))
+  tx = (
+    optax.sgd(schedule) if kind == ACCUMULATE else optax.chain(nx.nexus(0.05), optax.sgd(schedule))
+  )
   params = {k: jnp.asarray(v, jnp.float32) for k, v in problem.params.items()}
-  state = TrainState(jnp.zeros([], jnp.int32), params, tx.init(params), jax.random.PRNGKey(0),
-                     jnp.zeros([], jnp.int32))
+  state = TrainState(
+    jnp.zeros([], jnp.int32),
+    params,
+    tx.init(params),
+    jax.random.PRNGKey(0),
+    jnp.zeros([], jnp.int32),
+  )
   step = jax.jit(make_train_step(softmax_loss, tx, kind))
   order, gamma, poisoned_steps = [0, 1, 2], 0.05, {3, 7, 8}
   clean = problem.microbatches(order)
@@ -242,12 +312,15 @@ def test_after_skipped_steps_the_logged_lr_is_the_applied_one_and_wsd_ends_at_it
       continue
     # Plain SGD: the update is -lr * direction, with the direction in float64 NumPy.
     if kind == ACCUMULATE:
-      direction = {k: np.mean([problem.numpy_grad(before, s)[k] for s in order], axis=0)
-                   for k in before}
+      direction = {
+        k: np.mean([problem.numpy_grad(before, s)[k] for s in order], axis=0) for k in before
+      }
     else:
       direction = problem.numpy_nexus(before, order, gamma)
-    applied = [np.asarray(before[k] - state.params[k], np.float64).ravel() /
-               direction[k].ravel() for k in before]
+    applied = [
+      np.asarray(before[k] - state.params[k], np.float64).ravel() / direction[k].ravel()
+      for k in before
+    ]
     np.testing.assert_allclose(np.concatenate(applied), logged_lr, rtol=2e-3)
   assert int(state.skipped_steps) == len(poisoned_steps)
   # The last update took the last decay step, and the schedule now stands at its floor
@@ -260,8 +333,13 @@ def test_after_skipped_steps_the_logged_lr_is_the_applied_one_and_wsd_ends_at_it
 def test_a_skipped_nexus_step_reports_its_own_attempt(problem):
   tx = optax.chain(nx.nexus(0.05), optax.adam(0.1))
   params = {k: jnp.asarray(v, jnp.float32) for k, v in problem.params.items()}
-  state = TrainState(jnp.zeros([], jnp.int32), params, tx.init(params), jax.random.PRNGKey(0),
-                     jnp.zeros([], jnp.int32))
+  state = TrainState(
+    jnp.zeros([], jnp.int32),
+    params,
+    tx.init(params),
+    jax.random.PRNGKey(0),
+    jnp.zeros([], jnp.int32),
+  )
   step = jax.jit(make_train_step(softmax_loss, tx, NEXUS_SCAN))
   to_jax = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)  # noqa: E731
   state, first = step(state, to_jax(problem.microbatches([0, 1, 2])))
@@ -278,8 +356,9 @@ def test_wsd_and_cosine_schedules_follow_their_formulas():
   wsd = learning_rate_schedule(TrainConfig(lr=2.0, steps=1000))  # warmup 10, decay 100
   for step, want in [(0, 0.2), (4, 1.0), (9, 2.0), (500, 2.0), (900, 2.0), (950, 1.0), (999, 0.02)]:
     assert math.isclose(float(wsd(step)), want, rel_tol=1e-5), step
-  cosine = learning_rate_schedule(TrainConfig(lr=2.0, steps=1010, schedule="cosine",
-                                              warmup_fraction=10 / 1010))
+  cosine = learning_rate_schedule(
+    TrainConfig(lr=2.0, steps=1010, schedule="cosine", warmup_fraction=10 / 1010)
+  )
   for step in (10, 300, 510, 1009):
     want = 1.0 + math.cos(math.pi * (step - 10) / 1000)
     assert math.isclose(float(cosine(step)), want, rel_tol=1e-4, abs_tol=1e-6), step
@@ -287,12 +366,18 @@ def test_wsd_and_cosine_schedules_follow_their_formulas():
 
 def test_muon_orthogonalizes_every_block_matrix_over_its_non_layer_axes():
   from flax import nnx
+
   from models import PRESETS, Llama
-  params = nnx.to_pure_dict(nnx.state(
-      nnx.eval_shape(lambda: Llama(PRESETS["tiny"], rngs=nnx.Rngs(0))), nnx.Param))
+
+  params = nnx.to_pure_dict(
+    nnx.state(nnx.eval_shape(lambda: Llama(PRESETS["tiny"], rngs=nnx.Rngs(0))), nnx.Param)
+  )
   dims = muon_dimension_numbers(params)
-  flat = dict(jax.tree_util.tree_leaves_with_path(
-      dims, is_leaf=lambda x: x is None or isinstance(x, optax.contrib.MuonDimensionNumbers)))
+  flat = dict(
+    jax.tree_util.tree_leaves_with_path(
+      dims, is_leaf=lambda x: x is None or isinstance(x, optax.contrib.MuonDimensionNumbers)
+    )
+  )
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     name = jax.tree_util.keystr(path)
     spec = flat[path]
@@ -305,8 +390,10 @@ def test_muon_orthogonalizes_every_block_matrix_over_its_non_layer_axes():
 
 # ---------------------------------------------------------------- end to end
 
+
 def test_a_2x2x2_mesh_matches_one_device_and_restores_onto_another_mesh(
-    small_cache, reference_run, tmp_path):
+  small_cache, reference_run, tmp_path
+):
   reference = losses(reference_run)
   out = tmp_path / "mesh"
   checked(run_cli(tiny_args(small_cache, out, mesh="data=2,fsdp=2,tensor=2"), devices=8))
@@ -314,8 +401,9 @@ def test_a_2x2x2_mesh_matches_one_device_and_restores_onto_another_mesh(
   assert sorted(sharded) == list(range(1, 9))
   assert max(abs(sharded[s] - reference[s]) for s in reference) < TOLERANCE
   shutil.rmtree(out / "checkpoints" / "8")  # as if preempted after step 4's checkpoint
-  result = checked(run_cli([*tiny_args(small_cache, out, mesh="fsdp=4,tensor=2"), "--resume"],
-                           devices=8))
+  result = checked(
+    run_cli([*tiny_args(small_cache, out, mesh="fsdp=4,tensor=2"), "--resume"], devices=8)
+  )
   assert "resumed from checkpoint 4" in result.stdout
   resumed = losses(out)
   assert sorted(resumed) == list(range(1, 9))  # the log was cut back to step 4, then continued
@@ -323,7 +411,9 @@ def test_a_2x2x2_mesh_matches_one_device_and_restores_onto_another_mesh(
   # Adam divides by sqrt(v), so where a gradient is near zero the summation-order noise of
   # another mesh moves an element by more than 1e-5; params are compared tensor by tensor
   # in norm (a misplaced shard or a wrong restore would be off by order one).
-  for a, b in zip(final_params(out, 8, reference_run), final_params(reference_run, 8, reference_run)):
+  for a, b in zip(
+    final_params(out, 8, reference_run), final_params(reference_run, 8, reference_run)
+  ):
     assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b)
 
 
@@ -336,9 +426,21 @@ def free_port() -> int:
 def test_two_processes_train_together_and_resume_in_one(small_cache, reference_run, tmp_path):
   out = tmp_path / "two"
   address = f"127.0.0.1:{free_port()}"
-  workers = [run_cli([*tiny_args(small_cache, out, mesh="data=-1"), "--coordinator-address",
-                      address, "--num-processes", 2, "--process-id", index], wait=False)
-             for index in range(2)]
+  workers = [
+    run_cli(
+      [
+        *tiny_args(small_cache, out, mesh="data=-1"),
+        "--coordinator-address",
+        address,
+        "--num-processes",
+        2,
+        "--process-id",
+        index,
+      ],
+      wait=False,
+    )
+    for index in range(2)
+  ]
   outputs = [worker.communicate(timeout=600) for worker in workers]
   for worker, (_, err) in zip(workers, outputs):
     assert worker.returncode == 0, err[-4000:]
@@ -411,25 +513,35 @@ def test_sigkill_sigterm_and_a_corrupt_checkpoint_all_resume_exactly(small_cache
 
 def test_evaluate_scores_a_text_file_like_the_model_loss(reference_run, tmp_path):
   from flax import nnx
+
   from models import PRESETS, Llama, next_token_loss
+
   seq_len = 64
-  text = ("It is a truth universally acknowledged, that a single man in possession of a good "
-          "fortune, must be in want of a wife. ") * 4
-  text = text[:3 * seq_len]  # ASCII: after the leading end-of-document token, three windows
+  text = (
+    "It is a truth universally acknowledged, that a single man in possession of a good "
+    "fortune, must be in want of a wife. "
+  ) * 4
+  text = text[: 3 * seq_len]  # ASCII: after the leading end-of-document token, three windows
   path = tmp_path / "mine.txt"
   path.write_text(text)
-  result = checked(run_cli(["--checkpoint", reference_run, "--text-file", path, "--name", "austen",
-                            "--json"], module="train.evaluate"))
+  result = checked(
+    run_cli(
+      ["--checkpoint", reference_run, "--text-file", path, "--name", "austen", "--json"],
+      module="train.evaluate",
+    )
+  )
   scored = json.loads(result.stdout.strip().splitlines()[-1])
   assert scored["name"] == "austen" and scored["step"] == 8 and scored["tokens"] == 3 * seq_len
   assert scored["bytes"] == 3 * seq_len
 
   model = Llama(PRESETS["tiny"], rngs=nnx.Rngs(0))
   graphdef, _ = nnx.split(model, nnx.Param)
-  params = jax.tree.unflatten(jax.tree.structure(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
-                              final_params(reference_run, 8, reference_run))
+  params = jax.tree.unflatten(
+    jax.tree.structure(nnx.to_pure_dict(nnx.state(model, nnx.Param))),
+    final_params(reference_run, 8, reference_run),
+  )
   stream = np.append(256, np.frombuffer(text.encode(), np.uint8)).astype(np.int32)
-  windows = np.stack([stream[i * seq_len:(i + 1) * seq_len + 1] for i in range(3)])
+  windows = np.stack([stream[i * seq_len : (i + 1) * seq_len + 1] for i in range(3)])
   want = float(next_token_loss(nnx.merge(graphdef, params), jnp.asarray(windows)))
   assert math.isclose(scored["loss"], want, rel_tol=1e-5)
   assert math.isclose(scored["bpb"], want / math.log(2), rel_tol=1e-5)

@@ -11,8 +11,13 @@ import optax
 import pytest
 
 from benchmarks.ablations import nexus_ablation
-from benchmarks.replicate import (CONTROL_GAMMA, ablation_arms, choose_large_gamma,
-                                  cosine_statistics, paired)
+from benchmarks.replicate import (
+  CONTROL_GAMMA,
+  ablation_arms,
+  choose_large_gamma,
+  cosine_statistics,
+  paired,
+)
 from tests.conftest import SoftmaxRegression, numpy_global_norm
 
 
@@ -41,8 +46,9 @@ def test_ablated_inner_steps_match_numpy_over_two_outer_steps(x64, inner_step):
         direction = velocity
       inner = {k: inner[k] - gamma * direction[k] for k in inner}
     want = {k: reference[k] - inner[k] for k in inner}
-    pseudo_grad, state = tx.update(None, state, params, loss_fn=problem.loss,
-                                   microbatches=stacked(problem))
+    pseudo_grad, state = tx.update(
+      None, state, params, loss_fn=problem.loss, microbatches=stacked(problem)
+    )
     for key in want:
       np.testing.assert_allclose(pseudo_grad[key], want[key], rtol=1e-10, atol=1e-12)
     params = optax.apply_updates(params, jax.tree.map(lambda g: -0.5 * g, pseudo_grad))
@@ -60,23 +66,27 @@ def test_cosine_statistics_match_explicit_full_gradients():
   rng = np.random.default_rng(0)
   domains, dim = 4, 50
   shared = rng.normal(size=dim)
-  halves = np.stack([shared * (d + 1) + rng.normal(size=dim) for d in range(domains)
-                     for _ in range(2)])  # rows A_1, B_1, A_2, B_2, ...
+  halves = np.stack(
+    [shared * (d + 1) + rng.normal(size=dim) for d in range(domains) for _ in range(2)]
+  )  # rows A_1, B_1, A_2, B_2, ...
   stats = cosine_statistics(halves @ halves.T)
   full = np.stack([(halves[2 * d] + halves[2 * d + 1]) / 2 for d in range(domains)])
   cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)
   want = np.mean([cos(full[i], full[j]) for i in range(domains) for j in range(domains) if i != j])
   assert math.isclose(stats["cosine"], want, rel_tol=1e-12)
-  want_a = np.mean([cos(halves[2 * i], halves[2 * j]) for i in range(domains)
-                    for j in range(domains) if i != j])
+  want_a = np.mean(
+    [cos(halves[2 * i], halves[2 * j]) for i in range(domains) for j in range(domains) if i != j]
+  )
   assert math.isclose(stats["cosine_half_a"], want_a, rel_tol=1e-12)
   split = [cos(halves[2 * d], halves[2 * d + 1]) for d in range(domains)]
   assert math.isclose(stats["split_half_min"], min(split), rel_tol=1e-12)
 
 
 def test_paired_difference_statistics_by_hand():
-  results = {"a": {s: {"final": {"m": v}} for s, v in enumerate([1.0, 2.0, 4.0])},
-             "b": {s: {"final": {"m": v}} for s, v in enumerate([0.5, 1.0, 2.0, 9.0])}}
+  results = {
+    "a": {s: {"final": {"m": v}} for s, v in enumerate([1.0, 2.0, 4.0])},
+    "b": {s: {"final": {"m": v}} for s, v in enumerate([0.5, 1.0, 2.0, 9.0])},
+  }
   stats = paired(results, "a", "b", "m")  # diffs 0.5, 1.0, 2.0 on the shared seeds 0-2
   assert stats["n"] == 3
   assert math.isclose(stats["mean"], 3.5 / 3)
@@ -98,17 +108,19 @@ def test_large_gamma_is_the_largest_within_tolerance_of_the_control():
 
 def test_matched_heldout_is_the_gap_to_adamws_line_inside_its_range():
   from benchmarks.replicate import add_matched_heldout
+
   point = lambda x, y: {"pretrain_loss": x, "heldout_mean": y}
   run = lambda *points: {"points": list(points), "final": {}}
   results = {
-      "adamw": {0: run(point(3.0, 7.0), point(2.0, 5.0)), 1: run(point(2.5, 6.0))},  # y = 2x + 1
-      "nexus": {0: run(point(2.5, 5.9), point(2.2, 5.5), point(1.5, 0.0))},  # last is outside
-      "control": {0: run(point(1.0, 3.0))},
+    "adamw": {0: run(point(3.0, 7.0), point(2.0, 5.0)), 1: run(point(2.5, 6.0))},  # y = 2x + 1
+    "nexus": {0: run(point(2.5, 5.9), point(2.2, 5.5), point(1.5, 0.0))},  # last is outside
+    "control": {0: run(point(1.0, 3.0))},
   }
   add_matched_heldout(results)
   nexus = results["nexus"][0]
   assert nexus["matched_points"] == 2
-  assert math.isclose(nexus["final"]["heldout_matched"], ((5.9 - 6.0) + (5.5 - 5.4)) / 2,
-                      abs_tol=1e-9)
+  assert math.isclose(
+    nexus["final"]["heldout_matched"], ((5.9 - 6.0) + (5.5 - 5.4)) / 2, abs_tol=1e-9
+  )
   assert math.isnan(results["control"][0]["final"]["heldout_matched"])
   assert math.isclose(results["adamw"][1]["final"]["heldout_matched"], 0.0, abs_tol=1e-9)

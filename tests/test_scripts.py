@@ -2,9 +2,9 @@
 
 import json
 import math
+import pathlib
 import subprocess
 import sys
-import pathlib
 
 import pytest
 
@@ -12,8 +12,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(*args, timeout=300):
-  out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout, check=False)
+  out = subprocess.run(
+    [sys.executable, "-m", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return out.stdout
 
@@ -37,8 +43,17 @@ def test_overhead_benchmark_full_size():
 
 
 def test_train_step_benchmark_quick(tmp_path):
-  stdout = _run("benchmarks.train_step", "--preset", "tiny", "--rounds", "1", "--matmul-size",
-                "256", "--out", str(tmp_path))
+  stdout = _run(
+    "benchmarks.train_step",
+    "--preset",
+    "tiny",
+    "--rounds",
+    "1",
+    "--matmul-size",
+    "256",
+    "--out",
+    str(tmp_path),
+  )
   report = json.loads(stdout.strip().splitlines()[-1])
   assert (tmp_path / "train_step-tiny-cpu.json").exists()
   rows = report["optimizers"]
@@ -61,15 +76,28 @@ def test_quickstart_trains_and_reports():
 
 
 def test_quickstart_rejects_bad_flags():
-  out = subprocess.run([sys.executable, "-m", "examples.quickstart", "--inner-lr", "0"], cwd=ROOT,
-                       capture_output=True, text=True, check=False)
+  out = subprocess.run(
+    [sys.executable, "-m", "examples.quickstart", "--inner-lr", "0"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert out.returncode == 2 and "--inner-lr must be > 0" in out.stderr
 
 
 @pytest.mark.slow  # builds the default corpus on first use (about 80 s)
 def test_data_pipeline_benchmark_reports_a_loader_faster_than_the_model(tmp_path):
-  stdout = _run("benchmarks.data_pipeline", "--steps", "20", "--repeats", "1", "--out",
-                str(tmp_path), timeout=900)
+  stdout = _run(
+    "benchmarks.data_pipeline",
+    "--steps",
+    "20",
+    "--repeats",
+    "1",
+    "--out",
+    str(tmp_path),
+    timeout=900,
+  )
   report = json.loads(stdout.strip().splitlines()[-1])
   assert report["loader_over_model"] > 10
   assert report["forward_backward_us_per_token"] > 0
@@ -78,8 +106,19 @@ def test_data_pipeline_benchmark_reports_a_loader_faster_than_the_model(tmp_path
 
 
 def test_compiled_memory_benchmark_shards_the_state_over_the_mesh(tmp_path):
-  stdout = _run("benchmarks.compiled_memory", "--presets", "tiny", "--mesh", "fsdp=4",
-                "--micro-batch-size", "8", "--seq-len", "64", "--out", str(tmp_path))
+  stdout = _run(
+    "benchmarks.compiled_memory",
+    "--presets",
+    "tiny",
+    "--mesh",
+    "fsdp=4",
+    "--micro-batch-size",
+    "8",
+    "--seq-len",
+    "64",
+    "--out",
+    str(tmp_path),
+  )
   report = json.loads(stdout.strip().splitlines()[-1])
   assert report["devices"] == 8 and report["mesh"]["fsdp"] == 4
   rows = report["presets"]["tiny"]
@@ -97,14 +136,33 @@ def test_bf16_fidelity_benchmark_reports_each_mode(tmp_path, small_cache, monkey
   from benchmarks import bf16_fidelity  # pylint: disable=import-outside-toplevel
 
   monkeypatch.setattr(bf16_fidelity.corpus_lib, "ensure_default_cache", lambda: small_cache)
-  monkeypatch.setattr(sys, "argv", ["bf16_fidelity", "--sizes", "tiny", "--batch", "2",
-                                    "--seq-len", "32", "--gamma-scales", "10",
-                                    "--out", str(tmp_path)])
+  monkeypatch.setattr(
+    sys,
+    "argv",
+    [
+      "bf16_fidelity",
+      "--sizes",
+      "tiny",
+      "--batch",
+      "2",
+      "--seq-len",
+      "32",
+      "--gamma-scales",
+      "10",
+      "--out",
+      str(tmp_path),
+    ],
+  )
   bf16_fidelity.main()
   report = json.loads((tmp_path / "results.json").read_text())
   (size,) = report["sizes"]
-  assert set(size["modes"]) == {"bf16-compute", "bf16-compute (gamma 0.1)", "bf16-params",
-                                "bf16-params+fp32", "bf16-params+sr"}
+  assert set(size["modes"]) == {
+    "bf16-compute",
+    "bf16-compute (gamma 0.1)",
+    "bf16-params",
+    "bf16-params+fp32",
+    "bf16-params+sr",
+  }
   for row in size["modes"].values():
     assert all(math.isfinite(row[key]) for key in ("survival", "cosine", "to_fp32", "first_err"))
   assert (tmp_path / "fidelity.png").stat().st_size > 10_000
@@ -114,8 +172,16 @@ def test_bf16_fidelity_benchmark_reports_each_mode(tmp_path, small_cache, monkey
 @pytest.mark.slow
 def test_torch_reference_benchmark_quick(tmp_path):
   pytest.importorskip("torch", reason="PyTorch comes with the bench extra on Python 3.11")
-  stdout = _run("benchmarks.torch_reference", "--preset", "tiny", "--rounds", "1",
-                "--no-compile", "--out", str(tmp_path))
+  stdout = _run(
+    "benchmarks.torch_reference",
+    "--preset",
+    "tiny",
+    "--rounds",
+    "1",
+    "--no-compile",
+    "--out",
+    str(tmp_path),
+  )
   report = json.loads(stdout.strip().splitlines()[-1])
   assert (tmp_path / "torch_reference-tiny.json").exists()
   assert report["agreement"]["relative_error"] <= 1e-4

@@ -1,4 +1,4 @@
-"""The second-order expansion of g_hat, as DESIGN.md states it (not the paper's Eq. 12).
+"""The second-order expansion of g_hat, as docs/math.md states it (not the paper's Eq. 12).
 
 The theory side is built here, independently of the library, from the unit-gradient
 map u_i(theta) = grad L_i / ||grad L_i||: J_i v is a jax.jvp of u_i along v.
@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SoftmaxRegression
 from jax.flatten_util import ravel_pytree
 
 import nexus_optax as nx
-from conftest import SoftmaxRegression
 
 GAMMAS = [0.04, 0.02, 0.01, 0.005]
 
@@ -57,8 +57,9 @@ def theory(x64, request):
 @jax.jit
 def _pseudo_gradient(params, microbatches, gamma):
   tx = nx.nexus(gamma)
-  return tx.update(None, tx.init(params), params, loss_fn=SoftmaxRegression.loss,
-                   microbatches=microbatches)
+  return tx.update(
+    None, tx.init(params), params, loss_fn=SoftmaxRegression.loss, microbatches=microbatches
+  )
 
 
 def _g_hat(problem, sequence, gamma):
@@ -79,11 +80,13 @@ def test_fixed_order_residual_is_third_order(theory):
   order = list(range(theory.k))[::-1]
   units = {i: theory.unit(i) for i in range(theory.k)}
   first = sum(units[s] for s in order)
-  second = sum(theory.jvp(s, sum((units[l] for l in order[:m]), jnp.zeros_like(theory.theta)))
-               for m, s in enumerate(order))
+  second = sum(
+    theory.jvp(s, sum((units[e] for e in order[:m]), jnp.zeros_like(theory.theta)))
+    for m, s in enumerate(order)
+  )
   residuals = [
-      float(jnp.linalg.norm(_g_hat(theory.problem, order, g) - (g * first - g**2 * second)))
-      for g in GAMMAS
+    float(jnp.linalg.norm(_g_hat(theory.problem, order, g) - (g * first - g**2 * second)))
+    for g in GAMMAS
   ]
   assert abs(_loglog_slope(GAMMAS, residuals) - 3.0) < 0.3, residuals
 
@@ -99,8 +102,7 @@ def _coefficient_errors(theory, sequences, target):
 
 def test_permutation_average_couples_distinct_sources(theory):
   k = theory.k
-  target = -0.5 * sum(theory.jvp(i, theory.unit(j))
-                      for i in range(k) for j in range(k) if i != j)
+  target = -0.5 * sum(theory.jvp(i, theory.unit(j)) for i in range(k) for j in range(k) if i != j)
   errors = _coefficient_errors(theory, list(itertools.permutations(range(k))), target)
   assert errors[-1] < 0.02, errors
   assert _loglog_slope(GAMMAS, errors) == pytest.approx(1.0, abs=0.2), errors
@@ -108,14 +110,18 @@ def test_permutation_average_couples_distinct_sources(theory):
 
 def test_iid_average_includes_self_terms(theory):
   k = theory.k
-  target = -(k - 1) / (2 * k) * sum(theory.jvp(i, theory.unit(j))
-                                    for i in range(k) for j in range(k))
+  target = (
+    -(k - 1) / (2 * k) * sum(theory.jvp(i, theory.unit(j)) for i in range(k) for j in range(k))
+  )
   errors = _coefficient_errors(theory, list(itertools.product(range(k), repeat=k)), target)
   assert errors[-1] < 0.02, errors
   assert _loglog_slope(GAMMAS, errors) == pytest.approx(1.0, abs=0.2), errors
 
-  without_self = -(k - 1) / (2 * k) * sum(theory.jvp(i, theory.unit(j))
-                                          for i in range(k) for j in range(k) if i != j)
+  without_self = (
+    -(k - 1)
+    / (2 * k)
+    * sum(theory.jvp(i, theory.unit(j)) for i in range(k) for j in range(k) if i != j)
+  )
   misses = _coefficient_errors(theory, list(itertools.product(range(k), repeat=k)), without_self)
   assert misses[-1] > 0.1, "the self terms J_i u_i should matter"
 
@@ -130,7 +136,9 @@ def test_hessian_coupling_is_not_the_cosine_gradient(theory):
   for _ in range(3):
     v = jnp.asarray(rng.normal(size=theory.theta.shape))
     h = 1e-6
-    fd = (theory.cosine_sum(theory.theta + h * v) - theory.cosine_sum(theory.theta - h * v)) / (2 * h)
+    fd = (theory.cosine_sum(theory.theta + h * v) - theory.cosine_sum(theory.theta - h * v)) / (
+      2 * h
+    )
     assert float(autodiff @ v) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
 
   # Autodiff's gradient is sum_{i!=j} (J_i^T u_j + J_j^T u_i), with H_i P_i ...
@@ -148,8 +156,10 @@ def test_hessian_coupling_is_not_the_cosine_gradient(theory):
 
 def test_consensus_estimate_tracks_exact_cosine(x64):
   problem = SoftmaxRegression(num_sources=3, seed=2)
-  grads = [np.concatenate([v.ravel() for v in problem.numpy_grad(problem.params, i).values()])
-           for i in range(3)]
+  grads = [
+    np.concatenate([v.ravel() for v in problem.numpy_grad(problem.params, i).values()])
+    for i in range(3)
+  ]
   units = [g / np.linalg.norm(g) for g in grads]
   exact = np.mean([units[i] @ units[j] for i in range(3) for j in range(3) if i != j])
   params = jax.tree.map(jnp.asarray, problem.params)

@@ -13,9 +13,13 @@ from flax import nnx
 torch = pytest.importorskip("torch", reason="PyTorch comes with the bench extra on Python 3.11")
 
 # pylint: disable=wrong-import-position
-from benchmarks.torch_reference import (TorchLlama, TorchNexus,  # noqa: E402
-                                        compare_pseudo_gradients, next_token_loss_torch,
-                                        torch_layout)
+from benchmarks.torch_reference import (  # noqa: E402
+  TorchLlama,
+  TorchNexus,  # noqa: E402
+  compare_pseudo_gradients,
+  next_token_loss_torch,
+  torch_layout,
+)
 from models import Llama, get_preset, next_token_loss  # noqa: E402
 from train.presets import get_run_preset  # noqa: E402
 
@@ -26,8 +30,9 @@ def _jax_model(**overrides):
   return config, model, jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
-@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True, "num_kv_heads": 4}],
-                         ids=["gqa-untied", "mha-tied"])
+@pytest.mark.parametrize(
+  "overrides", [{}, {"tie_embeddings": True, "num_kv_heads": 4}], ids=["gqa-untied", "mha-tied"]
+)
 def test_torch_llama_matches_the_jax_llama_in_logits_and_gradients(overrides):
   config, model, params = _jax_model(**overrides)
   tokens = np.random.default_rng(0).integers(0, 257, (2, 33))
@@ -44,8 +49,9 @@ def test_torch_llama_matches_the_jax_llama_in_logits_and_gradients(overrides):
   jax_named = torch_layout(jax.device_get(jax_grads), config)
   for (name, _), grad in zip(torch_model.named_parameters(), torch_grads):
     scale = float(np.abs(grad.numpy()).max())
-    np.testing.assert_allclose(jax_named[name], grad.numpy(), rtol=0, atol=1e-4 * scale,
-                               err_msg=name)
+    np.testing.assert_allclose(
+      jax_named[name], grad.numpy(), rtol=0, atol=1e-4 * scale, err_msg=name
+    )
 
 
 def test_one_outer_step_gives_the_same_pseudo_gradient_as_pytorch_algorithm_3():

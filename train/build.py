@@ -1,7 +1,8 @@
 """Builds a run's model, optimizer, sharded state and jitted step from its config and mesh."""
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,10 +43,14 @@ class Training:
   batch_sharding: jax.sharding.NamedSharding
 
 
-def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES,
-                   tx: optax.GradientTransformation | None = None,
-                   vocab_size: int | None = None,
-                   model_config: LlamaConfig | None = None) -> Training:
+def build_training(
+  config: TrainConfig,
+  mesh: jax.sharding.Mesh,
+  rules=DEFAULT_RULES,
+  tx: optax.GradientTransformation | None = None,
+  vocab_size: int | None = None,
+  model_config: LlamaConfig | None = None,
+) -> Training:
   """The run of ``config`` on ``mesh``; ``tx`` replaces ``build_optimizer(config)``
   (research variants; it must consume micro-batches the way ``config.optimizer`` does);
   ``vocab_size`` replaces the preset's (a token cache's padded vocabulary);
@@ -62,8 +67,13 @@ def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_R
   replicated = parallel.replicated(mesh)
 
   def state_of(params) -> TrainState:
-    return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.PRNGKey(config.seed), skipped_steps=jnp.zeros([], jnp.int32))
+    return TrainState(
+      step=jnp.zeros([], jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      rng=jax.random.PRNGKey(config.seed),
+      skipped_steps=jnp.zeros([], jnp.int32),
+    )
 
   def init() -> TrainState:
     model = Llama(model_config, rngs=nnx.Rngs(config.seed))
@@ -72,25 +82,40 @@ def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_R
   abstract = jax.eval_shape(init)
   # Param-shaped optimizer leaves shard like their params; Muon's masked-out slots stay empty.
   opt_shardings = optax.tree_utils.tree_map_params(
-      tx, lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
-      abstract.opt_state, params_shardings, transform_non_params=lambda _: replicated,
-      is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode))
-  state_shardings = TrainState(step=replicated, params=params_shardings, opt_state=opt_shardings,
-                               rng=replicated, skipped_steps=replicated)
+    tx,
+    lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
+    abstract.opt_state,
+    params_shardings,
+    transform_non_params=lambda _: replicated,
+    is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode),
+  )
+  state_shardings = TrainState(
+    step=replicated,
+    params=params_shardings,
+    opt_state=opt_shardings,
+    rng=replicated,
+    skipped_steps=replicated,
+  )
   abstract_state = jax.tree.map(
-      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-      abstract, state_shardings)
+    lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+    abstract,
+    state_shardings,
+  )
 
   def loss_fn(params, tokens):
     with activation_sharding(mesh, rules):
       return next_token_loss(nnx.merge(graphdef, params), tokens)
 
   batches = parallel.batch_sharding(mesh, batch_axis=1)
-  step = jax.jit(make_train_step(loss_fn, tx, step_kind(config.optimizer)),
-                 in_shardings=(state_shardings, batches),
-                 out_shardings=(state_shardings, replicated), donate_argnums=0)
-  state_from_params = jax.jit(state_of, in_shardings=(params_shardings,),
-                              out_shardings=state_shardings, donate_argnums=0)
+  step = jax.jit(
+    make_train_step(loss_fn, tx, step_kind(config.optimizer)),
+    in_shardings=(state_shardings, batches),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=0,
+  )
+  state_from_params = jax.jit(
+    state_of, in_shardings=(params_shardings,), out_shardings=state_shardings, donate_argnums=0
+  )
 
   def init_from_params(params) -> TrainState:
     expected = jax.tree.structure(abstract.params)
@@ -98,11 +123,21 @@ def build_training(config: TrainConfig, mesh: jax.sharding.Mesh, rules=DEFAULT_R
       raise ValueError(f"init_from_params: the params' tree differs from the model's ({expected}).")
     # Each process reads only the slices of its own devices' shards.
     placed = jax.tree.map(
-        lambda host, target, sharding: jax.make_array_from_callback(
-            target.shape, sharding, lambda index: np.asarray(host[index], target.dtype)),
-        params, abstract.params, params_shardings)
+      lambda host, target, sharding: jax.make_array_from_callback(
+        target.shape, sharding, lambda index: np.asarray(host[index], target.dtype)
+      ),
+      params,
+      abstract.params,
+      params_shardings,
+    )
     return state_from_params(placed)
 
-  return Training(model_config=model_config, graphdef=graphdef, abstract_state=abstract_state,
-                  init=jax.jit(init, out_shardings=state_shardings),
-                  init_from_params=init_from_params, step=step, batch_sharding=batches)
+  return Training(
+    model_config=model_config,
+    graphdef=graphdef,
+    abstract_state=abstract_state,
+    init=jax.jit(init, out_shardings=state_shardings),
+    init_from_params=init_from_params,
+    step=step,
+    batch_sharding=batches,
+  )

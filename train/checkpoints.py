@@ -38,18 +38,27 @@ class Restored:
 class CheckpointStore:
   """Keep-last-N asynchronous checkpoints under ``OUT/checkpoints``."""
 
-  def __init__(self, out_dir: pathlib.Path, keep: int, warn: Callable[[str], None] = print,
-               read_only: bool = False):
+  def __init__(
+    self,
+    out_dir: pathlib.Path,
+    keep: int,
+    warn: Callable[[str], None] = print,
+    read_only: bool = False,
+  ):
     self.out_dir = pathlib.Path(out_dir).absolute()
     self.directory = self.out_dir / "checkpoints"
     self.warn = warn
     self.read_only = read_only
-    options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
-                                           create=not read_only,
-                                           read_only=read_only, enable_async_checkpointing=True,
-                                           cleanup_tmp_directories=not read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data", "config"))
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=None if read_only else keep,
+      create=not read_only,
+      read_only=read_only,
+      enable_async_checkpointing=True,
+      cleanup_tmp_directories=not read_only,
+    )
+    self.manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=("state", "data", "config")
+    )
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -57,10 +66,15 @@ class CheckpointStore:
   def save(self, step: int, state, data_state: dict, config: dict) -> None:
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.Composite(
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(config)), force=True)
+        config=ocp.args.JsonSave(config),
+      ),
+      force=True,
+    )
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -72,8 +86,9 @@ class CheckpointStore:
     """The config of the newest checkpoint whose config is readable (``{}`` if none)."""
     for step in reversed(self.steps()):
       try:
-        return self.manager.restore(
-            step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+          "config"
+        ]
       except Exception:  # an unreadable checkpoint is reported by restore_latest
         continue
     return {}
@@ -84,10 +99,14 @@ class CheckpointStore:
     ``abstract_state`` is a tree of ``jax.ShapeDtypeStruct`` with ``sharding`` set,
     which may differ from the mesh the checkpoint was saved on.
     """
-    items = self.manager.restore(step, args=ocp.args.Composite(
+    items = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         data=ocp.args.JsonRestore(),
-        config=ocp.args.JsonRestore()))
+        config=ocp.args.JsonRestore(),
+      ),
+    )
     return Restored(step, items["state"], items["data"], items["config"])
 
   def restore_latest(self, abstract_state) -> Restored | None:
@@ -101,8 +120,10 @@ class CheckpointStore:
         if not self.read_only:
           self._quarantine(step)
           where = f"moved it to {self.out_dir / 'corrupt'}"
-        self.warn(f"warning: checkpoint {step} is unreadable ({type(error).__name__}: {reason}); "
-                  f"{where} and falling back to an earlier one.")
+        self.warn(
+          f"warning: checkpoint {step} is unreadable ({type(error).__name__}: {reason}); "
+          f"{where} and falling back to an earlier one."
+        )
     return None
 
   def _quarantine(self, step: int) -> None:

@@ -40,32 +40,56 @@ def with_summary_losses(record: dict, weights: dict[str, float]) -> dict:
   total = sum(weights.values())
   weighted = lambda role: sum(w * record[f"{role}/{d}/loss"] for d, w in weights.items()) / total
   heldout = [v for k, v in record.items() if k.startswith(f"{HELDOUT}/") and k.endswith("/loss")]
-  return {**record, "pretrain": weighted(VALIDATION), "train": weighted(TRAIN),
-          "heldout mean": statistics.fmean(heldout)}
+  return {
+    **record,
+    "pretrain": weighted(VALIDATION),
+    "train": weighted(TRAIN),
+    "heldout mean": statistics.fmean(heldout),
+  }
 
 
 def table_columns(record: dict) -> list[tuple[str, str]]:
   """(header, record key) pairs in Table 1's order."""
   columns = [("pretrain (val)", "pretrain"), ("train", "train")]
-  columns += [(f"{k.split('/')[1]} (val)", k) for k in sorted(record)
-              if k.startswith(f"{VALIDATION}/") and k.endswith("/loss")]
-  columns += [(f"{k.split('/')[1]} (held-out)", k) for k in sorted(record)
-              if k.startswith(f"{HELDOUT}/") and k.endswith("/loss")]
+  columns += [
+    (f"{k.split('/')[1]} (val)", k)
+    for k in sorted(record)
+    if k.startswith(f"{VALIDATION}/") and k.endswith("/loss")
+  ]
+  columns += [
+    (f"{k.split('/')[1]} (held-out)", k)
+    for k in sorted(record)
+    if k.startswith(f"{HELDOUT}/") and k.endswith("/loss")
+  ]
   return columns + [("held-out mean", "heldout mean"), ("grad cosine", "gradient_cosine/mean")]
 
 
 def summary_markdown(finals: dict[str, dict], header: str) -> str:
   columns = table_columns(finals["adamw"])
-  rows = [f"| {LABELS[o]} | " + " | ".join(f"{finals[o][k]:.4f}" for _, k in columns) + " |"
-          for o in OPTIMIZERS]
-  rows.append("| Nexus - AdamW | " + " | ".join(
-      f"{finals['nexus'][k] - finals['adamw'][k]:+.4f}" for _, k in columns) + " |")
-  return "\n".join([header, "", "| optimizer | " + " | ".join(h for h, _ in columns) + " |",
-                    "|---|" + "---|" * len(columns), *rows, ""])
+  rows = [
+    f"| {LABELS[o]} | " + " | ".join(f"{finals[o][k]:.4f}" for _, k in columns) + " |"
+    for o in OPTIMIZERS
+  ]
+  rows.append(
+    "| Nexus - AdamW | "
+    + " | ".join(f"{finals['nexus'][k] - finals['adamw'][k]:+.4f}" for _, k in columns)
+    + " |"
+  )
+  return "\n".join(
+    [
+      header,
+      "",
+      "| optimizer | " + " | ".join(h for h, _ in columns) + " |",
+      "|---|" + "---|" * len(columns),
+      *rows,
+      "",
+    ]
+  )
 
 
 def plot(runs: dict[str, dict], out: pathlib.Path) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -73,16 +97,35 @@ def plot(runs: dict[str, dict], out: pathlib.Path) -> None:
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
   for name, run in runs.items():
     logged = [r for r in run["records"] if "train_loss" in r]
-    left.plot([r["step"] for r in logged], [r["train_loss"] for r in logged], color=colors[name],
-              alpha=0.35, label=f"{LABELS[name]}: batch loss" + (" (inner points)"
-                                                                 if name == "nexus" else ""))
+    left.plot(
+      [r["step"] for r in logged],
+      [r["train_loss"] for r in logged],
+      color=colors[name],
+      alpha=0.35,
+      label=f"{LABELS[name]}: batch loss" + (" (inner points)" if name == "nexus" else ""),
+    )
     evals = run["evaluations"]
-    left.plot([r["step"] for r in evals], [r["train"] for r in evals], "o-", color=colors[name],
-              label=f"{LABELS[name]}: training windows")
-    right.plot([r["step"] for r in evals], [r["pretrain"] for r in evals], "o-",
-               color=colors[name], label=f"{LABELS[name]}: pretraining (validation)")
-    right.plot([r["step"] for r in evals], [r["heldout mean"] for r in evals], "s--",
-               color=colors[name], label=f"{LABELS[name]}: held-out mean")
+    left.plot(
+      [r["step"] for r in evals],
+      [r["train"] for r in evals],
+      "o-",
+      color=colors[name],
+      label=f"{LABELS[name]}: training windows",
+    )
+    right.plot(
+      [r["step"] for r in evals],
+      [r["pretrain"] for r in evals],
+      "o-",
+      color=colors[name],
+      label=f"{LABELS[name]}: pretraining (validation)",
+    )
+    right.plot(
+      [r["step"] for r in evals],
+      [r["heldout mean"] for r in evals],
+      "s--",
+      color=colors[name],
+      label=f"{LABELS[name]}: held-out mean",
+    )
   left.set(xlabel="outer step", ylabel="loss (nats/token)", title="Training loss")
   right.set(xlabel="outer step", ylabel="loss (nats/token)", title="Validation and held-out loss")
   for axis in (left, right):
@@ -93,13 +136,26 @@ def plot(runs: dict[str, dict], out: pathlib.Path) -> None:
   figure, axis = plt.subplots(figsize=(5.5, 4))
   for name, run in runs.items():
     evals = run["evaluations"]
-    axis.plot([r["pretrain"] for r in evals], [r["heldout mean"] for r in evals], "o-",
-              color=colors[name], label=LABELS[name])
+    axis.plot(
+      [r["pretrain"] for r in evals],
+      [r["heldout mean"] for r in evals],
+      "o-",
+      color=colors[name],
+      label=LABELS[name],
+    )
     for r in evals:
-      axis.annotate(str(r["step"]), (r["pretrain"], r["heldout mean"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
-  axis.set(xlabel="pretraining (validation) loss", ylabel="mean held-out loss",
-           title="Held-out loss at the same pretraining loss")
+      axis.annotate(
+        str(r["step"]),
+        (r["pretrain"], r["heldout mean"]),
+        fontsize=7,
+        xytext=(3, 3),
+        textcoords="offset points",
+      )
+  axis.set(
+    xlabel="pretraining (validation) loss",
+    ylabel="mean held-out loss",
+    title="Held-out loss at the same pretraining loss",
+  )
   axis.invert_xaxis()
   axis.legend()
   figure.tight_layout()
@@ -108,15 +164,21 @@ def plot(runs: dict[str, dict], out: pathlib.Path) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m train.compare",
-                                   description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m train.compare", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--preset", default="demo", help="run preset of both runs")
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results"),
-                      help="parent of the timestamped results directory")
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=pathlib.Path("results"),
+    help="parent of the timestamped results directory",
+  )
   args, pretrain_flags = parser.parse_known_args(argv)
   if any(flag.split("=")[0] in ("--optimizer", "--out", "--resume") for flag in pretrain_flags):
-    print("error: --optimizer, --out and --resume are set by train.compare; drop them.",
-          file=sys.stderr)
+    print(
+      "error: --optimizer, --out and --resume are set by train.compare; drop them.", file=sys.stderr
+    )
     return 2
   started = datetime.datetime.now()
   out = args.out / started.strftime("%Y%m%d-%H%M%S")
@@ -128,29 +190,40 @@ def main(argv=None) -> int:
   runs = {}
   for optimizer in OPTIMIZERS:
     print(f"\n=== {LABELS[optimizer]} -> {out / optimizer}", flush=True)
-    status = pretrain.main(["--preset", args.preset, "--optimizer", optimizer,
-                            "--out", str(out / optimizer), *pretrain_flags])
+    status = pretrain.main(
+      [
+        "--preset",
+        args.preset,
+        "--optimizer",
+        optimizer,
+        "--out",
+        str(out / optimizer),
+        *pretrain_flags,
+      ]
+    )
     if status != 0:
       return status
     config = json.loads((out / optimizer / "config.json").read_text())
     domains = [item.split("=")[0].strip() for item in config["mixture"].split(",")]
     weights = parse_mixture(config["mixture"], domains)
-    records = [json.loads(line)
-               for line in (out / optimizer / "metrics.jsonl").read_text().splitlines()]
-    evaluations = [with_summary_losses(r, weights) for r in records
-                   if "gradient_cosine/mean" in r]
+    records = [
+      json.loads(line) for line in (out / optimizer / "metrics.jsonl").read_text().splitlines()
+    ]
+    evaluations = [with_summary_losses(r, weights) for r in records if "gradient_cosine/mean" in r]
     runs[optimizer] = {"config": config, "records": records, "evaluations": evaluations}
   finals = {name: run["evaluations"][-1] for name, run in runs.items()}
   config = runs["nexus"]["config"]
   minutes = (datetime.datetime.now() - started).total_seconds() / 60
-  header = (f"# AdamW against AdamW + Nexus: `{config['model']}` Llama, {config['steps']} outer "
-            f"steps of K = {config['microbatches']} x {config['micro_batch_size']} x "
-            f"{config['seq_len']} tokens, gamma = {config['inner_lr']}, seed {config['seed']}\n\n"
-            f"Command: `python -m train.compare {' '.join(argv if argv is not None else sys.argv[1:])}`"
-            f"  \nDate: {started:%Y-%m-%d %H:%M}, {minutes:.1f} min. Losses in nats per token at "
-            "the outer parameters on fixed windows (final step); pretrain (val) is the "
-            "mixture-weighted validation loss, train the same over training windows, grad "
-            "cosine the mean off-diagonal cosine of the per-domain validation gradients.")
+  header = (
+    f"# AdamW against AdamW + Nexus: `{config['model']}` Llama, {config['steps']} outer "
+    f"steps of K = {config['microbatches']} x {config['micro_batch_size']} x "
+    f"{config['seq_len']} tokens, gamma = {config['inner_lr']}, seed {config['seed']}\n\n"
+    f"Command: `python -m train.compare {' '.join(argv if argv is not None else sys.argv[1:])}`"
+    f"  \nDate: {started:%Y-%m-%d %H:%M}, {minutes:.1f} min. Losses in nats per token at "
+    "the outer parameters on fixed windows (final step); pretrain (val) is the "
+    "mixture-weighted validation loss, train the same over training windows, grad "
+    "cosine the mean off-diagonal cosine of the per-domain validation gradients."
+  )
   text = summary_markdown(finals, header)
   (out / "summary.md").write_text(text)
   plot(runs, out)

@@ -19,11 +19,31 @@ OPTIMIZERS = ("adamw", "nexus", "nexus-multisteps", "muon", "nexus-muon", "sgd")
 SCHEDULES = ("wsd", "cosine")
 
 # Fields that shape the training trajectory: a resumed run must agree on every one.
-TRAJECTORY_FIELDS = ("model", "seq_len", "micro_batch_size", "microbatches", "mixture",
-                     "batch_mode", "seed", "optimizer", "lr", "inner_lr", "schedule",
-                     "warmup_fraction", "decay_fraction", "final_lr_fraction", "b1", "b2",
-                     "eps", "weight_decay", "clip_norm", "steps", "corpus_seed",
-                     "tokenizer", "init_from_hf")
+TRAJECTORY_FIELDS = (
+  "model",
+  "seq_len",
+  "micro_batch_size",
+  "microbatches",
+  "mixture",
+  "batch_mode",
+  "seed",
+  "optimizer",
+  "lr",
+  "inner_lr",
+  "schedule",
+  "warmup_fraction",
+  "decay_fraction",
+  "final_lr_fraction",
+  "b1",
+  "b2",
+  "eps",
+  "weight_decay",
+  "clip_norm",
+  "steps",
+  "corpus_seed",
+  "tokenizer",
+  "init_from_hf",
+)
 
 
 class ConfigError(ValueError):
@@ -112,17 +132,30 @@ class TrainConfig:
 
   def __post_init__(self):
     if self.model not in MODEL_PRESETS:
-      raise ConfigError(f"unknown model preset {self.model!r}; choose from "
-                        f"{', '.join(MODEL_PRESETS)}.")
+      raise ConfigError(
+        f"unknown model preset {self.model!r}; choose from {', '.join(MODEL_PRESETS)}."
+      )
     if self.optimizer not in OPTIMIZERS:
-      raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}.")
+      raise ConfigError(
+        f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}."
+      )
     if self.schedule not in SCHEDULES:
       raise ConfigError(f"unknown schedule {self.schedule!r}; choose wsd or cosine.")
     if self.batch_mode not in MODES:
       raise ConfigError(f"unknown batch mode {self.batch_mode!r}; choose mixed or source.")
-    minimums = {"seq_len": 1, "micro_batch_size": 1, "microbatches": 1, "steps": 1,
-                "checkpoint_every": 1, "keep_checkpoints": 1, "eval_every": 0,
-                "eval_sequences": 1, "log_every": 1, "seed": 0, "corpus_seed": 0}
+    minimums = {
+      "seq_len": 1,
+      "micro_batch_size": 1,
+      "microbatches": 1,
+      "steps": 1,
+      "checkpoint_every": 1,
+      "keep_checkpoints": 1,
+      "eval_every": 0,
+      "eval_sequences": 1,
+      "log_every": 1,
+      "seed": 0,
+      "corpus_seed": 0,
+    }
     for name, minimum in minimums.items():
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -146,12 +179,15 @@ class TrainConfig:
       try:
         builtin_bpe_size(self.tokenizer)
       except TokenizerError as error:
-        raise ConfigError(f"--tokenizer: {error} For your own tokenizer, prepare a cache and "
-                          "pass --data.") from None
+        raise ConfigError(
+          f"--tokenizer: {error} For your own tokenizer, prepare a cache and pass --data."
+        ) from None
     max_len = MODEL_PRESETS[self.model].max_seq_len
     if self.seq_len > max_len and not self.init_from_hf:  # else the checkpoint's own limit
-      raise ConfigError(f"--seq-len {self.seq_len} exceeds the {self.model} model's max_seq_len "
-                        f"{max_len}; lower it.")
+      raise ConfigError(
+        f"--seq-len {self.seq_len} exceeds the {self.model} model's max_seq_len "
+        f"{max_len}; lower it."
+      )
 
   @property
   def resolved_weight_decay(self) -> float:
@@ -176,9 +212,14 @@ class TrainConfig:
     """``field: saved -> now`` for each trajectory field that differs from ``saved``
     (the tokenizer only where it applies: the built-in corpus, not a cache or checkpoint
     that brings its own, which the run's data record checks instead)."""
+
     def value(config, name):
       if name == "tokenizer" and (config.data or config.init_from_hf):
         return ""
       return getattr(config, name)
-    return [f"{name}: {value(saved, name)!r} -> {value(self, name)!r}"
-            for name in TRAJECTORY_FIELDS if value(saved, name) != value(self, name)]
+
+    return [
+      f"{name}: {value(saved, name)!r} -> {value(self, name)!r}"
+      for name in TRAJECTORY_FIELDS
+      if value(saved, name) != value(self, name)
+    ]

@@ -41,18 +41,28 @@ DEFAULT_HF_WINDOW = 2048
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m train.evaluate", description=__doc__.split("\n\n")[0]
+  )
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--checkpoint", type=pathlib.Path,
-                      help="run directory, its checkpoints/ folder, or checkpoints/<step>")
-  source.add_argument("--hf", type=pathlib.Path,
-                      help="Hugging Face checkpoint folder, scored through transformers")
+  source.add_argument(
+    "--checkpoint",
+    type=pathlib.Path,
+    help="run directory, its checkpoints/ folder, or checkpoints/<step>",
+  )
+  source.add_argument(
+    "--hf", type=pathlib.Path, help="Hugging Face checkpoint folder, scored through transformers"
+  )
   parser.add_argument("--text-file", type=pathlib.Path, required=True, help="UTF-8 text to score")
   parser.add_argument("--name", default=None, help="label in the output (default: file name)")
   parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-  parser.add_argument("--seq-len", type=int, default=None,
-                      help="--hf only: window length (default: the exporting run's, else the "
-                      f"model's max_position_embeddings up to {DEFAULT_HF_WINDOW})")
+  parser.add_argument(
+    "--seq-len",
+    type=int,
+    default=None,
+    help="--hf only: window length (default: the exporting run's, else the "
+    f"model's max_position_embeddings up to {DEFAULT_HF_WINDOW})",
+  )
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   args = parser.parse_args(argv)
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax notes that the directory is read-only
@@ -60,8 +70,10 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
       raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}.")
     if args.seq_len is not None and (args.hf is None or args.seq_len < 1):
-      raise ConfigError("--seq-len applies to --hf only, and must be >= 1; a --checkpoint is "
-                        "scored at its run's sequence length.")
+      raise ConfigError(
+        "--seq-len applies to --hf only, and must be >= 1; a --checkpoint is "
+        "scored at its run's sequence length."
+      )
     result = evaluate_hf(args) if args.hf is not None else evaluate(args)
   except (ConfigError, TokenizerError, HFCheckpointError) as error:
     print(f"error: {error}", file=sys.stderr)
@@ -69,9 +81,11 @@ def main(argv=None) -> int:
   if args.json:
     print(json.dumps(result))
   else:
-    print(f"{result['name']}: {result['loss']:.4f} nats/token, {result['bpb']:.4f} bits/byte over "
-          f"{result['tokens']:,} tokens and {result['bytes']:,} bytes (checkpoint step "
-          f"{result['step']}, {result['model']}, {result['tokenizer']} tokenizer)")
+    print(
+      f"{result['name']}: {result['loss']:.4f} nats/token, {result['bpb']:.4f} bits/byte over "
+      f"{result['tokens']:,} tokens and {result['bytes']:,} bytes (checkpoint step "
+      f"{result['step']}, {result['model']}, {result['tokenizer']} tokenizer)"
+    )
   return 0
 
 
@@ -81,8 +95,10 @@ def read_text(path: pathlib.Path) -> str:
   except FileNotFoundError:
     raise ConfigError(f"--text-file {path} does not exist.") from None
   except UnicodeDecodeError as error:
-    raise ConfigError(f"--text-file {path} is not UTF-8 ({error.reason} at byte "
-                      f"{error.start}); convert it, e.g. with iconv -t utf-8.") from None
+    raise ConfigError(
+      f"--text-file {path} is not UTF-8 ({error.reason} at byte "
+      f"{error.start}); convert it, e.g. with iconv -t utf-8."
+    ) from None
 
 
 def with_bpb(scores: dict, text: str) -> dict:
@@ -96,13 +112,19 @@ def evaluate(args) -> dict:
   text = read_text(args.text_file)
   run = restore_run(args.checkpoint)
   try:
-    eval_set = text_eval_set(text, run.config.seq_len, args.name or args.text_file.name,
-                             run.tokenizer)
+    eval_set = text_eval_set(
+      text, run.config.seq_len, args.name or args.text_file.name, run.tokenizer
+    )
   except ValueError as error:
     raise ConfigError(f"--text-file {args.text_file}: {error}") from None
   scores = Evaluator(run.training.graphdef, run.mesh, args.batch_size).losses(run.params, eval_set)
-  return {"name": eval_set.name, "step": run.step, "model": run.config.model,
-          "tokenizer": run.tokenizer.kind, **with_bpb(scores, text)}
+  return {
+    "name": eval_set.name,
+    "step": run.step,
+    "model": run.config.model,
+    "tokenizer": run.tokenizer.kind,
+    **with_bpb(scores, text),
+  }
 
 
 def evaluate_hf(args) -> dict:
@@ -120,17 +142,22 @@ def evaluate_hf(args) -> dict:
     import torch
     import transformers
   except ImportError as error:
-    raise ConfigError(f"--hf needs transformers and PyTorch ({error.name} is not installed); "
-                      "install nexus-optax[test] or pip install transformers torch.") from None
+    raise ConfigError(
+      f"--hf needs transformers and PyTorch ({error.name} is not installed); "
+      "install nexus-optax[test] or pip install transformers torch."
+    ) from None
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
   except Exception as error:  # transformers raises OSError, ValueError and its own types
-    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    reason = (
+      str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    )
     raise ConfigError(f"--hf {args.hf}: transformers cannot load it ({reason}).") from None
   model.eval()
   seq_len = args.seq_len or checkpoint.metadata.get(
-      "seq_len", min(model.config.max_position_embeddings, DEFAULT_HF_WINDOW))
+    "seq_len", min(model.config.max_position_embeddings, DEFAULT_HF_WINDOW)
+  )
   start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
   ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # windowed below
   stream = np.array([start, *ids], np.int64)
@@ -141,16 +168,20 @@ def evaluate_hf(args) -> dict:
   nats, count = 0.0, 0.0
   with torch.no_grad():
     for first in range(0, len(windows), args.batch_size):
-      batch = torch.from_numpy(windows[first:first + args.batch_size].astype(np.int64))
-      weights = torch.from_numpy(mask[first:first + args.batch_size]).double()
+      batch = torch.from_numpy(windows[first : first + args.batch_size].astype(np.int64))
+      weights = torch.from_numpy(mask[first : first + args.batch_size]).double()
       log_probs = torch.log_softmax(model(batch[:, :-1]).logits.float(), dim=-1)
       target = log_probs.gather(-1, batch[:, 1:, None])[..., 0].double()
       nats -= float((target * weights).sum())
       count += float(weights.sum())
   scores = {"loss": nats / count, "tokens": int(count)}
-  return {"name": args.name or args.text_file.name, "step": checkpoint.metadata.get("step"),
-          "model": f"hf:{directory}", "tokenizer": type(tokenizer).__name__,
-          **with_bpb(scores, text)}
+  return {
+    "name": args.name or args.text_file.name,
+    "step": checkpoint.metadata.get("step"),
+    "model": f"hf:{directory}",
+    "tokenizer": type(tokenizer).__name__,
+    **with_bpb(scores, text),
+  }
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import nexus_optax as nx
 from models import DEFAULT_RULES
 from models.sharding import activation_sharding
-import nexus_optax as nx
 from train.data.cache import TokenCache
 from train.data.corpus import HELDOUT, VALIDATION
 from train.data.tokenizer import Tokenizer
@@ -53,15 +53,16 @@ def windows_of(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray
     raise ValueError("the text has fewer than 2 tokens; nothing to score.")
   count = -(-targets // seq_len)
   padded = np.zeros(count * seq_len + 1, np.int32)
-  padded[:len(stream)] = stream
+  padded[: len(stream)] = stream
   starts = np.arange(count) * seq_len
   tokens = padded[starts[:, None] + np.arange(seq_len + 1)]
   mask = (starts[:, None] + np.arange(1, seq_len + 1) <= targets).astype(np.float32)
   return tokens, mask
 
 
-def cache_eval_sets(cache: TokenCache, seq_len: int, max_sequences: int,
-                    roles=(VALIDATION, HELDOUT)) -> list[EvalSet]:
+def cache_eval_sets(
+  cache: TokenCache, seq_len: int, max_sequences: int, roles=(VALIDATION, HELDOUT)
+) -> list[EvalSet]:
   """``<role>/<set>`` for every set of ``roles`` (``validation/<domain>``, ``heldout/<set>``,
   and ``train/<domain>`` when asked): up to ``max_sequences`` windows each, evenly spaced
   through the set so that every part of it is represented."""
@@ -72,11 +73,18 @@ def cache_eval_sets(cache: TokenCache, seq_len: int, max_sequences: int,
       windows = cache.windows(role, name, seq_len)
       if len(windows) == 0:
         continue
-      picks = np.unique(np.linspace(0, len(windows) - 1, min(max_sequences, len(windows)))
-                        .round().astype(int))
+      picks = np.unique(
+        np.linspace(0, len(windows) - 1, min(max_sequences, len(windows))).round().astype(int)
+      )
       chosen = np.stack([windows[i] for i in picks])
-      sets.append(EvalSet(f"{role}/{name}", chosen, np.ones(chosen[:, 1:].shape, np.float32),
-                          token_bytes[chosen[:, 1:]]))
+      sets.append(
+        EvalSet(
+          f"{role}/{name}",
+          chosen,
+          np.ones(chosen[:, 1:].shape, np.float32),
+          token_bytes[chosen[:, 1:]],
+        )
+      )
   return sets
 
 
@@ -136,26 +144,40 @@ class Evaluator:
     tokens = np.zeros((padded, eval_set.tokens.shape[1]), np.int32)
     mask = np.zeros((padded, eval_set.mask.shape[1]), np.float32)
     target_bytes = np.zeros_like(mask)
-    tokens[:count], mask[:count], target_bytes[:count] = (eval_set.tokens, eval_set.mask,
-                                                          eval_set.target_bytes)
+    tokens[:count], mask[:count], target_bytes[:count] = (
+      eval_set.tokens,
+      eval_set.mask,
+      eval_set.target_bytes,
+    )
     sharding = batch_sharding(self.mesh, batch_axis=0)
     totals = np.zeros(3)
     for start in range(0, padded, self.batch_size):
       rows = slice(start, start + self.batch_size)
-      sums = self._sums(params, *(global_array_from_host(array[rows], sharding)
-                                  for array in (tokens, mask, target_bytes)))
+      sums = self._sums(
+        params,
+        *(global_array_from_host(array[rows], sharding) for array in (tokens, mask, target_bytes)),
+      )
       totals += np.array([float(value) for value in sums])
     nats, targets, scored_bytes = totals
-    return {"loss": nats / max(targets, 1.0), "bpb": nats / math.log(2) / max(scored_bytes, 1.0),
-            "tokens": int(targets), "bytes": int(round(scored_bytes))}
+    return {
+      "loss": nats / max(targets, 1.0),
+      "bpb": nats / math.log(2) / max(scored_bytes, 1.0),
+      "tokens": int(targets),
+      "bytes": int(round(scored_bytes)),
+    }
 
   def gradient_cosines(self, params, cosine_batches: np.ndarray) -> np.ndarray:
     """The [S, S] cosine matrix of per-domain gradients, ``cosine_batches [S, B, T + 1]``."""
     batches = global_array_from_host(cosine_batches, batch_sharding(self.mesh, batch_axis=1))
     return np.asarray(self._cosines(params, batches))
 
-  def evaluate(self, params, eval_sets: list[EvalSet], cosine_batches: np.ndarray | None,
-               domain_names: list[str]) -> dict:
+  def evaluate(
+    self,
+    params,
+    eval_sets: list[EvalSet],
+    cosine_batches: np.ndarray | None,
+    domain_names: list[str],
+  ) -> dict:
     """Flat metrics: ``<set>/loss``, ``<set>/bpb``, and the cosine matrix with its mean."""
     results = {}
     for eval_set in eval_sets:
@@ -171,14 +193,19 @@ class Evaluator:
     return results
 
 
-def domain_batches(eval_sets: list[EvalSet], domains, batch_size: int) -> tuple[np.ndarray | None,
-                                                                                 list[str]]:
+def domain_batches(
+  eval_sets: list[EvalSet], domains, batch_size: int
+) -> tuple[np.ndarray | None, list[str]]:
   """One batch per training domain from its validation set, for the cosine matrix."""
   by_name = {s.name: s for s in eval_sets}
   names = [d for d in domains if f"{VALIDATION}/{d}" in by_name]
   if not names:
     return None, []
-  batches = [np.resize(by_name[f"{VALIDATION}/{d}"].tokens,
-                       (batch_size, by_name[f"{VALIDATION}/{d}"].tokens.shape[1]))
-             for d in names]
+  batches = [
+    np.resize(
+      by_name[f"{VALIDATION}/{d}"].tokens,
+      (batch_size, by_name[f"{VALIDATION}/{d}"].tokens.shape[1]),
+    )
+    for d in names
+  ]
   return np.stack(batches), names

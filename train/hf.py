@@ -22,11 +22,23 @@ import shutil
 
 import numpy as np
 
-from models.hf_llama import (HFCheckpointError, check_hf_tensors, from_hf_config, from_hf_tensors,
-                             lazy_hf_params, to_hf_config, to_hf_tensors)
+from models.hf_llama import (
+  HFCheckpointError,
+  check_hf_tensors,
+  from_hf_config,
+  from_hf_tensors,
+  lazy_hf_params,
+  to_hf_config,
+  to_hf_tensors,
+)
 from models.llama import LlamaConfig
-from train.data.tokenizer import (BYTES, Tokenizer, TokenizerError, byte_tokenizer_json,
-                                  load_tokenizer)
+from train.data.tokenizer import (
+  BYTES,
+  Tokenizer,
+  TokenizerError,
+  byte_tokenizer_json,
+  load_tokenizer,
+)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -36,14 +48,23 @@ TOKENIZER_MODEL = "tokenizer.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS = "special_tokens_map.json"
 # What an export writes (and a re-export into the same folder replaces).
-EXPORT_FILES = (CONFIG, WEIGHTS, WEIGHTS_INDEX, TOKENIZER_JSON, TOKENIZER_MODEL, TOKENIZER_CONFIG,
-                SPECIAL_TOKENS, "generation_config.json")
+EXPORT_FILES = (
+  CONFIG,
+  WEIGHTS,
+  WEIGHTS_INDEX,
+  TOKENIZER_JSON,
+  TOKENIZER_MODEL,
+  TOKENIZER_CONFIG,
+  SPECIAL_TOKENS,
+  "generation_config.json",
+)
 EXPORT_DTYPES = ("float32", "bfloat16")
 
 
 def _numpy_dtype(name: str):
   if name == "bfloat16":
     import ml_dtypes  # pylint: disable=import-outside-toplevel  (a JAX dependency)
+
     return np.dtype(ml_dtypes.bfloat16)
   return np.dtype(name)
 
@@ -67,27 +88,31 @@ class HFCheckpoint:
 
   def _reader(self):
     from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
     handles = {file: safe_open(str(file), "np") for file in set(self._files.values())}
 
     def read(name):
       try:
         return handles[self._files[name]].get_tensor(name)
       except Exception as error:  # safetensors raises its own SafetensorError
-        raise HFCheckpointError(f"{self._files[name]}: tensor {name} is unreadable ({error}); "
-                                "copy the checkpoint again.") from None
+        raise HFCheckpointError(
+          f"{self._files[name]}: tensor {name} is unreadable ({error}); copy the checkpoint again."
+        ) from None
 
     return read
 
   def params(self) -> dict:
     """The weights as our params: a pure dict of NumPy arrays in ``model_config.param_dtype``."""
-    return from_hf_tensors(self._reader(), self.model_config,
-                           _numpy_dtype(self.model_config.param_dtype))
+    return from_hf_tensors(
+      self._reader(), self.model_config, _numpy_dtype(self.model_config.param_dtype)
+    )
 
   def lazy_params(self) -> dict:
     """The same tree of :class:`models.hf_llama.LazyParam`: indexing one reads only the
     layers its slice selects, so each process reads what its shards need."""
-    return lazy_hf_params(self._reader(), self.model_config,
-                          _numpy_dtype(self.model_config.param_dtype))
+    return lazy_hf_params(
+      self._reader(), self.model_config, _numpy_dtype(self.model_config.param_dtype)
+    )
 
   @property
   def metadata(self) -> dict:
@@ -98,12 +123,14 @@ class HFCheckpoint:
 def _safetensors_keys(file: pathlib.Path) -> dict[str, tuple[int, ...]]:
   """Tensor name -> shape of one safetensors file (its header only)."""
   from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
   try:
     with safe_open(str(file), "np") as handle:
       return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
   except Exception as error:  # safetensors raises its own SafetensorError
-    raise HFCheckpointError(f"{file} is not a readable safetensors file ({error}); copy the "
-                            "checkpoint again.") from None
+    raise HFCheckpointError(
+      f"{file} is not a readable safetensors file ({error}); copy the checkpoint again."
+    ) from None
 
 
 def _weight_files(directory: pathlib.Path) -> tuple[dict[str, pathlib.Path], dict]:
@@ -118,23 +145,31 @@ def _weight_files(directory: pathlib.Path) -> tuple[dict[str, pathlib.Path], dic
     try:
       weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError):
-      raise HFCheckpointError(f"{index} is not a safetensors index (no weight_map); write the "
-                              "checkpoint again.") from None
+      raise HFCheckpointError(
+        f"{index} is not a safetensors index (no weight_map); write the checkpoint again."
+      ) from None
     files = {name: directory / file for name, file in weight_map.items()}
     missing = sorted({str(f.name) for f in files.values() if not f.exists()})
     if missing:
-      raise HFCheckpointError(f"{directory}: the shards {', '.join(missing[:3])} named in "
-                              f"{WEIGHTS_INDEX} are missing; copy the whole checkpoint.")
+      raise HFCheckpointError(
+        f"{directory}: the shards {', '.join(missing[:3])} named in "
+        f"{WEIGHTS_INDEX} are missing; copy the whole checkpoint."
+      )
     shapes = {}
     for file in sorted(set(files.values())):
-      shapes.update({name: shape for name, shape in _safetensors_keys(file).items()
-                     if files.get(name) == file})
+      shapes.update(
+        {name: shape for name, shape in _safetensors_keys(file).items() if files.get(name) == file}
+      )
     return files, shapes
   if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
-    raise HFCheckpointError(f"{directory} has PyTorch pickle weights only; save them as "
-                            "safetensors (model.save_pretrained(dir, safe_serialization=True)).")
-  raise HFCheckpointError(f"{directory} has no {WEIGHTS} or {WEIGHTS_INDEX}; point at a "
-                          "folder written by save_pretrained or train.export_hf.")
+    raise HFCheckpointError(
+      f"{directory} has PyTorch pickle weights only; save them as "
+      "safetensors (model.save_pretrained(dir, safe_serialization=True))."
+    )
+  raise HFCheckpointError(
+    f"{directory} has no {WEIGHTS} or {WEIGHTS_INDEX}; point at a "
+    "folder written by save_pretrained or train.export_hf."
+  )
 
 
 def checkpoint_tokenizer(directory: pathlib.Path, metadata: dict | None = None) -> Tokenizer:
@@ -152,8 +187,10 @@ def checkpoint_tokenizer(directory: pathlib.Path, metadata: dict | None = None) 
         return load_tokenizer(directory / name)
   except TokenizerError as error:
     raise HFCheckpointError(f"{directory}: {error}") from None
-  raise HFCheckpointError(f"{directory} has no tokenizer ({TOKENIZER_JSON} or {TOKENIZER_MODEL}); "
-                          "copy the model's tokenizer files into it.")
+  raise HFCheckpointError(
+    f"{directory} has no tokenizer ({TOKENIZER_JSON} or {TOKENIZER_MODEL}); "
+    "copy the model's tokenizer files into it."
+  )
 
 
 def read_checkpoint(directory, base: LlamaConfig) -> HFCheckpoint:
@@ -161,12 +198,16 @@ def read_checkpoint(directory, base: LlamaConfig) -> HFCheckpoint:
   (:func:`models.hf_llama.from_hf_config`). Raises :class:`HFCheckpointError`."""
   directory = pathlib.Path(directory).absolute()
   if not directory.is_dir():
-    raise HFCheckpointError(f"{directory} is not a folder; point at a Hugging Face checkpoint "
-                            "folder (config.json, model.safetensors, tokenizer.json).")
+    raise HFCheckpointError(
+      f"{directory} is not a folder; point at a Hugging Face checkpoint "
+      "folder (config.json, model.safetensors, tokenizer.json)."
+    )
   path = directory / CONFIG
   if not path.exists():
-    raise HFCheckpointError(f"{directory} has no {CONFIG}; point at a Hugging Face checkpoint "
-                            "folder (save_pretrained or train.export_hf writes one).")
+    raise HFCheckpointError(
+      f"{directory} has no {CONFIG}; point at a Hugging Face checkpoint "
+      "folder (save_pretrained or train.export_hf writes one)."
+    )
   try:
     hf_config = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -176,9 +217,11 @@ def read_checkpoint(directory, base: LlamaConfig) -> HFCheckpoint:
   check_hf_tensors(shapes, model_config, where=str(directory))
   tokenizer = checkpoint_tokenizer(directory, hf_config.get("nexus_optax"))
   if tokenizer.vocab_size > model_config.vocab_size:
-    raise HFCheckpointError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
-                            f"model only {model_config.vocab_size} embedding rows; use the "
-                            "model's own tokenizer.")
+    raise HFCheckpointError(
+      f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+      f"model only {model_config.vocab_size} embedding rows; use the "
+      "model's own tokenizer."
+    )
   return HFCheckpoint(directory, hf_config, model_config, tokenizer, files)
 
 
@@ -192,9 +235,11 @@ def sentencepiece_tokenizer_json(model_file) -> str:
     from tokenizers import AddedToken  # pylint: disable=import-outside-toplevel
     from transformers.convert_slow_tokenizer import SpmConverter  # pylint: disable=import-outside-toplevel
   except ImportError as error:
-    raise HFCheckpointError(f"exporting a SentencePiece tokenizer as {TOKENIZER_JSON} uses "
-                            f"transformers' converter and protobuf ({error.name} is not "
-                            "installed); pip install transformers protobuf.") from None
+    raise HFCheckpointError(
+      f"exporting a SentencePiece tokenizer as {TOKENIZER_JSON} uses "
+      f"transformers' converter and protobuf ({error.name} is not "
+      "installed); pip install transformers protobuf."
+    ) from None
   proto = sentencepiece_model_pb2.ModelProto()
   proto.ParseFromString(pathlib.Path(model_file).read_bytes())
   unigram, bpe = 1, 2  # ModelProto.TrainerSpec.ModelType
@@ -203,17 +248,26 @@ def sentencepiece_tokenizer_json(model_file) -> str:
   elif proto.trainer_spec.model_type == unigram:
     vocab = [(piece.piece, piece.score) for piece in proto.pieces]
   else:
-    raise HFCheckpointError(f"{model_file}: only BPE and unigram SentencePiece models export "
-                            f"(this one is model type {proto.trainer_spec.model_type}).")
+    raise HFCheckpointError(
+      f"{model_file}: only BPE and unigram SentencePiece models export "
+      f"(this one is model type {proto.trainer_spec.model_type})."
+    )
   if not hasattr(SpmConverter, "build_tokenizer_from_spm_proto"):
-    raise HFCheckpointError("exporting a SentencePiece tokenizer needs a transformers with "
-                            "SpmConverter.build_tokenizer_from_spm_proto (5.24 has it); "
-                            "upgrade transformers.")
+    raise HFCheckpointError(
+      "exporting a SentencePiece tokenizer needs a transformers with "
+      "SpmConverter.build_tokenizer_from_spm_proto (5.24 has it); "
+      "upgrade transformers."
+    )
   # legacy=True: the dummy prefix and extra-whitespace rules exactly as SentencePiece applies them.
   tokenizer = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
   unknown, control = 2, 3  # ModelProto.SentencePiece.Type
-  tokenizer.add_special_tokens([AddedToken(piece.piece, special=True, normalized=False)
-                                for piece in proto.pieces if piece.type in (unknown, control)])
+  tokenizer.add_special_tokens(
+    [
+      AddedToken(piece.piece, special=True, normalized=False)
+      for piece in proto.pieces
+      if piece.type in (unknown, control)
+    ]
+  )
   return tokenizer.to_str(pretty=True)
 
 
@@ -227,20 +281,29 @@ def write_tokenizer(directory: pathlib.Path, tokenizer: Tokenizer, max_length: i
   ``AutoTokenizer`` encodes text to the ids training saw.
   """
   if tokenizer.kind == BYTES:
-    (directory / TOKENIZER_JSON).write_text(json.dumps(byte_tokenizer_json(), indent=1,
-                                                       ensure_ascii=False) + "\n")
+    (directory / TOKENIZER_JSON).write_text(
+      json.dumps(byte_tokenizer_json(), indent=1, ensure_ascii=False) + "\n"
+    )
   elif tokenizer.file_name == TOKENIZER_JSON:
     shutil.copyfile(tokenizer.source, directory / TOKENIZER_JSON)
   else:
     (directory / TOKENIZER_JSON).write_text(sentencepiece_tokenizer_json(tokenizer.source))
     shutil.copyfile(tokenizer.source, directory / TOKENIZER_MODEL)
-  special = {"bos_token": tokenizer.eod_token, "eos_token": tokenizer.eod_token,
-             "pad_token": tokenizer.eod_token}
+  special = {
+    "bos_token": tokenizer.eod_token,
+    "eos_token": tokenizer.eod_token,
+    "pad_token": tokenizer.eod_token,
+  }
   # split_special_tokens: text that spells a special token stays text, as in training.
-  config = {"tokenizer_class": "PreTrainedTokenizerFast",
-            **special, "model_max_length": max_length, "add_bos_token": False,
-            "add_eos_token": False, "clean_up_tokenization_spaces": False,
-            "split_special_tokens": True}
+  config = {
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    **special,
+    "model_max_length": max_length,
+    "add_bos_token": False,
+    "add_eos_token": False,
+    "clean_up_tokenization_spaces": False,
+    "split_special_tokens": True,
+  }
   (directory / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=1) + "\n")
   (directory / SPECIAL_TOKENS).write_text(json.dumps(special, indent=1) + "\n")
 
@@ -256,25 +319,36 @@ def _clear_earlier_export(directory: pathlib.Path) -> None:
     earlier = False
   others = [p.name for p in directory.iterdir() if p.name not in EXPORT_FILES]
   if not earlier or others:
-    raise HFCheckpointError(f"--out {directory} is not empty and is not an earlier export "
-                            f"(it holds {', '.join(sorted(p.name for p in directory.iterdir())[:3])}"
-                            "); choose a new or empty folder.")
+    raise HFCheckpointError(
+      f"--out {directory} is not empty and is not an earlier export "
+      f"(it holds {', '.join(sorted(p.name for p in directory.iterdir())[:3])}"
+      "); choose a new or empty folder."
+    )
   for path in directory.iterdir():
     path.unlink()
 
 
-def write_checkpoint(directory, params: dict, model_config: LlamaConfig, tokenizer: Tokenizer,
-                     dtype: str = "float32", metadata: dict | None = None) -> pathlib.Path:
+def write_checkpoint(
+  directory,
+  params: dict,
+  model_config: LlamaConfig,
+  tokenizer: Tokenizer,
+  dtype: str = "float32",
+  metadata: dict | None = None,
+) -> pathlib.Path:
   """Writes our params (a pure dict of arrays) as a transformers Llama folder."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   if dtype not in EXPORT_DTYPES:
     raise HFCheckpointError(f"--dtype {dtype!r} is not one of {', '.join(EXPORT_DTYPES)}.")
   directory = pathlib.Path(directory)
   _clear_earlier_export(directory)
   directory.mkdir(parents=True, exist_ok=True)
   numpy_dtype = _numpy_dtype(dtype)
-  tensors = {name: array.astype(numpy_dtype, copy=False)
-             for name, array in to_hf_tensors(params, model_config).items()}
+  tensors = {
+    name: array.astype(numpy_dtype, copy=False)
+    for name, array in to_hf_tensors(params, model_config).items()
+  }
   config = to_hf_config(model_config, tokenizer.eod_id, dtype)
   if metadata:
     config["nexus_optax"] = metadata

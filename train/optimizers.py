@@ -22,8 +22,9 @@ ACCUMULATE, NEXUS_SCAN, NEXUS_MULTISTEPS = "accumulate", "nexus", "nexus-multist
 
 
 def step_kind(optimizer: str) -> str:
-  return {"nexus": NEXUS_SCAN, "nexus-muon": NEXUS_SCAN,
-          "nexus-multisteps": NEXUS_MULTISTEPS}.get(optimizer, ACCUMULATE)
+  return {"nexus": NEXUS_SCAN, "nexus-muon": NEXUS_SCAN, "nexus-multisteps": NEXUS_MULTISTEPS}.get(
+    optimizer, ACCUMULATE
+  )
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
@@ -48,14 +49,16 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
   decay = round(config.decay_fraction * steps)
   hold = steps - warmup - decay
   fall = optax.linear_schedule(peak, floor, max(decay, 1))
-  return optax.join_schedules([rise, optax.constant_schedule(peak), fall],
-                              [warmup, warmup + max(hold, 0)])
+  return optax.join_schedules(
+    [rise, optax.constant_schedule(peak), fall], [warmup, warmup + max(hold, 0)]
+  )
 
 
 def decay_mask(params):
   """Weight decay on matrices only: norm scales (1-D, or stacked [layers, d]) are skipped."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: not any("norm" in str(getattr(key, "key", "")) for key in path), params)
+    lambda path, leaf: not any("norm" in str(getattr(key, "key", "")) for key in path), params
+  )
 
 
 def muon_dimension_numbers(params):
@@ -88,17 +91,30 @@ def outer_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   if config.optimizer in ("muon", "nexus-muon"):
     # consistent_rms=0.2 scales Muon's orthogonal updates to AdamW's RMS (Moonlight),
     # so one lr and one weight decay serve the matrices and the Adam-handled leaves.
-    base = optax.contrib.muon(schedule,
-                              weight_decay=weight_decay, weight_decay_mask=decay_mask,
-                              adam_b1=config.b1, adam_b2=config.b2, eps=config.eps,
-                              adam_weight_decay=weight_decay, consistent_rms=0.2,
-                              muon_weight_dimension_numbers=muon_dimension_numbers)
+    base = optax.contrib.muon(
+      schedule,
+      weight_decay=weight_decay,
+      weight_decay_mask=decay_mask,
+      adam_b1=config.b1,
+      adam_b2=config.b2,
+      eps=config.eps,
+      adam_weight_decay=weight_decay,
+      consistent_rms=0.2,
+      muon_weight_dimension_numbers=muon_dimension_numbers,
+    )
   elif config.optimizer == "sgd":
-    base = optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
-                       optax.sgd(schedule))
+    base = optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=decay_mask), optax.sgd(schedule)
+    )
   else:
-    base = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                       weight_decay=weight_decay, mask=decay_mask)
+    base = optax.adamw(
+      schedule,
+      b1=config.b1,
+      b2=config.b2,
+      eps=config.eps,
+      weight_decay=weight_decay,
+      mask=decay_mask,
+    )
   return optax.chain(optax.clip_by_global_norm(config.clip_norm), base)
 
 

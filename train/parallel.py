@@ -21,8 +21,12 @@ from train.config import ConfigError
 BATCH_AXES = ("data", "fsdp")
 
 
-def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
-                           process_id: int | None, auto: bool = False) -> bool:
+def initialize_distributed(
+  coordinator_address: str | None,
+  num_processes: int | None,
+  process_id: int | None,
+  auto: bool = False,
+) -> bool:
   """``jax.distributed.initialize`` when flags or ``JAX_*`` variables (or ``auto``) ask for it.
 
   Flags win over ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
@@ -39,12 +43,15 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
   if not auto and all(value is None for value in explicit):
     return False
   if not auto and any(value is None for value in explicit):
-    raise ConfigError("a multi-process run needs --coordinator-address, --num-processes and "
-                      "--process-id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
-                      "JAX_PROCESS_ID); give all three, or --distributed on TPU pods and SLURM.")
+    raise ConfigError(
+      "a multi-process run needs --coordinator-address, --num-processes and "
+      "--process-id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+      "JAX_PROCESS_ID); give all three, or --distributed on TPU pods and SLURM."
+    )
   if count is not None and not (count >= 1 and index is not None and 0 <= index < count):
-    raise ConfigError(f"--process-id must be in [0, {count}) for --num-processes {count}, "
-                      f"got {index}.")
+    raise ConfigError(
+      f"--process-id must be in [0, {count}) for --num-processes {count}, got {index}."
+    )
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if auto and all(value is None for value in explicit):
     jax.distributed.initialize()
@@ -76,8 +83,10 @@ def parse_mesh(text: str, device_count: int) -> dict[str, int]:
     name, sep, value = item.partition("=")
     name = name.strip()
     if not sep or name not in MESH_AXES:
-      raise ConfigError(f"bad --mesh item {item!r}; write axis=size with axes data, fsdp, tensor, "
-                        "e.g. --mesh data=2,fsdp=2,tensor=2.")
+      raise ConfigError(
+        f"bad --mesh item {item!r}; write axis=size with axes data, fsdp, tensor, "
+        "e.g. --mesh data=2,fsdp=2,tensor=2."
+      )
     if name in seen:
       raise ConfigError(f"--mesh names {name!r} twice; give each axis once.")
     seen.add(name)
@@ -96,12 +105,16 @@ def parse_mesh(text: str, device_count: int) -> dict[str, int]:
   fixed = math.prod(sizes.values())
   if fill is not None:
     if device_count % fixed:
-      raise ConfigError(f"--mesh {text}: the fixed axes ({fixed} devices) do not divide the "
-                        f"{device_count} devices; pick sizes whose product divides {device_count}.")
+      raise ConfigError(
+        f"--mesh {text}: the fixed axes ({fixed} devices) do not divide the "
+        f"{device_count} devices; pick sizes whose product divides {device_count}."
+      )
     sizes[fill] = device_count // fixed
   elif device_count % fixed:
-    raise ConfigError(f"--mesh {text} needs {fixed} devices, which does not divide the "
-                      f"{device_count} available; pick sizes whose product divides {device_count}.")
+    raise ConfigError(
+      f"--mesh {text} needs {fixed} devices, which does not divide the "
+      f"{device_count} available; pick sizes whose product divides {device_count}."
+    )
   return sizes
 
 
@@ -109,8 +122,10 @@ def make_mesh(sizes: dict[str, int], multi_process: bool) -> Mesh:
   """A ``Mesh`` over the first ``prod(sizes)`` devices (all of them on multi-process runs)."""
   count = math.prod(sizes.values())
   if multi_process and count != jax.device_count():
-    raise ConfigError(f"a multi-process run must use every device: the mesh has {count}, the "
-                      f"processes hold {jax.device_count()}; use -1 for one axis.")
+    raise ConfigError(
+      f"a multi-process run must use every device: the mesh has {count}, the "
+      f"processes hold {jax.device_count()}; use -1 for one axis."
+    )
   devices = jax.devices()[:count]
   shape = tuple(sizes[axis] for axis in MESH_AXES)
   try:
@@ -139,13 +154,16 @@ def check_model_fits_mesh(abstract_state, mesh: Mesh, rules) -> None:
       ways = math.prod(mesh.shape[axis] for axis in axes)
       if leaf.shape[dim] % ways:
         name = jax.tree_util.keystr(path, simple=True, separator="/")
-        raise ConfigError(f"--mesh {'x'.join(axes)}={ways} does not divide dimension {dim} "
-                          f"(size {leaf.shape[dim]}) of {name}; pick a size that divides it.")
+        raise ConfigError(
+          f"--mesh {'x'.join(axes)}={ways} does not divide dimension {dim} "
+          f"(size {leaf.shape[dim]}) of {name}; pick a size that divides it."
+        )
 
 
 def param_shardings(abstract_state, mesh: Mesh, rules) -> dict:
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(abstract_state, rules),
-                      is_leaf=_is_spec)
+  return jax.tree.map(
+    lambda spec: NamedSharding(mesh, spec), param_specs(abstract_state, rules), is_leaf=_is_spec
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -166,16 +184,22 @@ def process_batch_rows(mesh: Mesh, global_batch: int) -> tuple[int, int]:
   """
   data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch % data_ways:
-    raise ConfigError(f"--micro-batch-size {global_batch} is not divisible by the mesh's "
-                      f"data x fsdp = {data_ways}; use a multiple of {data_ways}.")
+    raise ConfigError(
+      f"--micro-batch-size {global_batch} is not divisible by the mesh's "
+      f"data x fsdp = {data_ways}; use a multiple of {data_ways}."
+    )
   sharding = batch_sharding(mesh, batch_axis=0)
-  rows = {index[0].indices(global_batch)[:2]
-          for index in sharding.addressable_devices_indices_map((global_batch,)).values()}
+  rows = {
+    index[0].indices(global_batch)[:2]
+    for index in sharding.addressable_devices_indices_map((global_batch,)).values()
+  }
   start, stop = min(r[0] for r in rows), max(r[1] for r in rows)
   block = stop - start
   if sum(r[1] - r[0] for r in rows) < block or global_batch % block or start % block:
-    raise ConfigError("this mesh gives a process non-contiguous batch rows; order the mesh so "
-                      "processes split the data/fsdp axes.")
+    raise ConfigError(
+      "this mesh gives a process non-contiguous batch rows; order the mesh so "
+      "processes split the data/fsdp axes."
+    )
   return start // block, global_batch // block
 
 

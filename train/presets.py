@@ -23,19 +23,49 @@ def _chinchilla_steps(model: str, multiple: float = 4.0) -> int:
 
 
 RUN_PRESETS: dict[str, TrainConfig] = {
-    "tiny": TrainConfig(model="tiny", seq_len=64, micro_batch_size=4, microbatches=4, lr=3e-3,
-                        steps=20, checkpoint_every=10, eval_every=10, eval_sequences=8,
-                        log_every=1, out="runs/tiny"),
-    # bpe-2048: at the same training time it reaches 2.52 validation bits per byte against
-    # the byte tokenizer's 3.26 (benchmarks/RESULTS.md, "Train on your own data").
-    "demo": TrainConfig(model="demo", seq_len=256, micro_batch_size=8, microbatches=4, lr=2e-3,
-                        steps=140, checkpoint_every=35, eval_every=35, eval_sequences=32,
-                        log_every=10, out="runs/demo", tokenizer="bpe-2048"),
-    **{name: TrainConfig(model=name, lr=lr, steps=_chinchilla_steps(name), checkpoint_every=1000,
-                         eval_every=1000, eval_sequences=64, log_every=10, out=f"runs/{name}",
-                         **_PAPER_BATCH)
-       for name, lr in (("130m", 2e-3), ("300m", 2e-3), ("520m", 2e-3), ("1.2b", 1e-3),
-                        ("2.3b", 1e-3))},
+  "tiny": TrainConfig(
+    model="tiny",
+    seq_len=64,
+    micro_batch_size=4,
+    microbatches=4,
+    lr=3e-3,
+    steps=20,
+    checkpoint_every=10,
+    eval_every=10,
+    eval_sequences=8,
+    log_every=1,
+    out="runs/tiny",
+  ),
+  # bpe-2048: at the same training time it reaches 2.52 validation bits per byte against
+  # the byte tokenizer's 3.26 (benchmarks/RESULTS.md, "Train on your own data").
+  "demo": TrainConfig(
+    model="demo",
+    seq_len=256,
+    micro_batch_size=8,
+    microbatches=4,
+    lr=2e-3,
+    steps=140,
+    checkpoint_every=35,
+    eval_every=35,
+    eval_sequences=32,
+    log_every=10,
+    out="runs/demo",
+    tokenizer="bpe-2048",
+  ),
+  **{
+    name: TrainConfig(
+      model=name,
+      lr=lr,
+      steps=_chinchilla_steps(name),
+      checkpoint_every=1000,
+      eval_every=1000,
+      eval_sequences=64,
+      log_every=10,
+      out=f"runs/{name}",
+      **_PAPER_BATCH,
+    )
+    for name, lr in (("130m", 2e-3), ("300m", 2e-3), ("520m", 2e-3), ("1.2b", 1e-3), ("2.3b", 1e-3))
+  },
 }
 
 

@@ -49,34 +49,53 @@ from train.hf import HFCheckpoint, read_checkpoint
 from train.optimizers import learning_rate_schedule
 from train.presets import RUN_PRESETS, get_run_preset
 
-USER_ERRORS = (ConfigError, MixtureError, DataError, TokenizerError, HFCheckpointError,
-               sources.SourceUnavailable)
+USER_ERRORS = (
+  ConfigError,
+  MixtureError,
+  DataError,
+  TokenizerError,
+  HFCheckpointError,
+  sources.SourceUnavailable,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="python -m train.pretrain", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    prog="python -m train.pretrain",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
   parser.add_argument("--preset", default="demo", help=f"run preset: {', '.join(RUN_PRESETS)}")
   for field in dataclasses.fields(TrainConfig):
     kind = float if field.type == (float | None) else field.type
-    parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=None,
-                        help=f"(preset's value if not given; TrainConfig.{field.name})")
-  parser.add_argument("--resume", action="store_true",
-                      help="continue from the newest readable checkpoint in --out")
+    parser.add_argument(
+      "--" + field.name.replace("_", "-"),
+      type=kind,
+      default=None,
+      help=f"(preset's value if not given; TrainConfig.{field.name})",
+    )
+  parser.add_argument(
+    "--resume", action="store_true", help="continue from the newest readable checkpoint in --out"
+  )
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   group = parser.add_argument_group("multi-host")
   group.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0")
   group.add_argument("--num-processes", type=int, default=None)
   group.add_argument("--process-id", type=int, default=None)
-  group.add_argument("--distributed", action="store_true",
-                     help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM)")
+  group.add_argument(
+    "--distributed",
+    action="store_true",
+    help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM)",
+  )
   return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-  overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
-               if getattr(args, field.name) is not None}
+  overrides = {
+    field.name: getattr(args, field.name)
+    for field in dataclasses.fields(TrainConfig)
+    if getattr(args, field.name) is not None
+  }
   if (overrides.get("data") or overrides.get("init_from_hf")) and "tokenizer" not in overrides:
     overrides["tokenizer"] = ""  # the cache's or the checkpoint's, not the preset's
   if overrides.get("init_from_hf"):  # resumable from any working directory
@@ -91,15 +110,19 @@ def prepare_out_dir(out: pathlib.Path, resume: bool) -> None:
     probe.write_text("ok")
     probe.unlink()
   except OSError as error:
-    raise ConfigError(f"--out {out} is not writable ({error.strerror}); choose a directory you "
-                      "can write to.") from None
+    raise ConfigError(
+      f"--out {out} is not writable ({error.strerror}); choose a directory you can write to."
+    ) from None
   has_checkpoints = any(p.name.isdigit() for p in (out / "checkpoints").glob("*"))
   if has_checkpoints and not resume:
-    raise ConfigError(f"--out {out} already holds checkpoints; pass --resume to continue that run "
-                      "or choose a new --out.")
+    raise ConfigError(
+      f"--out {out} already holds checkpoints; pass --resume to continue that run "
+      "or choose a new --out."
+    )
   if resume and not has_checkpoints:
-    raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}; drop --resume to start "
-                      "a new run.")
+    raise ConfigError(
+      f"--resume: no checkpoint in {out / 'checkpoints'}; drop --resume to start a new run."
+    )
 
 
 def load_data(config: TrainConfig, primary: bool, checkpoint: HFCheckpoint | None) -> TokenCache:
@@ -107,18 +130,25 @@ def load_data(config: TrainConfig, primary: bool, checkpoint: HFCheckpoint | Non
   ``--init-from-hf`` checkpoint's tokenizer when there is one)."""
   if config.tokenizer and (config.data or checkpoint):
     brings = f"the cache {config.data}" if config.data else f"--init-from-hf {config.init_from_hf}"
-    raise ConfigError(f"--tokenizer {config.tokenizer} applies to the built-in corpus; {brings} "
-                      "brings its own tokenizer, so drop --tokenizer.")
+    raise ConfigError(
+      f"--tokenizer {config.tokenizer} applies to the built-in corpus; {brings} "
+      "brings its own tokenizer, so drop --tokenizer."
+    )
   if config.data:
     cache = TokenCache(config.data)
     if checkpoint and cache.tokenizer_info["hash"] != checkpoint.tokenizer.hash:
-      raise ConfigError(f"--data {config.data} was prepared with another tokenizer than "
-                        f"--init-from-hf {config.init_from_hf}'s; prepare it with `python -m "
-                        f"train.data.prepare --tokenizer {checkpoint.tokenizer.source} ...`.")
+      raise ConfigError(
+        f"--data {config.data} was prepared with another tokenizer than "
+        f"--init-from-hf {config.init_from_hf}'s; prepare it with `python -m "
+        f"train.data.prepare --tokenizer {checkpoint.tokenizer.source} ...`."
+      )
     return cache
   spec = CorpusSpec(seed=config.corpus_seed)
-  tokenizer = {"tokenizer": config.tokenizer} if not checkpoint else {
-      "tokenizer_file": checkpoint.tokenizer.source}
+  tokenizer = (
+    {"tokenizer": config.tokenizer}
+    if not checkpoint
+    else {"tokenizer_file": checkpoint.tokenizer.source}
+  )
   if jax.process_count() > 1:
     if primary:  # one builder per shared cache; the others wait, then find it or build their own
       ensure_default_cache(spec, show_progress=True, **tokenizer)
@@ -132,8 +162,10 @@ def read_init_checkpoint(config: TrainConfig) -> HFCheckpoint | None:
     return None
   checkpoint = read_checkpoint(config.init_from_hf, get_preset(config.model))
   if config.seq_len > checkpoint.model_config.max_seq_len:
-    raise ConfigError(f"--seq-len {config.seq_len} exceeds --init-from-hf {config.init_from_hf}'s "
-                      f"max_position_embeddings {checkpoint.model_config.max_seq_len}; lower it.")
+    raise ConfigError(
+      f"--seq-len {config.seq_len} exceeds --init-from-hf {config.init_from_hf}'s "
+      f"max_position_embeddings {checkpoint.model_config.max_seq_len}; lower it."
+    )
   return checkpoint
 
 
@@ -142,12 +174,16 @@ def check_resumed_data(saved: dict, cache: TokenCache) -> None:
   recorded = saved.get("dataset")
   if not recorded:
     return
-  for what, then, now in (("tokenizer", recorded["tokenizer"]["hash"], cache.tokenizer_info["hash"]),
-                          ("data spec", recorded["spec_hash"], cache.spec_hash)):
+  for what, then, now in (
+    ("tokenizer", recorded["tokenizer"]["hash"], cache.tokenizer_info["hash"]),
+    ("data spec", recorded["spec_hash"], cache.spec_hash),
+  ):
     if then != now:
-      raise ConfigError(f"--resume: the cache {cache.root} has another {what} than the checkpoint's "
-                        f"(hash {now[:12]} vs {then[:12]}); resume with the cache the run started "
-                        "on, or start a new --out.")
+      raise ConfigError(
+        f"--resume: the cache {cache.root} has another {what} than the checkpoint's "
+        f"(hash {now[:12]} vs {then[:12]}); resume with the cache the run started "
+        "on, or start a new --out."
+      )
 
 
 class MetricsLog:
@@ -160,19 +196,24 @@ class MetricsLog:
     if not primary:
       return
     if start_step and self.path.exists():
-      kept = [line for line in self.path.read_text().splitlines()
-              if line and json.loads(line)["step"] <= start_step]
+      kept = [
+        line
+        for line in self.path.read_text().splitlines()
+        if line and json.loads(line)["step"] <= start_step
+      ]
       self.path.write_text("".join(line + "\n" for line in kept))
     elif not start_step:
       self.path.write_text("")
     from tensorboardX import SummaryWriter
+
     self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1)
 
   def write(self, record: dict) -> None:
     if not self.primary:
       return
-    clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-             for k, v in record.items()}
+    clean = {
+      k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()
+    }
     with self.path.open("a") as stream:
       stream.write(json.dumps(clean) + "\n")
     for key, value in record.items():
@@ -186,8 +227,11 @@ class MetricsLog:
 
 def summary_table(summary: dict) -> str:
   """The final metrics as an aligned two-column text table."""
-  rows = [(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-          for key, value in summary.items() if not isinstance(value, (list, dict))]
+  rows = [
+    (key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for key, value in summary.items()
+    if not isinstance(value, (list, dict))
+  ]
   width = max(len(key) for key, _ in rows)
   rule = "-" * (width + 14)
   return "\n".join([rule, *(f"{key:<{width}}  {value:>12}" for key, value in rows), rule])
@@ -221,8 +265,9 @@ def to_floats(metrics: dict) -> dict:
 def run(args: argparse.Namespace) -> int:
   config = config_from_args(args)
   stop = StopRequest()
-  multi_process = parallel.initialize_distributed(args.coordinator_address, args.num_processes,
-                                                  args.process_id, auto=args.distributed)
+  multi_process = parallel.initialize_distributed(
+    args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed
+  )
   primary = jax.process_index() == 0
   say = print if primary else (lambda *a, **k: None)
   out = pathlib.Path(config.out)
@@ -232,12 +277,17 @@ def run(args: argparse.Namespace) -> int:
   cache = load_data(config, primary, checkpoint)
   if not config.mixture:
     config = dataclasses.replace(config, mixture=cache.default_mixture)
-  loader_config = LoaderConfig(seq_len=config.seq_len, micro_batch_size=config.micro_batch_size,
-                               microbatches=config.microbatches, mode=config.batch_mode,
-                               seed=config.seed)
+  loader_config = LoaderConfig(
+    seq_len=config.seq_len,
+    micro_batch_size=config.micro_batch_size,
+    microbatches=config.microbatches,
+    mode=config.batch_mode,
+    seed=config.seed,
+  )
   shard_index, shard_count = parallel.process_batch_rows(mesh, config.micro_batch_size)
-  dataset, domains = training_dataset(cache, config.mixture, loader_config,
-                                      grain.sharding.ShardOptions(shard_index, shard_count))
+  dataset, domains = training_dataset(
+    cache, config.mixture, loader_config, grain.sharding.ShardOptions(shard_index, shard_count)
+  )
   iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
   if checkpoint:
     training = build_training(config, mesh, model_config=checkpoint.model_config)
@@ -252,13 +302,17 @@ def run(args: argparse.Namespace) -> int:
     saved = store.newest_config()
     mismatch = config.trajectory_mismatch(TrainConfig.from_dict(saved)) if saved else []
     if mismatch:
-      raise ConfigError(f"--resume: the checkpoint's run differs ({'; '.join(mismatch)}); "
-                        "rerun with its settings or choose a new --out.")
+      raise ConfigError(
+        f"--resume: the checkpoint's run differs ({'; '.join(mismatch)}); "
+        "rerun with its settings or choose a new --out."
+      )
     check_resumed_data(saved, cache)
     if saved.get("model_config", model_record) != model_record:
-      raise ConfigError(f"--resume: the model differs from the checkpoint's (was "
-                        f"{saved['model_config']}); resume with the --init-from-hf folder the run "
-                        "started from, or start a new --out.")
+      raise ConfigError(
+        f"--resume: the model differs from the checkpoint's (was "
+        f"{saved['model_config']}); resume with the --init-from-hf folder the run "
+        "started from, or start a new --out."
+      )
     restored = store.restore_latest(training.abstract_state)
     if restored is None:
       raise ConfigError(f"--resume: no readable checkpoint left in {store.directory}; start anew.")
@@ -280,17 +334,26 @@ def run(args: argparse.Namespace) -> int:
 
   # Training windows too: every optimizer's training loss measured at its outer params
   # (Nexus's logged train_loss is taken along its inner trajectory).
-  eval_sets = cache_eval_sets(cache, config.seq_len, config.eval_sequences,
-                               roles=(TRAIN, VALIDATION, HELDOUT))
+  eval_sets = cache_eval_sets(
+    cache, config.seq_len, config.eval_sequences, roles=(TRAIN, VALIDATION, HELDOUT)
+  )
   cosine_batches, cosine_domains = domain_batches(eval_sets, domains, config.eval_sequences)
   evaluator = Evaluator(training.graphdef, mesh, config.micro_batch_size)
 
-  say(f"{config.optimizer} on {config.init_from_hf or config.model} ({training.model_config.non_embedding_params() / 1e6:.2f}M "
-      f"non-embedding params), mesh {dict(mesh.shape)}, {jax.process_count()} process(es), "
-      f"{config.tokens_per_step:,} tokens per step, steps {start_step} -> {config.steps}")
+  say(
+    f"{config.optimizer} on {config.init_from_hf or config.model} "
+    f"({training.model_config.non_embedding_params() / 1e6:.2f}M "
+    f"non-embedding params), mesh {dict(mesh.shape)}, {jax.process_count()} process(es), "
+    f"{config.tokens_per_step:,} tokens per step, steps {start_step} -> {config.steps}"
+  )
   log = MetricsLog(out, start_step, primary)
-  progress = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True,
-                  disable=not primary or args.no_progress)
+  progress = tqdm(
+    total=config.steps,
+    initial=start_step,
+    unit="step",
+    dynamic_ncols=True,
+    disable=not primary or args.no_progress,
+  )
   summary: dict = {}
   window_start, window_steps, run_start, run_steps = time.perf_counter(), 0, time.perf_counter(), 0
   eval_seconds = 0.0
@@ -309,23 +372,28 @@ def run(args: argparse.Namespace) -> int:
     if step % config.log_every == 0 or step == config.steps:
       values = to_floats(metrics)
       seconds = time.perf_counter() - window_start
-      record.update(step=step, train_loss=values.pop("train_loss"),
-                    lr=float(schedule(step - 1)),
-                    tokens=step * config.tokens_per_step,
-                    tokens_per_s=window_steps * config.tokens_per_step / seconds,
-                    skipped_steps=int(jax.device_get(state.skipped_steps)),
-                    skipped=bool(values.pop("skipped")),
-                    **{k: v for k, v in values.items() if k != "finite"})
-      progress.set_postfix(loss=f"{record['train_loss']:.4f}",
-                           tok_s=f"{record['tokens_per_s']:,.0f}")
+      record.update(
+        step=step,
+        train_loss=values.pop("train_loss"),
+        lr=float(schedule(step - 1)),
+        tokens=step * config.tokens_per_step,
+        tokens_per_s=window_steps * config.tokens_per_step / seconds,
+        skipped_steps=int(jax.device_get(state.skipped_steps)),
+        skipped=bool(values.pop("skipped")),
+        **{k: v for k, v in values.items() if k != "finite"},
+      )
+      progress.set_postfix(
+        loss=f"{record['train_loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}"
+      )
       summary.update({k: v for k, v in record.items() if k != "tokens_per_s"})
     if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
       eval_start = time.perf_counter()
       results = evaluator.evaluate(state.params, eval_sets, cosine_batches, cosine_domains)
       eval_seconds += time.perf_counter() - eval_start
       # Wall time of this process so far, and the part of it spent evaluating.
-      record.update(step=step, **results, seconds=time.perf_counter() - run_start,
-                    eval_seconds=eval_seconds)
+      record.update(
+        step=step, **results, seconds=time.perf_counter() - run_start, eval_seconds=eval_seconds
+      )
       summary.update(results)
     if record:
       log.write(record)
@@ -345,8 +413,11 @@ def run(args: argparse.Namespace) -> int:
   store.wait()
   log.close()
   elapsed = time.perf_counter() - run_start
-  summary.update(steps_this_run=run_steps, seconds_this_run=round(elapsed, 1),
-                 mean_tokens_per_s=run_steps * config.tokens_per_step / max(elapsed, 1e-9))
+  summary.update(
+    steps_this_run=run_steps,
+    seconds_this_run=round(elapsed, 1),
+    mean_tokens_per_s=run_steps * config.tokens_per_step / max(elapsed, 1e-9),
+  )
   if primary:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     say(summary_table(summary))

@@ -63,12 +63,16 @@ def run_tokenizer(run_dir: pathlib.Path, dataset: dict | None) -> Tokenizer:
   recorded = dataset["tokenizer"]
   path = run_dir / recorded["file"]
   if not path.exists():
-    raise ConfigError(f"--checkpoint {run_dir}: the run's tokenizer copy {path.name} is missing; "
-                      f"copy {recorded['source']} there.")
+    raise ConfigError(
+      f"--checkpoint {run_dir}: the run's tokenizer copy {path.name} is missing; "
+      f"copy {recorded['source']} there."
+    )
   tokenizer = load_tokenizer(path)
   if tokenizer.hash != recorded["hash"]:
-    raise ConfigError(f"--checkpoint {run_dir}: {path.name} is not the tokenizer the run trained "
-                      f"with (hash differs); copy {recorded['source']} there.")
+    raise ConfigError(
+      f"--checkpoint {run_dir}: {path.name} is not the tokenizer the run trained "
+      f"with (hash differs); copy {recorded['source']} there."
+    )
   return tokenizer
 
 
@@ -78,8 +82,9 @@ def recorded_model_config(record: dict) -> LlamaConfig | None:
   return LlamaConfig(**values) if values else None
 
 
-def restore_run(path: pathlib.Path, step: int | None = None,
-                flag: str = "--checkpoint") -> SavedRun:
+def restore_run(
+  path: pathlib.Path, step: int | None = None, flag: str = "--checkpoint"
+) -> SavedRun:
   """The checkpoint at ``path`` (see the module docstring), or its run's checkpoint
   ``step``; raises ConfigError with the fix."""
   run_dir, step_in_path = locate(path)
@@ -87,29 +92,44 @@ def restore_run(path: pathlib.Path, step: int | None = None,
     raise ConfigError(f"--step {step} and {flag} {path} both name a step; give one.")
   step = step_in_path if step is None else step
   if not (run_dir / "checkpoints").is_dir():
-    raise ConfigError(f"{flag} {path}: no checkpoints/ folder there; point at a run directory "
-                      "written by train.pretrain.")
-  store = CheckpointStore(run_dir, keep=1_000_000, warn=lambda m: print(m, file=sys.stderr),
-                          read_only=True)
+    raise ConfigError(
+      f"{flag} {path}: no checkpoints/ folder there; point at a run directory "
+      "written by train.pretrain."
+    )
+  store = CheckpointStore(
+    run_dir, keep=1_000_000, warn=lambda m: print(m, file=sys.stderr), read_only=True
+  )
   steps = store.steps()
   if not steps:
-    raise ConfigError(f"{flag} {path}: no checkpoint there ({store.directory} is empty); point "
-                      "at a run directory written by train.pretrain.")
+    raise ConfigError(
+      f"{flag} {path}: no checkpoint there ({store.directory} is empty); point "
+      "at a run directory written by train.pretrain."
+    )
   if step is not None and step not in steps:
-    raise ConfigError(f"{flag} {path}: no checkpoint of step {step} (found steps {steps} in "
-                      f"{store.directory}); pick one of those.")
+    raise ConfigError(
+      f"{flag} {path}: no checkpoint of step {step} (found steps {steps} in "
+      f"{store.directory}); pick one of those."
+    )
   record = store.newest_config()
   config = TrainConfig.from_dict(record)
   dataset = record.get("dataset")
   tokenizer = run_tokenizer(run_dir, dataset)
   mesh = parallel.make_mesh(parallel.parse_mesh("data=1", jax.device_count()), False)
   model_config = recorded_model_config(record)
-  training = build_training(config, mesh, model_config=model_config,
-                            vocab_size=dataset["vocab_size"] if dataset and not model_config else None)
-  restored = (store.restore(step, training.abstract_state) if step is not None
-              else store.restore_latest(training.abstract_state))
+  training = build_training(
+    config,
+    mesh,
+    model_config=model_config,
+    vocab_size=dataset["vocab_size"] if dataset and not model_config else None,
+  )
+  restored = (
+    store.restore(step, training.abstract_state)
+    if step is not None
+    else store.restore_latest(training.abstract_state)
+  )
   store.close()
   if restored is None:
     raise ConfigError(f"{flag} {path}: no readable checkpoint.")
-  return SavedRun(run_dir, restored.step, config, record, tokenizer, training, mesh,
-                  restored.state.params)
+  return SavedRun(
+    run_dir, restored.step, config, record, tokenizer, training, mesh, restored.state.params
+  )

@@ -11,7 +11,8 @@ floor. Adam's own count (its bias correction) counts the updates applied, as PyT
 GradScaler leaves it.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,14 +49,20 @@ def _is_schedule_state(node) -> bool:
 def revert_unless_finite(finite: jax.Array, new_opt_state, old_opt_state):
   """``old_opt_state`` where the step is skipped, but with the schedules' counts advanced."""
   return jax.tree.map(
-      lambda new, old: new if _is_schedule_state(new) else optax.tree.where(finite, new, old),
-      new_opt_state, old_opt_state, is_leaf=_is_schedule_state)
+    lambda new, old: new if _is_schedule_state(new) else optax.tree.where(finite, new, old),
+    new_opt_state,
+    old_opt_state,
+    is_leaf=_is_schedule_state,
+  )
 
 
 def schedule_counts(opt_state) -> list[jax.Array]:
   """The count of every learning-rate schedule in ``opt_state``."""
-  return [node.count for node in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state)
-          if _is_schedule_state(node)]
+  return [
+    node.count
+    for node in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state)
+    if _is_schedule_state(node)
+  ]
 
 
 def _all_finite(tree) -> jax.Array:
@@ -65,8 +72,9 @@ def _all_finite(tree) -> jax.Array:
 def _accumulated_gradient(loss_fn, params, tokens):
   """Mean loss and float32 mean gradient of the K micro-batches at ``params``."""
   grad_fn = jax.value_and_grad(loss_fn)
-  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
-                       params)
+  zeros = jax.tree.map(
+    lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params
+  )
 
   def add(total, micro_batch):
     loss, grads = grad_fn(params, micro_batch)
@@ -96,15 +104,24 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, kind: s
   def accumulate(state, tokens):
     losses, grads = _accumulated_gradient(loss_fn, state.params, tokens)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return (jnp.mean(losses), optax.tree.norm(grads), optax.apply_updates(state.params, updates),
-            opt_state)
+    return (
+      jnp.mean(losses),
+      optax.tree.norm(grads),
+      optax.apply_updates(state.params, updates),
+      opt_state,
+    )
 
   def nexus_scan(state, tokens):
-    updates, opt_state = tx.update(None, state.opt_state, state.params, loss_fn=loss_fn,
-                                   microbatches=tokens)
+    updates, opt_state = tx.update(
+      None, state.opt_state, state.params, loss_fn=loss_fn, microbatches=tokens
+    )
     metrics = nx.nexus_metrics(opt_state)
-    return (metrics["inner_loss"], metrics["pseudo_grad_norm"],
-            optax.apply_updates(state.params, updates), opt_state)
+    return (
+      metrics["inner_loss"],
+      metrics["pseudo_grad_norm"],
+      optax.apply_updates(state.params, updates),
+      opt_state,
+    )
 
   def nexus_multisteps(state, tokens):
     grad_fn = jax.value_and_grad(loss_fn)
@@ -119,24 +136,23 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, kind: s
     metrics = nx.nexus_metrics(opt_state)
     return metrics["inner_loss"], metrics["pseudo_grad_norm"], params, opt_state
 
-  update = {ACCUMULATE: accumulate, NEXUS_SCAN: nexus_scan,
-            NEXUS_MULTISTEPS: nexus_multisteps}[kind]
+  update = {ACCUMULATE: accumulate, NEXUS_SCAN: nexus_scan, NEXUS_MULTISTEPS: nexus_multisteps}[
+    kind
+  ]
 
   def step(state: TrainState, tokens: jax.Array):
     loss, update_norm, params, opt_state = update(state, tokens)
     finite = jnp.isfinite(loss) & jnp.isfinite(update_norm) & _all_finite(params)
     new_state = TrainState(
-        step=state.step + 1,
-        params=optax.tree.where(finite, params, state.params),
-        opt_state=revert_unless_finite(finite, opt_state, state.opt_state),
-        rng=state.rng,
-        skipped_steps=state.skipped_steps + jnp.where(finite, 0, 1).astype(jnp.int32),
+      step=state.step + 1,
+      params=optax.tree.where(finite, params, state.params),
+      opt_state=revert_unless_finite(finite, opt_state, state.opt_state),
+      rng=state.rng,
+      skipped_steps=state.skipped_steps + jnp.where(finite, 0, 1).astype(jnp.int32),
     )
-    metrics = {"train_loss": loss, "update_norm": update_norm, "finite": finite,
-               "skipped": ~finite}
+    metrics = {"train_loss": loss, "update_norm": update_norm, "finite": finite, "skipped": ~finite}
     if kind != ACCUMULATE:
-      metrics.update({f"nexus/{key}": value
-                      for key, value in nx.nexus_metrics(opt_state).items()})
+      metrics.update({f"nexus/{key}": value for key, value in nx.nexus_metrics(opt_state).items()})
     return new_state, metrics
 
   return step

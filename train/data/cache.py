@@ -57,11 +57,13 @@ class PackedWindows:
     pieces, position, index = [], start, first
     while position < stop:
       part, base = self.parts[index], self.offsets[index]
-      take = part[position - base:min(stop, self.offsets[index + 1]) - base]
+      take = part[position - base : min(stop, self.offsets[index + 1]) - base]
       pieces.append(take)
       position += len(take)
       index += 1
-    return np.concatenate(pieces).astype(np.int32) if len(pieces) > 1 else pieces[0].astype(np.int32)
+    return (
+      np.concatenate(pieces).astype(np.int32) if len(pieces) > 1 else pieces[0].astype(np.int32)
+    )
 
   def __getitem__(self, index) -> np.ndarray:
     index = int(index)
@@ -84,32 +86,45 @@ class TokenCache:
     self.root = pathlib.Path(root).absolute()
     path = self.root / MANIFEST
     if not self.root.is_dir():
-      raise DataError(f"{flag} {root}: no such folder; prepare one with `python -m "
-                      "train.data.prepare --spec SPEC --tokenizer TOK --out CACHE`.")
+      raise DataError(
+        f"{flag} {root}: no such folder; prepare one with `python -m "
+        "train.data.prepare --spec SPEC --tokenizer TOK --out CACHE`."
+      )
     if not path.exists():
       started = (self.root / "parts").exists()
-      raise DataError(f"{flag} {root} is " + ("an incomplete cache (its prepare did not finish); "
-                                              "rerun the same `python -m train.data.prepare` "
-                                              "to finish it." if started else
-                                              "not a prepared cache (no manifest.json); "
-                                              "prepare it with `python -m train.data.prepare`."))
+      raise DataError(
+        f"{flag} {root} is "
+        + (
+          "an incomplete cache (its prepare did not finish); "
+          "rerun the same `python -m train.data.prepare` "
+          "to finish it."
+          if started
+          else "not a prepared cache (no manifest.json); "
+          "prepare it with `python -m train.data.prepare`."
+        )
+      )
     try:
       self.manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-      raise DataError(f"{flag} {root}: manifest.json is unreadable ({error}); prepare the cache "
-                      "again.") from None
+      raise DataError(
+        f"{flag} {root}: manifest.json is unreadable ({error}); prepare the cache again."
+      ) from None
     if self.manifest.get("version") != CACHE_VERSION:
-      raise DataError(f"{flag} {root} was prepared by another version of nexus-optax (cache "
-                      f"version {self.manifest.get('version')}, this one reads {CACHE_VERSION}); "
-                      "prepare it again.")
+      raise DataError(
+        f"{flag} {root} was prepared by another version of nexus-optax (cache "
+        f"version {self.manifest.get('version')}, this one reads {CACHE_VERSION}); "
+        "prepare it again."
+      )
     self.dtype = np.dtype(self.manifest["token_dtype"])
     for key, entry in self.manifest["sets"].items():
       for part in entry["parts"]:
         file = self.root / part["file"]
         expected = part["tokens"] * self.dtype.itemsize
         if not file.exists() or file.stat().st_size != expected:
-          raise DataError(f"{flag} {root} is incomplete: {part['file']} of set {key} is missing or "
-                          "truncated; rerun its `python -m train.data.prepare`.")
+          raise DataError(
+            f"{flag} {root} is incomplete: {part['file']} of set {key} is missing or "
+            "truncated; rerun its `python -m train.data.prepare`."
+          )
     self._tokenizer: Tokenizer | None = None
 
   # ---- what the cache holds -------------------------------------------------------
@@ -121,15 +136,17 @@ class TokenCache:
   def set_info(self, role: str, name: str) -> dict:
     key = f"{role}/{name}"
     if key not in self.manifest["sets"]:
-      raise DataError(f"the cache {self.root} has no set {key!r}; it has "
-                      f"{', '.join(self.manifest['sets'])}.")
+      raise DataError(
+        f"the cache {self.root} has no set {key!r}; it has {', '.join(self.manifest['sets'])}."
+      )
     return self.manifest["sets"][key]
 
   @property
   def default_mixture(self) -> str:
     """The spec's weights as ``--mixture`` text."""
-    return ",".join(f"{name}={domain['weight']:g}"
-                    for name, domain in self.manifest["domains"].items())
+    return ",".join(
+      f"{name}={domain['weight']:g}" for name, domain in self.manifest["domains"].items()
+    )
 
   @property
   def tokenizer_info(self) -> dict:
@@ -149,8 +166,12 @@ class TokenCache:
 
   def identity(self) -> dict:
     """What a run records of its data: the cache, its tokenizer and its spec's hash."""
-    return {"cache": str(self.root), "tokenizer": self.tokenizer_info,
-            "spec_hash": self.spec_hash, "vocab_size": self.padded_vocab_size}
+    return {
+      "cache": str(self.root),
+      "tokenizer": self.tokenizer_info,
+      "spec_hash": self.spec_hash,
+      "vocab_size": self.padded_vocab_size,
+    }
 
   @property
   def tokenizer(self) -> Tokenizer:
@@ -163,16 +184,21 @@ class TokenCache:
 
   def parts(self, role: str, name: str) -> list[np.ndarray]:
     """Memory maps of a set's parts, in stream order."""
-    return [np.memmap(self.root / part["file"], dtype=self.dtype, mode="r")
-            for part in self.set_info(role, name)["parts"] if part["tokens"]]
+    return [
+      np.memmap(self.root / part["file"], dtype=self.dtype, mode="r")
+      for part in self.set_info(role, name)["parts"]
+      if part["tokens"]
+    ]
 
   def windows(self, role: str, name: str, seq_len: int) -> PackedWindows:
     return PackedWindows(self.parts(role, name), seq_len)
 
   def documents(self, role: str, name: str) -> np.ndarray:
     """Per document of a set: ``[tokens (EOD included), UTF-8 bytes]``, int64 [D, 2]."""
-    tables = [np.load(self.root / (part["file"][:-len(".bin")] + ".docs.npy"))
-              for part in self.set_info(role, name)["parts"]]
+    tables = [
+      np.load(self.root / (part["file"][: -len(".bin")] + ".docs.npy"))
+      for part in self.set_info(role, name)["parts"]
+    ]
     return np.concatenate(tables) if tables else np.zeros((0, 2), np.int64)
 
   def decode_documents(self, role: str, name: str) -> list[str]:

