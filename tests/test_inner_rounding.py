@@ -65,6 +65,57 @@ def test_stochastic_round_is_unbiased_between_the_two_neighbours(dtype):
     assert abs(rounded[:, column].mean() - x) <= tolerance, x
 
 
+def test_bfloat16_bit_rounding_takes_the_far_neighbour_with_exactly_its_probability(monkeypatch):
+  """Every one of the 65,536 noise values, for each x: the count that lands on the far
+  bfloat16 neighbour is |x - below| / spacing * 2^16, the law of the float formula."""
+  every_noise = np.arange(2**16, dtype=np.uint16)
+  monkeypatch.setattr(
+    jax.random,
+    "bits",
+    lambda key, shape, dtype, out_sharding=None: jnp.broadcast_to(every_noise, shape),
+  )
+  rng = np.random.default_rng(0)
+  bf16 = ml_dtypes.bfloat16
+  values = np.concatenate(
+    [
+      np.array(
+        [0.0, -0.0, 1 + 2**-10, -0.3, 3e-39, -(2**-130), 1.9921875 + 2**-9, 3.3e38], np.float32
+      ),
+      (rng.standard_normal(24) * np.exp(rng.uniform(-30, 30, 24))).astype(np.float32),
+    ]
+  )
+  rounded = stochastic_round(
+    jnp.asarray(np.broadcast_to(values[:, None], (len(values), 2**16))),
+    jnp.bfloat16,
+    jax.random.key(0, impl="rbg"),
+  )
+  rounded = np.asarray(rounded.astype(jnp.float32), np.float64)
+  for x, row in zip(values.astype(np.float64), rounded):
+    # The neighbours from ml_dtypes, the probability in float64: nothing of the library's.
+    toward_zero = float(
+      np.asarray(np.float32(x).view(np.uint32) & 0xFFFF0000, np.uint32).view(np.float32)
+    )
+    away = float(
+      np.nextafter(np.asarray(toward_zero, bf16), np.asarray(np.copysign(np.inf, x), bf16))
+    )
+    far_count = int(np.sum(row == away)) if toward_zero != x else 0
+    assert set(np.unique(row)) <= {toward_zero, away}, x
+    assert far_count == round(abs(x - toward_zero) / abs(away - toward_zero) * 2**16), x
+    assert row.mean() == pytest.approx(x, rel=1e-12, abs=1e-45)  # unbiased, exactly
+
+
+def test_bfloat16_bit_rounding_leaves_non_finite_and_overflowing_values_to_nearest():
+  specials = np.array([np.inf, -np.inf, np.nan, 3.3990e38, -3.4e38], np.float32)
+  nan_payload_low = np.array([0x7F800001], np.uint32).view(np.float32)  # inf if truncated
+  values = jnp.asarray(np.concatenate([specials, nan_payload_low]))
+  keys = jax.random.split(jax.random.key(3, impl="rbg"), 256)
+  rounded = jax.vmap(lambda key: stochastic_round(values, jnp.bfloat16, key))(keys)
+  nearest = np.asarray(values.astype(jnp.bfloat16).astype(jnp.float32))
+  rounded = np.asarray(rounded.astype(jnp.float32))
+  np.testing.assert_array_equal(rounded, np.broadcast_to(nearest, rounded.shape))
+  assert np.isnan(rounded[:, 2]).all() and np.isnan(rounded[:, 5]).all()
+
+
 def test_nearest_rounding_erases_the_second_order_term_and_stochastic_rounding_keeps_it():
   problem, params, start = _problem()
   microbatches = problem.microbatches(SEQUENCE, np.float32)

@@ -115,8 +115,11 @@ SCRIPT = textwrap.dedent("""
 
       def collect(jaxpr):
         for eqn in jaxpr.eqns:
-          # The draw is compared with the rounding probability, elementwise.
-          if eqn.primitive.name == "lt":
+          # The draw meets the value elementwise: added to its bits (bfloat16) or compared
+          # with the rounding probability (float16).
+          if eqn.primitive.name == "lt" or (
+            eqn.primitive.name == "add" and eqn.invars[0].aval.dtype == jnp.uint32
+          ):
             noise_specs.extend(str(v.aval.sharding.spec) for v in eqn.invars
                                if hasattr(v, "aval") and len(v.aval.shape) > 0)
           for value in eqn.params.values():
