@@ -1,6 +1,11 @@
 """Shared fixtures: a multi-source softmax regression with hand-written NumPy math, and a
 small built corpus for the data and training tests."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -10,6 +15,25 @@ import pytest
 def x64():
   with jax.enable_x64(True):
     yield
+
+
+def run_on_cpu_devices(script: str, devices: int = 8, timeout: int = 300) -> dict:
+  """Runs ``script`` in a fresh Python that sees ``devices`` CPU devices; its last line, as JSON."""
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=timeout,
+    check=False,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def numpy_global_norm(tree: dict) -> float:

@@ -1,11 +1,9 @@
 """The Llama placed by the logical-axis rules on a data x fsdp x tensor mesh of 8 CPU
 devices gives the single-device loss and gradients."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
+
+from conftest import run_on_cpu_devices
 
 SCRIPT = textwrap.dedent("""
     import json
@@ -38,17 +36,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_logical_rules_shard_the_llama_without_changing_its_math():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  result = subprocess.run(
-    [sys.executable, "-c", SCRIPT],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=300,
-    check=False,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads(result.stdout.strip().splitlines()[-1])
+  report = run_on_cpu_devices(SCRIPT, timeout=300)
   assert abs(report["loss"][0] - report["loss"][1]) < 1e-5
   assert report["grad_diff"] < 1e-5
   assert report["gate_spec"] == ["None", "fsdp", "tensor"]
@@ -95,17 +83,7 @@ ACTIVATION_SCRIPT = textwrap.dedent("""
 
 
 def test_activation_sharding_keeps_attention_split_by_batch_under_fsdp():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  result = subprocess.run(
-    [sys.executable, "-c", ACTIVATION_SCRIPT],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=300,
-    check=False,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads(result.stdout.strip().splitlines()[-1])
+  report = run_on_cpu_devices(ACTIVATION_SCRIPT, timeout=300)
   for run in report.values():
     assert run["loss_diff"] < 1e-5 and run["grad_diff"] < 1e-5
   # One sequence per device: the [heads, 512, 512] float32 attention scores of one

@@ -209,15 +209,15 @@ def softmax_loss(params, batch):
   return -jnp.mean(jnp.sum(batch["y"] * jax.nn.log_softmax(logits), axis=-1))
 
 
-def one_step(kind, tx, problem, order):
+def start_state(tx, problem):
+  """The problem's float32 params and a TrainState at step 0."""
   params = {k: jnp.asarray(v, jnp.float32) for k, v in problem.params.items()}
-  state = TrainState(
-    jnp.zeros([], jnp.int32),
-    params,
-    tx.init(params),
-    jax.random.PRNGKey(0),
-    jnp.zeros([], jnp.int32),
-  )
+  step, skipped = jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32)
+  return params, TrainState(step, params, tx.init(params), jax.random.PRNGKey(0), skipped)
+
+
+def one_step(kind, tx, problem, order):
+  params, state = start_state(tx, problem)
   step = jax.jit(make_train_step(softmax_loss, tx, kind))
   microbatches = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), problem.microbatches(order))
   return step(state, microbatches)
@@ -255,14 +255,7 @@ def test_a_non_finite_step_is_skipped_and_counted(kind, problem):
   tx = optax.chain(nx.nexus(0.05), optax.adam(0.1)) if kind == NEXUS_SCAN else optax.adam(0.1)
   poisoned = problem.microbatches([0, 1, 2])
   poisoned["x"][:] = np.nan  # every micro-batch: Nexus skips single ones on its own
-  params = {k: jnp.asarray(v, jnp.float32) for k, v in problem.params.items()}
-  state = TrainState(
-    jnp.zeros([], jnp.int32),
-    params,
-    tx.init(params),
-    jax.random.PRNGKey(0),
-    jnp.zeros([], jnp.int32),
-  )
+  params, state = start_state(tx, problem)
   step = jax.jit(make_train_step(softmax_loss, tx, kind))
   after, metrics = step(state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), poisoned))
   assert not bool(metrics["finite"]) and int(after.skipped_steps) == 1
@@ -287,14 +280,7 @@ def test_after_skipped_steps_the_logged_lr_is_the_applied_one_and_wsd_ends_at_it
   tx = (
     optax.sgd(schedule) if kind == ACCUMULATE else optax.chain(nx.nexus(0.05), optax.sgd(schedule))
   )
-  params = {k: jnp.asarray(v, jnp.float32) for k, v in problem.params.items()}
-  state = TrainState(
-    jnp.zeros([], jnp.int32),
-    params,
-    tx.init(params),
-    jax.random.PRNGKey(0),
-    jnp.zeros([], jnp.int32),
-  )
+  params, state = start_state(tx, problem)
   step = jax.jit(make_train_step(softmax_loss, tx, kind))
   order, gamma, poisoned_steps = [0, 1, 2], 0.05, {3, 7, 8}
   clean = problem.microbatches(order)
@@ -332,14 +318,7 @@ def test_after_skipped_steps_the_logged_lr_is_the_applied_one_and_wsd_ends_at_it
 
 def test_a_skipped_nexus_step_reports_its_own_attempt(problem):
   tx = optax.chain(nx.nexus(0.05), optax.adam(0.1))
-  params = {k: jnp.asarray(v, jnp.float32) for k, v in problem.params.items()}
-  state = TrainState(
-    jnp.zeros([], jnp.int32),
-    params,
-    tx.init(params),
-    jax.random.PRNGKey(0),
-    jnp.zeros([], jnp.int32),
-  )
+  params, state = start_state(tx, problem)
   step = jax.jit(make_train_step(softmax_loss, tx, NEXUS_SCAN))
   to_jax = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)  # noqa: E731
   state, first = step(state, to_jax(problem.microbatches([0, 1, 2])))

@@ -3,13 +3,10 @@
 One subprocess with 8 CPU devices runs every check and prints a JSON summary.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_on_cpu_devices
 
 SCRIPT = textwrap.dedent("""
     import json
@@ -170,17 +167,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def result():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  out = subprocess.run(
-    [sys.executable, "-c", SCRIPT],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=600,
-    check=False,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return run_on_cpu_devices(SCRIPT, timeout=600)
 
 
 @pytest.mark.parametrize("form", ["nexus", "nexus_multisteps"])

@@ -1,10 +1,8 @@
 """Sharded params on an 8-device CPU mesh give the single-device result."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
+
+from conftest import run_on_cpu_devices
 
 SCRIPT = textwrap.dedent("""
     import json
@@ -61,17 +59,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_params_match_single_device(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  out = subprocess.run(
-    [sys.executable, "-c", SCRIPT],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=300,
-    check=False,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result = run_on_cpu_devices(SCRIPT, timeout=300)
   assert result["moved"] > 1e-3  # training did something
   assert result["max_abs_diff"] < 1e-5, result
   assert result["specs"]["w1"] == [None, "model"], result["specs"]
