@@ -118,9 +118,9 @@ def reject_optax_masked(params, who: str) -> None:
   is_masked_node = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
   if any(is_masked_node(leaf) for leaf in jax.tree.leaves(params, is_leaf=is_masked_node)):
     raise ValueError(
-      f"{who} cannot run inside optax.masked: its loss needs every parameter, and "
-      f"optax.masked replaces the frozen ones with MaskedNode. Pass the mask to {who} "
-      f"instead: {who}(..., mask=mask)."
+      f"{who} cannot run inside optax.masked or an optax.multi_transform branch: its loss "
+      "needs every parameter, and those wrappers replace the others with MaskedNode. Pass "
+      f"the mask to {who} instead, first in the chain: {who}(..., mask=mask)."
     )
 
 
@@ -138,6 +138,8 @@ def trainable_flags(params, mask, who: str) -> list[bool]:
       ``params``, or a trainable leaf that is not floating point.
   """
   reject_optax_masked(params, who)
+  if not jax.tree.leaves(params):  # optax.tree_map_params's placeholder, or no parameters
+    return []
   if mask is None:
     flags = [True] * len(jax.tree.leaves(params))
   else:
@@ -147,21 +149,26 @@ def trainable_flags(params, mask, who: str) -> list[bool]:
       broadcast = jax.tree.map(
         lambda flag, subtree: jax.tree.map(lambda _: flag, subtree), mask_tree, params
       )
-    except ValueError as error:
+    except ValueError:
       raise ValueError(
-        f"{who}'s mask does not fit the parameters ({error}); give it the structure of "
-        "params, or a prefix of it, with a bool per leaf or subtree."
+        f"{who}'s mask does not fit the parameters: give it the structure of params, or a "
+        f"prefix of it, with a bool per leaf or subtree (params: {jax.tree.structure(params)})."
       ) from None
     flags = [bool(flag) for flag in jax.tree.leaves(broadcast)]
     if not any(flags):
       raise ValueError(f"{who}'s mask freezes every parameter; mark at least one leaf True.")
   for (path, leaf), trains in zip(jax.tree_util.tree_leaves_with_path(params), flags):
     if trains and not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+      fix = (
+        "mark it False in mask="
+        if mask is not None
+        else f"freeze it with {who}(..., mask=lambda params: jax.tree.map(lambda p: "
+        "jnp.issubdtype(p.dtype, jnp.floating), params))"
+      )
       raise ValueError(
         f"{who}: parameter {jax.tree_util.keystr(path) or '(root)'} has dtype "
         f"{jnp.result_type(leaf)}, and only floating-point parameters can take inner steps; "
-        f"freeze it with {who}(..., mask=lambda params: jax.tree.map(lambda p: "
-        "jnp.issubdtype(p.dtype, jnp.floating), params))."
+        f"{fix}."
       )
   return flags
 
@@ -176,11 +183,48 @@ def scatter(selected: list, flags: list[bool], fill: Callable[[int], Any]) -> li
   return [next(remaining) if trains else fill(i) for i, trains in enumerate(flags)]
 
 
-def mean_over_batch_axis(tree, batch_axis_name: str | None):
-  """Averages over the data-parallel axis, so that every replica normalizes one gradient."""
-  if batch_axis_name is None:
-    return tree
-  return jax.lax.pmean(tree, axis_name=batch_axis_name)
+def _varying_axes(x) -> frozenset:
+  """The manual axes over which ``x`` varies, as ``shard_map``'s check_vma tracks them."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)
+  return manual.varying if manual is not None else frozenset(getattr(aval, "vma", ()))
+
+
+def mean_over_batch_axis(loss, grads, batch_axis_name, who: str):
+  """The micro-batch loss and gradient averaged over the data-parallel axis (or axes).
+
+  Every replica then normalizes one gradient and takes the same step. Under ``shard_map``
+  with ``check_vma=True`` (its default), autodiff has already summed over the axis the
+  gradient of a per-replica loss with respect to every replicated leaf; those leaves are
+  divided by the axis size instead of reduced again. Without that tracking (``pmap``,
+  ``check_vma=False``), or with a loss that is already the same on every replica, every
+  leaf is averaged with ``lax.pmean``.
+
+  Raises:
+    ValueError: if the loss still differs between replicas afterwards, which
+      ``check_vma`` reveals: ``batch_axis_name`` is missing or names the wrong axis.
+  """
+  if batch_axis_name is not None:
+    names = set(batch_axis_name) if isinstance(batch_axis_name, tuple) else {batch_axis_name}
+    if loss is None or not names <= _varying_axes(loss):
+      loss, grads = jax.lax.pmean((loss, grads), axis_name=batch_axis_name)
+    else:
+      replicas = jax.lax.axis_size(batch_axis_name)
+
+      def mean(g):
+        if names <= _varying_axes(g):
+          return jax.lax.pmean(g, axis_name=batch_axis_name)
+        return g / replicas
+
+      loss, grads = jax.lax.pmean(loss, axis_name=batch_axis_name), jax.tree.map(mean, grads)
+  if loss is not None and _varying_axes(loss):
+    axes = sorted(map(str, _varying_axes(loss)))
+    raise ValueError(
+      f"{who}: the micro-batch loss differs between replicas of the shard_map axes {axes}; "
+      f"pass batch_axis_name={axes[0]!r} (the axis that splits each micro-batch's rows) "
+      "so that every replica takes the same inner step."
+    )
+  return loss, grads
 
 
 def check_inner_lr(inner_lr) -> None:

@@ -86,7 +86,11 @@ def nexus_multisteps(
     batch_axis_name: the ``jax.shard_map`` or ``pmap`` axis over which each
       micro-batch's rows are split. The incoming gradient (and ``value``) is averaged
       over it with ``lax.pmean`` before the norm, so every replica takes the same
-      inner step (docs/math.md#distributed-and-masked-inner-steps).
+      inner step (docs/math.md#distributed-and-masked-inner-steps). Parameters must be
+      replicated over the axis. Under ``shard_map`` with ``check_vma=True``, pass the
+      per-replica loss as ``value=``: autodiff has then summed the gradient over the axis,
+      and the loss is how the sum is told from a mean (the step is right either way; the
+      ``inner_grad_norm`` metric is not without it).
     mask: which parameters train, as ``optax.masked`` takes it (a pytree of bools or a
       callable of params). Masked-out leaves take no inner step, stay out of the norm,
       and reach ``outer`` (wrapped in ``optax.masked``) as zero pseudo-gradients, so
@@ -134,7 +138,7 @@ def nexus_multisteps(
       mini_step=jnp.zeros([], jnp.int32),
       outer_count=jnp.zeros([], jnp.int32),
       # A copy, so that a step may donate both params and this state.
-      outer_params=jax.tree.map(lambda p: p.copy(), params),
+      outer_params=jax.tree.map(lambda p: jnp.array(p, copy=True), params),
       outer_state=outer.init(params),
       sums=InnerStepSums.zeros(),
       metrics=NexusMetrics.initial(),
@@ -152,7 +156,9 @@ def nexus_multisteps(
     param_leaves, treedef = jax.tree.flatten(params)
     trained_params = _inner_step.select(param_leaves, trains)
     trained_grads = _inner_step.select(treedef.flatten_up_to(updates), trains)
-    value, trained_grads = _inner_step.mean_over_batch_axis((value, trained_grads), batch_axis_name)
+    value, trained_grads = _inner_step.mean_over_batch_axis(
+      value, trained_grads, batch_axis_name, who
+    )
     inner_lr_now = _inner_step.inner_lr_at(inner_lr, state.outer_count)
     inner = _inner_step.normalized_step(
       trained_grads,

@@ -185,6 +185,7 @@ def inner_loop(
       "key per outer step (nexus() folds in the step count for you)."
     )
   leaves, treedef = jax.tree.flatten(params)
+  leaves = [jnp.asarray(leaf) for leaf in leaves]
   trained = _inner_step.select(leaves, trains)
 
   def loss_of_trained(trained_leaves, microbatch):
@@ -211,7 +212,7 @@ def inner_loop(
     step_index, microbatch = indexed_microbatch
     value, grads = grad_fn(inner_point(displacement, step_index), microbatch)
     loss, aux = value if has_aux else (value, None)
-    loss, grads = _inner_step.mean_over_batch_axis((loss, grads), batch_axis_name)
+    loss, grads = _inner_step.mean_over_batch_axis(loss, grads, batch_axis_name, "nexus")
     inner = _inner_step.normalized_step(
       grads,
       inner_lr,
@@ -235,9 +236,14 @@ def inner_loop(
   displacement, (losses, grad_norms, unit_sq_norms, finite, aux) = jax.lax.scan(
     one_inner_step, initial, (jnp.arange(num_steps), microbatches)
   )
-  frozen_zeros = lambda i: jnp.zeros_like(  # noqa: E731
-    leaves[i], _inner_step.accumulation_dtype(jnp.result_type(leaves[i]))
-  )
+
+  def frozen_zeros(i):
+    dtype = leaves[i].dtype
+    return jnp.zeros_like(
+      leaves[i],
+      _inner_step.accumulation_dtype(dtype) if jnp.issubdtype(dtype, jnp.floating) else dtype,
+    )
+
   displacement = jax.tree.unflatten(
     treedef, _inner_step.scatter(displacement, trains, frozen_zeros)
   )
@@ -309,8 +315,9 @@ def nexus(
       micro-batch's rows are split. Each inner gradient and loss is then averaged over
       it with ``lax.pmean`` before the norm, so every replica takes the same inner
       steps and returns the same g_hat (the norm of a mean is not a mean of norms:
-      docs/math.md#distributed-and-masked-inner-steps). Leave it None under ``jit``
-      with sharded arrays, where gradients are already global.
+      docs/math.md#distributed-and-masked-inner-steps). Parameters must be replicated
+      over the axis; ``shard_map``'s ``check_vma`` may be on or off. Leave it None under
+      ``jit`` with sharded arrays, where gradients are already global.
     mask: which parameters train, as ``optax.masked`` takes it: a pytree of bools with
       the structure of (or a prefix of) ``params``, or a callable of ``params``
       returning one. Masked-out leaves take no inner step, stay out of the norm and
@@ -406,7 +413,9 @@ def nexus(
       inner_lr=inner_lr_now,
       previous=state.metrics,
     )
-    pseudo_gradient = jax.tree.map(lambda d, p: d.astype(p.dtype), result.displacement, params)
+    pseudo_gradient = jax.tree.map(
+      lambda d, p: d.astype(jnp.result_type(p)), result.displacement, params
+    )
     return pseudo_gradient, NexusState(count=optax.safe_increment(state.count), metrics=metrics)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -175,3 +175,22 @@ def test_multisteps_state_can_be_donated_with_the_params():
   donated = train(jax.jit(step, donate_argnums=(0, 1)))
   np.testing.assert_array_equal(donated["w"], kept["w"])
   assert not np.array_equal(kept["w"], np.arange(4.0))
+
+
+def test_a_masked_state_maps_through_optax_tree_map_params():
+  params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}
+  mask = lambda p: {"w": True, "b": False}  # noqa: E731
+  for tx in (
+    optax.chain(nx.nexus(0.1, mask=mask), optax.masked(optax.adam(0.1), mask)),
+    nx.nexus_multisteps(optax.adam(0.1), every_k=2, mask=mask),
+  ):
+    state = tx.init(params)
+    # As train/build.py lays out the state's shardings: every parameter-shaped leaf mapped.
+    doubled = optax.tree_map_params(tx, lambda p: 2 * p, state)
+    assert jax.tree.structure(doubled) == jax.tree.structure(state)
+
+
+def test_a_non_float_leaf_left_trainable_by_a_mask_is_named_with_the_fix():
+  params = {"w": jnp.zeros(3), "step": jnp.zeros([], jnp.int32)}
+  with pytest.raises(ValueError, match=r"\['step'\] has dtype int32.*mark it False in mask="):
+    nx.nexus(0.1, mask={"w": True, "step": True}).init(params)

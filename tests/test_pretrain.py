@@ -269,7 +269,7 @@ def test_a_non_finite_step_is_skipped_and_counted(kind, problem):
   )
 
 
-@pytest.mark.parametrize("kind", [ACCUMULATE, NEXUS_SCAN])
+@pytest.mark.parametrize("kind", [ACCUMULATE, NEXUS_SCAN, NEXUS_MULTISTEPS])
 def test_after_skipped_steps_the_logged_lr_is_the_applied_one_and_wsd_ends_at_its_floor(
   kind, problem
 ):
@@ -277,9 +277,11 @@ def test_after_skipped_steps_the_logged_lr_is_the_applied_one_and_wsd_ends_at_it
     lr=0.5, steps=12, warmup_fraction=0.25, decay_fraction=0.5, final_lr_fraction=0.1
   )
   schedule = learning_rate_schedule(config)
-  tx = (
-    optax.sgd(schedule) if kind == ACCUMULATE else optax.chain(nx.nexus(0.05), optax.sgd(schedule))
-  )
+  tx = {
+    ACCUMULATE: optax.sgd(schedule),
+    NEXUS_SCAN: optax.chain(nx.nexus(0.05), optax.sgd(schedule)),
+    NEXUS_MULTISTEPS: nx.nexus_multisteps(optax.sgd(schedule), every_k=3, inner_lr=0.05),
+  }[kind]
   params, state = start_state(tx, problem)
   step = jax.jit(make_train_step(softmax_loss, tx, kind))
   order, gamma, poisoned_steps = [0, 1, 2], 0.05, {3, 7, 8}
@@ -292,6 +294,14 @@ def test_after_skipped_steps_the_logged_lr_is_the_applied_one_and_wsd_ends_at_it
     state, metrics = step(state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), batches))
     logged_lr = float(schedule(number - 1))  # what train.pretrain logs for step `number`
     assert [int(c) for c in schedule_counts(state.opt_state)] == [number] == [int(state.step)]
+    # Nexus's own count (its inner_lr schedule's argument) advances with the step too.
+    is_nexus = lambda n: isinstance(n, (nx.NexusState, nx.NexusMultiStepsState))  # noqa: E731
+    nexus_counts = [
+      node.outer_count if isinstance(node, nx.NexusMultiStepsState) else node.count
+      for node in jax.tree.leaves(state.opt_state, is_leaf=is_nexus)
+      if is_nexus(node)
+    ]
+    assert [int(c) for c in nexus_counts] == ([] if kind == ACCUMULATE else [number])
     assert bool(metrics["skipped"]) == (number in poisoned_steps)
     if number in poisoned_steps:
       assert all(np.array_equal(state.params[k], before[k]) for k in before)

@@ -33,6 +33,10 @@ SCRIPT = textwrap.dedent("""
       return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                  for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
 
+    def reported(state):
+      metrics = nx.nexus_metrics(state)
+      return jnp.stack([metrics["inner_loss"], metrics["inner_grad_norm"]])
+
     def scan_form(batch_axis_name):
       tx = nx.nexus(GAMMA, batch_axis_name=batch_axis_name)
       outer = optax.chain(nx.nexus(GAMMA, batch_axis_name=batch_axis_name), optax.adamw(1e-2))
@@ -45,7 +49,7 @@ SCRIPT = textwrap.dedent("""
           updates, state = outer.update(None, state, params, loss_fn=loss_fn,
                                         microbatches=microbatches)
           params = optax.apply_updates(params, updates)
-        return g_hat, params
+        return g_hat, params, reported(state)
       return run
 
     def multisteps_form(batch_axis_name):
@@ -59,12 +63,12 @@ SCRIPT = textwrap.dedent("""
             loss, grads = jax.value_and_grad(loss_fn)(params, batch)
             updates, state = tx.update(grads, state, params, value=loss)
             params = optax.apply_updates(params, updates)
-        return params
+        return params, reported(state)
 
       def run(params, steps):
-        after_sgd = outer_steps(params, steps[:1], optax.sgd(1.0))  # theta - g_hat
+        after_sgd, _ = outer_steps(params, steps[:1], optax.sgd(1.0))  # theta - g_hat
         g_hat = jax.tree.map(jnp.subtract, params, after_sgd)
-        return g_hat, outer_steps(params, steps, optax.adamw(1e-2))
+        return (g_hat, *outer_steps(params, steps, optax.adamw(1e-2)))
       return run
 
     one = jax.devices()[0]
@@ -73,17 +77,24 @@ SCRIPT = textwrap.dedent("""
     for form, make in (("nexus", scan_form), ("nexus_multisteps", multisteps_form)):
       single = jax.jit(make(None))(jax.device_put(params, one), jax.device_put(steps, one))
       for axis in ("data", None):
-        run = make(axis)
-        # Every replica returns its own g_hat and params, stacked on a leading axis.
-        def per_replica(params, steps, run=run):
-          return jax.tree.map(lambda x: x[None], run(params, steps))
-        mapped = jax.jit(jax.shard_map(per_replica, mesh=mesh,
-                                       in_specs=(P(), P(None, "data")),
-                                       out_specs=P("data"), check_vma=False))
-        replicas = mapped(params, steps)
-        diffs = [max_abs_diff(single, jax.tree.map(lambda x, r=r: x[r], replicas))
-                 for r in range(8)]
-        result[f"{form}/{axis}"] = {"g_hat_and_params": max(diffs)}
+        for check_vma in (True, False):
+          run = make(axis)
+          # Every replica returns its own g_hat, params and metrics, stacked on a new axis.
+          def per_replica(params, steps, run=run):
+            return jax.tree.map(lambda x: x[None], run(params, steps))
+          mapped = jax.jit(jax.shard_map(per_replica, mesh=mesh,
+                                         in_specs=(P(), P(None, "data")),
+                                         out_specs=P("data"), check_vma=check_vma))
+          try:
+            replicas = mapped(params, steps)
+          except ValueError as error:  # check_vma shows the replicas' losses differ
+            result[f"{form}/{axis}/{check_vma}"] = {"error": str(error)}
+            continue
+          of = lambda r: jax.tree.map(lambda x: x[r], replicas)
+          metrics_error = np.abs(np.stack([of(r)[2] for r in range(8)]) / single[2] - 1)
+          result[f"{form}/{axis}/{check_vma}"] = {
+              "g_hat_and_params": max(max_abs_diff(single[:2], of(r)[:2]) for r in range(8)),
+              "metrics_relative": float(np.max(metrics_error))}
       result[f"{form}/moved"] = max_abs_diff(single[1], params)
 
     # An explicit mesh: the carry, the rounding noise and the state keep the sharding.
@@ -171,11 +182,20 @@ def result():
 
 
 @pytest.mark.parametrize("form", ["nexus", "nexus_multisteps"])
-def test_shard_map_with_batch_axis_name_matches_one_device(result, form):
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_shard_map_with_batch_axis_name_matches_one_device(result, form, check_vma):
   assert result[f"{form}/moved"] > 1e-3  # three outer steps did something
-  assert result[f"{form}/data"]["g_hat_and_params"] < 1e-6, result
-  # Without it, each replica normalizes its own rows' gradient and goes its own way.
-  assert result[f"{form}/None"]["g_hat_and_params"] > 1e-4, result
+  mapped = result[f"{form}/data/{check_vma}"]
+  assert mapped["g_hat_and_params"] < 1e-6, result
+  # The inner loss and gradient norm are the global micro-batch's too.
+  assert mapped["metrics_relative"] < 1e-5, result
+  unmapped = result[f"{form}/None/{check_vma}"]
+  if check_vma:
+    # The replicas' losses differ, which check_vma reveals: a one-line pointer to the fix.
+    assert "pass batch_axis_name='data'" in unmapped.get("error", ""), result
+  else:
+    # Each replica normalizes its own rows' gradient and goes its own way.
+    assert unmapped["g_hat_and_params"] > 1e-4, result
 
 
 def test_explicit_mesh_keeps_every_parameter_sharding(result):

@@ -4,10 +4,11 @@ A step consumes one element of the data stream, ``tokens [K, B, T + 1]``, and ru
 K micro-batches in order with ``jax.lax.scan``: gradient accumulation for the baselines,
 Nexus's inner loop for ``nexus``, or K calls of ``nexus_multisteps`` for the transparent
 form. A step whose loss or update is not finite leaves params and optimizer state
-untouched, except the learning-rate schedules' counts, and is counted in
-``skipped_steps``: the schedules stay indexed by ``TrainState.step``, the one step count
-that the logged lr, the data position and the checkpoint share, so WSD still ends at its
-floor. Adam's own count (its bias correction) counts the updates applied, as PyTorch's
+untouched, except the counts that index schedules, and is counted in ``skipped_steps``.
+Those counts (optax's learning-rate schedules and injected hyper-parameters, Nexus's
+``inner_lr`` count) stay equal to ``TrainState.step``, the one step count that the
+logged lr, the data position and the checkpoint share, so WSD still ends at its floor.
+Adam's own count (its bias correction) counts the updates applied, as PyTorch's
 GradScaler leaves it.
 """
 
@@ -42,22 +43,40 @@ class TrainState(NamedTuple):
   skipped_steps: jax.Array
 
 
+# The states whose count indexes a schedule, and that count's field.
+SCHEDULE_COUNT_FIELDS = {
+  optax.ScaleByScheduleState: "count",
+  optax.InjectHyperparamsState: "count",
+  optax.InjectStatefulHyperparamsState: "count",
+  nx.NexusState: "count",
+  nx.NexusMultiStepsState: "outer_count",
+}
+
+
 def _is_schedule_state(node) -> bool:
   return isinstance(node, optax.ScaleByScheduleState)
 
 
+def _counts_a_schedule(node) -> bool:
+  return type(node) in SCHEDULE_COUNT_FIELDS
+
+
 def revert_unless_finite(finite: jax.Array, new_opt_state, old_opt_state):
-  """``old_opt_state`` where the step is skipped, but with the schedules' counts advanced."""
-  return jax.tree.map(
-    lambda new, old: new if _is_schedule_state(new) else optax.tree.where(finite, new, old),
-    new_opt_state,
-    old_opt_state,
-    is_leaf=_is_schedule_state,
-  )
+  """``old_opt_state`` where the step is skipped, but with its schedule counts advanced."""
+
+  def choose(new, old):
+    if not _counts_a_schedule(new):
+      return optax.tree.where(finite, new, old)
+    field = SCHEDULE_COUNT_FIELDS[type(new)]
+    # The other fields may hold states of their own (an outer optimizer, an inner one).
+    reverted = type(new)(*(revert_unless_finite(finite, n, o) for n, o in zip(new, old)))
+    return reverted._replace(**{field: getattr(new, field)})
+
+  return jax.tree.map(choose, new_opt_state, old_opt_state, is_leaf=_counts_a_schedule)
 
 
 def schedule_counts(opt_state) -> list[jax.Array]:
-  """The count of every learning-rate schedule in ``opt_state``."""
+  """The count of every learning-rate schedule (``optax.ScaleByScheduleState``) in a state."""
   return [
     node.count
     for node in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state)
