@@ -95,6 +95,15 @@ SCRIPT = textwrap.dedent("""
           result[f"{form}/{axis}/{check_vma}"] = {
               "g_hat_and_params": max(max_abs_diff(single[:2], of(r)[:2]) for r in range(8)),
               "metrics_relative": float(np.max(metrics_error))}
+      # pmap, with each device's rows on a leading device axis.
+      per_device = jax.tree.map(
+          lambda x: jnp.moveaxis(x.reshape(K, 8, ROWS // 8, *x.shape[2:]), 1, 0), steps)
+      replicas = jax.pmap(make("data"), axis_name="data", in_axes=(None, 0))(params, per_device)
+      of = lambda r: jax.tree.map(lambda x: x[r], replicas)
+      result[f"{form}/pmap"] = {
+          "g_hat_and_params": max(max_abs_diff(single[:2], of(r)[:2]) for r in range(8)),
+          "metrics_relative": float(np.max(np.abs(np.stack([of(r)[2] for r in range(8)])
+                                                  / single[2] - 1)))}
       result[f"{form}/moved"] = max_abs_diff(single[1], params)
 
     # An explicit mesh: the carry, the rounding noise and the state keep the sharding.
@@ -196,6 +205,12 @@ def test_shard_map_with_batch_axis_name_matches_one_device(result, form, check_v
   else:
     # Each replica normalizes its own rows' gradient and goes its own way.
     assert unmapped["g_hat_and_params"] > 1e-4, result
+
+
+@pytest.mark.parametrize("form", ["nexus", "nexus_multisteps"])
+def test_pmap_with_batch_axis_name_matches_one_device(result, form):
+  assert result[f"{form}/pmap"]["g_hat_and_params"] < 1e-6, result
+  assert result[f"{form}/pmap"]["metrics_relative"] < 1e-5, result
 
 
 def test_explicit_mesh_keeps_every_parameter_sharding(result):
