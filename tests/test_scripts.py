@@ -189,3 +189,17 @@ def test_torch_reference_benchmark_quick(tmp_path):
   for row in report["implementations"].values():
     assert row["tokens_per_s"] > 0 and row["nexus_optax_speedup"] > 0
   assert report["breakdown"]["jax_forward_backward_ms"] > report["breakdown"]["jax_forward_ms"] > 0
+
+
+def test_second_order_check_prints_the_table_in_docs_math():
+  stdout = _run("benchmarks.second_order_check", "--seeds", "0")
+  rows = [line for line in stdout.splitlines() if line.startswith("| 0.")]
+  assert len(rows) == 3, stdout
+  document = (ROOT / "docs" / "math.md").read_text()
+  for row in rows:
+    assert row in document, row
+  # The expansion's residual halves with gamma; Eq. 12's does not shrink.
+  table = json.loads(stdout.strip().splitlines()[-1])["table"]
+  ratios = [a / b for a, b in zip(table["orders_expansion"], table["orders_expansion"][1:])]
+  assert all(1.8 < ratio < 2.2 for ratio in ratios), table
+  assert min(table["iid_eq12_autodiff"]) > 0.3, table
