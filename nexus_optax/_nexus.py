@@ -354,6 +354,17 @@ def nexus(
     Array([0.001, 0.001, 0.001], dtype=float32)
     >>> round(float(nx.nexus_metrics(state)["consensus"]), 3)  # identical batches
     1.0
+
+    Frozen parameters: mask them in Nexus and in the outer optimizer.
+
+    >>> params = {"w": jnp.zeros(3), "b": jnp.ones(3)}
+    >>> trainable = {"w": True, "b": False}
+    >>> tx = optax.chain(nx.nexus(0.01, mask=trainable),
+    ...                  optax.masked(optax.adamw(1e-3, weight_decay=0.1), trainable))
+    >>> updates, _ = tx.update(None, tx.init(params), params, microbatches=jnp.full((2, 3), 2.0),
+    ...                        loss_fn=lambda p, x: jnp.sum((p["w"] + p["b"] - x) ** 2))
+    >>> updates["w"].round(4), updates["b"]  # b: no inner step, no decay
+    (Array([0.001, 0.001, 0.001], dtype=float32), Array([0., 0., 0.], dtype=float32))
   """
   _inner_step.check_inner_lr(inner_lr)
   _inner_step.check_normalize(normalize)
