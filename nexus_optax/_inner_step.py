@@ -138,10 +138,11 @@ def trainable_flags(params, mask, who: str) -> list[bool]:
       ``params``, or a trainable leaf that is not floating point.
   """
   reject_optax_masked(params, who)
-  if not jax.tree.leaves(params):  # optax.tree_map_params's placeholder, or no parameters
+  leaves_with_paths = jax.tree_util.tree_leaves_with_path(params)
+  if not leaves_with_paths:  # optax.tree_map_params's placeholder, or no parameters
     return []
   if mask is None:
-    flags = [True] * len(jax.tree.leaves(params))
+    flags = [True] * len(leaves_with_paths)
   else:
     mask_tree = mask(params) if callable(mask) else mask
     check_mask(mask_tree)
@@ -157,7 +158,7 @@ def trainable_flags(params, mask, who: str) -> list[bool]:
     flags = [bool(flag) for flag in jax.tree.leaves(broadcast)]
     if not any(flags):
       raise ValueError(f"{who}'s mask freezes every parameter; mark at least one leaf True.")
-  for (path, leaf), trains in zip(jax.tree_util.tree_leaves_with_path(params), flags):
+  for (path, leaf), trains in zip(leaves_with_paths, flags):
     if trains and not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
       fix = (
         "mark it False in mask="

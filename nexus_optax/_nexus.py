@@ -174,7 +174,6 @@ def inner_loop(
   """
   _inner_step.check_normalize(normalize)
   _inner_step.check_inner_rounding(inner_rounding)
-  _inner_step.check_mask(mask)
   trains = _inner_step.trainable_flags(params, mask, "inner_loop")
   num_steps = _num_microbatches(microbatches)
   _check_loss_signature(loss_fn, params, microbatches, has_aux)
@@ -390,7 +389,6 @@ def nexus(
         "nexus needs microbatches= as a keyword argument of update: a pytree whose "
         "leaves stack the K micro-batches along axis 0."
       )
-    _inner_step.trainable_flags(params, mask, "nexus")
     inner_lr_now = _inner_step.inner_lr_at(inner_lr, state.count)
     result = inner_loop(
       loss_fn,
