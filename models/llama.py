@@ -20,7 +20,12 @@ Engineering choices, all set in :class:`LlamaConfig`:
     RoPE, softmax and the logits stay in float32.
   * every parameter carries logical axis names (:mod:`models.sharding`), and so do the
     activations: inside ``models.sharding.activation_sharding(mesh)`` the residual
-    stream, heads, MLP hidden layer and logits are pinned to the batch axes.
+    stream, heads, MLP hidden layer and logits are pinned to the batch axes;
+  * the model can run at a displaced point ``theta - delta`` without that point ever
+    existing as a whole (``Llama.__call__``'s ``displacement``): each weight's
+    ``(p - d).astype(p.dtype)`` is formed where it is consumed, inside the layer scan for
+    the blocks. Nexus's inner loop needs nothing else
+    (``nexus_optax.nexus(..., loss_takes_displacement=True)``).
 """
 
 import dataclasses
@@ -317,8 +322,36 @@ class Block(nnx.Module):
     return constrain(x + self.mlp(self.mlp_norm(x)), RESIDUAL)
 
 
-def _run_block(block: Block, x, cos, sin):
-  return block(x, cos, sin)
+def displaced(value, displacement):
+  """``(value - displacement)`` in ``value``'s dtype; ``value`` itself for a None displacement.
+
+  Rounded as ``nexus_optax.inner_loop`` rounds its inner point, so that the two agree bit
+  for bit.
+  """
+  if displacement is None:
+    return value
+  return (value - displacement).astype(value.dtype)
+
+
+def at_inner_point(module: nnx.Module, displacement) -> nnx.Module:
+  """A copy of ``module`` whose every parameter ``p`` is ``displaced(p, d)``.
+
+  Args:
+    module: a module holding only parameters (a :class:`Block` or :class:`RMSNorm`).
+    displacement: None (``module`` itself is returned), or a pure dict with the
+      structure of ``nnx.to_pure_dict(nnx.state(module))``.
+  """
+  if displacement is None:
+    return module
+  graphdef, params = nnx.split(module)
+  return nnx.merge(graphdef, jax.tree.map(displaced, nnx.to_pure_dict(params), displacement))
+
+
+def _run_block(block: Block, displacement, x, cos, sin):
+  # The inner point is formed here, inside the remat and the layer scan, so that one
+  # layer's displaced weights exist at a time and the backward pass recomputes them
+  # rather than keeping every layer's.
+  return at_inner_point(block, displacement)(x, cos, sin)
 
 
 class Llama(nnx.Module):
@@ -351,46 +384,73 @@ class Llama(nnx.Module):
         rngs, (config.hidden_dim, config.vocab_size), (EMBED, VOCAB), config
       )
 
-  def __call__(self, tokens, positions=None):
-    """Logits [B, T, vocab] for int tokens [B, T]; positions default to 0..T-1."""
+  def __call__(self, tokens, positions=None, displacement=None):
+    """Logits [B, T, vocab] for int tokens [B, T]; positions default to 0..T-1.
+
+    With a ``displacement`` ``delta`` (a pure dict, or an ``nnx.State``, with the
+    structure of ``nnx.state(model, nnx.Param)``) the logits are those of the model at
+    ``theta - delta``, each weight taken as ``(p - d).astype(p.dtype)``. Every weight's
+    displaced value is formed where it is consumed (a scanned block's inside the scan
+    body), so that, unlike ``nnx.merge`` of precomputed ``theta - delta``, no
+    parameter-sized copy is made; the gradient with respect to ``theta`` at fixed
+    ``delta`` is the gradient at ``theta - delta``.
+    """
     config = self.config
+    if isinstance(displacement, nnx.State):
+      displacement = nnx.to_pure_dict(displacement)
+    if displacement is not None:
+      expected = jax.tree.structure(nnx.to_pure_dict(nnx.state(self, nnx.Param)))
+      # A missing subtree would silently leave those weights at theta.
+      if jax.tree.structure(displacement) != expected:
+        raise ValueError(
+          "Llama's displacement must have the structure of its parameters, "
+          f"nnx.to_pure_dict(nnx.state(model, nnx.Param)) ({expected}); got "
+          f"{jax.tree.structure(displacement)}."
+        )
+    delta = displacement if displacement is not None else {}
     if positions is None:
       positions = jnp.arange(tokens.shape[-1])
     cos, sin = rope_angles(
       positions, config.resolved_head_dim, config.rope_theta, config.rope_scaling
     )
-    x = constrain(
-      jnp.take(self.embedding[...], tokens, axis=0).astype(config.compute_dtype), RESIDUAL
-    )
+    embedding = displaced(self.embedding[...], delta.get("embedding"))
+    x = constrain(jnp.take(embedding, tokens, axis=0).astype(config.compute_dtype), RESIDUAL)
 
     run_block = _run_block
     if config.remat != "none":
       run_block = nnx.remat(_run_block, policy=_REMAT_POLICIES[config.remat])
+    block_delta = delta.get("blocks")
     if config.scan_layers:
+      # The stacked displacement is scanned alongside the stacked blocks.
       scanned = nnx.scan(
-        lambda block, h: run_block(block, h, cos, sin),
-        in_axes=(0, nnx.Carry),
+        lambda block, d, h: run_block(block, d, h, cos, sin),
+        in_axes=(0, 0, nnx.Carry),
         out_axes=nnx.Carry,
         transform_metadata={nnx.PARTITION_NAME: LAYERS},
       )
-      x = scanned(self.blocks, x)
+      x = scanned(self.blocks, block_delta, x)
     else:
       graphdef, stacked = nnx.split(self.blocks)
       for layer in range(config.num_layers):
         block = nnx.merge(graphdef, jax.tree.map(lambda leaf, layer=layer: leaf[layer], stacked))
-        x = run_block(block, x, cos, sin)
+        d = jax.tree.map(lambda leaf, layer=layer: leaf[layer], block_delta)
+        x = run_block(block, d, x, cos, sin)
 
-    x = self.final_norm(x)
-    unembedding = self.embedding[...].T if config.tie_embeddings else self.unembedding[...]
+    x = at_inner_point(self.final_norm, delta.get("final_norm"))(x)
+    if config.tie_embeddings:
+      unembedding = embedding.T
+    else:
+      unembedding = displaced(self.unembedding[...], delta.get("unembedding"))
     logits = jnp.einsum(
       "btd,dv->btv", x, unembedding.astype(x.dtype), preferred_element_type=jnp.float32
     )
     return constrain(logits, (BATCH, LENGTH, ACTIVATION_VOCAB))
 
 
-def next_token_loss(model: Llama, tokens):
-  """Mean next-token cross-entropy (nats) of int tokens [B, T + 1]."""
-  logits = model(tokens[:, :-1])
+def next_token_loss(model: Llama, tokens, displacement=None):
+  """Mean next-token cross-entropy (nats) of int tokens [B, T + 1], at ``theta -
+  displacement`` when one is given (see :meth:`Llama.__call__`)."""
+  logits = model(tokens[:, :-1], displacement=displacement)
   targets = tokens[:, 1:]
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   return -jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], axis=-1))

@@ -24,6 +24,7 @@ cross-source cosine similarity; it equals that gradient only where P_i and H_i
 commute (docs/math.md#where-the-papers-eq-9-and-eq-12-differ).
 """
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -82,9 +83,44 @@ def _num_microbatches(microbatches) -> int:
   return size
 
 
-def _check_loss_signature(loss_fn, params, microbatches, has_aux: bool) -> None:
+def _zero_displacement(params):
+  """Abstract zeros of the displacement's tree and dtypes (float leaves in >= float32)."""
+
+  def zeros(leaf):
+    dtype = jnp.result_type(leaf)
+    if jnp.issubdtype(dtype, jnp.floating):
+      dtype = _inner_step.accumulation_dtype(dtype)
+    return jax.ShapeDtypeStruct(jnp.shape(leaf), dtype)
+
+  return jax.tree.map(zeros, params)
+
+
+def _check_loss_takes_displacement(loss_takes_displacement: bool, inner_rounding: str) -> None:
+  if loss_takes_displacement and inner_rounding == "stochastic":
+    raise ValueError(
+      "inner_rounding='stochastic' rounds an inner point that nexus forms itself; with "
+      "loss_takes_displacement=True the loss forms it, so use inner_rounding='nearest'."
+    )
+
+
+def _check_loss_signature(
+  loss_fn, params, microbatches, has_aux: bool, loss_takes_displacement: bool = False
+) -> None:
   first = jax.tree.map(lambda x: x[0], microbatches)
-  out = jax.eval_shape(loss_fn, params, first)
+  if loss_takes_displacement:
+    try:
+      inspect.signature(loss_fn).bind(params, first, params)
+    except TypeError:
+      raise ValueError(
+        "with loss_takes_displacement=True, loss_fn is called as loss_fn(params, microbatch, "
+        "displacement) and must return the loss at params - displacement; give it that "
+        "third argument."
+      ) from None
+    except ValueError:  # no signature to read (a builtin); eval_shape below still checks
+      pass
+    out = jax.eval_shape(loss_fn, params, first, _zero_displacement(params))
+  else:
+    out = jax.eval_shape(loss_fn, params, first)
   if has_aux:
     if not (isinstance(out, tuple) and len(out) == 2):
       raise ValueError(
@@ -116,14 +152,27 @@ def inner_loop(
   rounding_key: jax.Array | None = None,
   batch_axis_name: str | None = None,
   mask: Any = None,
+  loss_takes_displacement: bool = False,
 ) -> InnerLoopResult:
-  """Runs Algorithm 1's inner loop with ``jax.lax.scan`` over micro-batches.
+  r"""Runs Algorithm 1's inner loop with ``jax.lax.scan`` over micro-batches.
 
   The scan carries the displacement ``delta_m = theta_{t,0} - theta_{t,m}`` in
   at least float32 rather than a second copy of the parameters; the inner point
   is rebuilt as ``params - delta_m`` in the parameters' own dtype. The carry
   costs what a gradient accumulator costs, and the result has no cancellation
   error even for bfloat16 parameters.
+
+  That rebuilt inner point is one more parameter-sized tensor, live through each
+  micro-batch's forward and backward pass. A loss that can form it piecewise, each
+  weight where it is consumed (a layer's inside the model's layer scan), avoids it:
+  with ``loss_takes_displacement=True`` the loss receives ``delta_m`` and returns
+  ``L(theta_{t,0} - delta_m)``, and the gradient is taken with respect to
+  ``theta_{t,0}`` at fixed ``delta_m``, which by the chain rule is the gradient at
+  the inner point:
+
+  .. math::
+    \nabla_\theta \, L(\theta - \delta) \big|_{\theta = \theta_{t,0}}
+    = (\nabla L)(\theta_{t,0} - \delta).
 
   Args:
     loss_fn: ``loss_fn(params, microbatch) -> loss`` (or ``(loss, aux)`` with
@@ -152,6 +201,13 @@ def inner_loop(
       prefix of) ``params``, or a callable of ``params`` returning one, as
       ``optax.masked`` takes. Masked-out leaves take no inner step, stay out of the
       norm, are not differentiated, and get a zero displacement.
+    loss_takes_displacement: call the loss as ``loss_fn(params, microbatch,
+      displacement)`` with the outer ``params`` and the current displacement (the tree
+      of ``params``, floating leaves in at least float32, zeros for masked-out leaves);
+      it must return the loss at the inner point, each leaf ``p`` taken as
+      ``(p - d).astype(p.dtype)`` for this function's result to equal the default's.
+      ``models.Llama`` does so inside its layer scan (``next_token_loss(model, tokens,
+      displacement)``). Not with ``inner_rounding="stochastic"``.
 
   Returns:
     An :class:`InnerLoopResult`.
@@ -174,9 +230,10 @@ def inner_loop(
   """
   _inner_step.check_normalize(normalize)
   _inner_step.check_inner_rounding(inner_rounding)
+  _check_loss_takes_displacement(loss_takes_displacement, inner_rounding)
   trains = _inner_step.trainable_flags(params, mask, "inner_loop")
   num_steps = _num_microbatches(microbatches)
-  _check_loss_signature(loss_fn, params, microbatches, has_aux)
+  _check_loss_signature(loss_fn, params, microbatches, has_aux, loss_takes_displacement)
   stochastic = inner_rounding == "stochastic"
   if stochastic and rounding_key is None:
     raise ValueError(
@@ -187,11 +244,21 @@ def inner_loop(
   leaves = [jnp.asarray(leaf) for leaf in leaves]
   trained = _inner_step.select(leaves, trains)
 
-  def loss_of_trained(trained_leaves, microbatch):
+  def loss_of_trained(trained_leaves, microbatch, *displacement):
     full = _inner_step.scatter(trained_leaves, trains, lambda i: leaves[i])
-    return loss_fn(jax.tree.unflatten(treedef, full), microbatch)
+    return loss_fn(jax.tree.unflatten(treedef, full), microbatch, *displacement)
 
   grad_fn = jax.value_and_grad(loss_of_trained, has_aux=has_aux)
+
+  def frozen_zeros(i):
+    dtype = leaves[i].dtype
+    return jnp.zeros_like(
+      leaves[i],
+      _inner_step.accumulation_dtype(dtype) if jnp.issubdtype(dtype, jnp.floating) else dtype,
+    )
+
+  def full_displacement(displacement):
+    return jax.tree.unflatten(treedef, _inner_step.scatter(displacement, trains, frozen_zeros))
 
   def inner_point(displacement, step_index):
     if not stochastic:
@@ -209,7 +276,10 @@ def inner_loop(
 
   def one_inner_step(displacement, indexed_microbatch):
     step_index, microbatch = indexed_microbatch
-    value, grads = grad_fn(inner_point(displacement, step_index), microbatch)
+    if loss_takes_displacement:
+      value, grads = grad_fn(trained, microbatch, full_displacement(displacement))
+    else:
+      value, grads = grad_fn(inner_point(displacement, step_index), microbatch)
     loss, aux = value if has_aux else (value, None)
     loss, grads = _inner_step.mean_over_batch_axis(loss, grads, batch_axis_name, "nexus")
     inner = _inner_step.normalized_step(
@@ -236,17 +306,9 @@ def inner_loop(
     one_inner_step, initial, (jnp.arange(num_steps), microbatches)
   )
 
-  def frozen_zeros(i):
-    dtype = leaves[i].dtype
-    return jnp.zeros_like(
-      leaves[i],
-      _inner_step.accumulation_dtype(dtype) if jnp.issubdtype(dtype, jnp.floating) else dtype,
-    )
-
-  displacement = jax.tree.unflatten(
-    treedef, _inner_step.scatter(displacement, trains, frozen_zeros)
+  return InnerLoopResult(
+    full_displacement(displacement), losses, grad_norms, unit_sq_norms, finite, aux
   )
-  return InnerLoopResult(displacement, losses, grad_norms, unit_sq_norms, finite, aux)
 
 
 class NexusState(NamedTuple):
@@ -271,6 +333,7 @@ def nexus(
   rounding_seed: int = 0,
   batch_axis_name: str | None = None,
   mask: Any = None,
+  loss_takes_displacement: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Nexus pseudo-gradient: K normalized inner steps, then the displacement.
 
@@ -326,6 +389,17 @@ def nexus(
       ``optax.chain(nexus(mask=m), optax.masked(optax.adamw(lr), m))``, or, with
       ``optax.multi_transform``, put ``nexus(mask=m)`` before it in the chain and
       give the frozen label ``optax.set_to_zero()``.
+    loss_takes_displacement: ``loss_fn`` is then ``loss_fn(params, microbatch,
+      displacement)``, called with the outer ``params`` and the displacement
+      ``delta = theta_{t,0} - theta_{t,m}`` (the tree of ``params``, floating leaves in
+      at least float32, zeros for masked-out leaves), and returns the loss at
+      ``params - displacement``, each leaf ``p`` taken as ``(p - d).astype(p.dtype)``.
+      Gradients are taken with respect to ``params`` at fixed ``delta``, which is the
+      gradient at the inner point, so g_hat is unchanged; what changes is memory: a
+      model that forms each layer's inner point inside its layer scan
+      (``models.next_token_loss(model, tokens, displacement)``) never holds the
+      parameter-sized inner point that ``nexus`` otherwise builds. Not with
+      ``inner_rounding="stochastic"``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` is
@@ -368,6 +442,7 @@ def nexus(
   _inner_step.check_inner_lr(inner_lr)
   _inner_step.check_normalize(normalize)
   _inner_step.check_inner_rounding(inner_rounding)
+  _check_loss_takes_displacement(loss_takes_displacement, inner_rounding)
   _inner_step.check_mask(mask)
 
   def init_fn(params):
@@ -381,9 +456,8 @@ def nexus(
         "nexus needs params: call tx.update(None, state, params, loss_fn=..., microbatches=...)."
       )
     if loss_fn is None:
-      raise ValueError(
-        "nexus needs loss_fn=loss_fn(params, microbatch) as a keyword argument of update."
-      )
+      arguments = "params, microbatch" + (", displacement" if loss_takes_displacement else "")
+      raise ValueError(f"nexus needs loss_fn=loss_fn({arguments}) as a keyword argument of update.")
     if microbatches is None:
       raise ValueError(
         "nexus needs microbatches= as a keyword argument of update: a pytree whose "
@@ -406,6 +480,7 @@ def nexus(
       ),
       batch_axis_name=batch_axis_name,
       mask=mask,
+      loss_takes_displacement=loss_takes_displacement,
     )
     taken = (result.finite if skip_nonfinite else jnp.ones_like(result.finite)).astype(jnp.float32)
     sums = InnerStepSums(

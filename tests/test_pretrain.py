@@ -23,6 +23,7 @@ import optax
 import pytest
 
 import nexus_optax as nx
+from tests.conftest import xla_flags
 from train import parallel
 from train.config import ConfigError, TrainConfig
 from train.optimizers import (
@@ -43,7 +44,7 @@ def run_cli(args, devices=1, env=None, module="train.pretrain", wait=True):
   environment = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    XLA_FLAGS=xla_flags(devices),
     **(env or {}),
   )
   command = [sys.executable, "-m", module, *map(str, args)]

@@ -102,9 +102,11 @@ def build_training(
     state_shardings,
   )
 
-  def loss_fn(params, tokens):
+  # The displacement is Nexus's (nexus(..., loss_takes_displacement=True)): the model forms
+  # each layer's inner point inside its layer scan instead of Nexus materialising it whole.
+  def loss_fn(params, tokens, displacement=None):
     with activation_sharding(mesh, rules):
-      return next_token_loss(nnx.merge(graphdef, params), tokens)
+      return next_token_loss(nnx.merge(graphdef, params), tokens, displacement)
 
   batches = parallel.batch_sharding(mesh, batch_axis=1)
   step = jax.jit(

@@ -123,7 +123,9 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   outer = outer_optimizer(config)
   kind = step_kind(config.optimizer)
   if kind == NEXUS_SCAN:
-    return optax.chain(nx.nexus(inner_lr=config.inner_lr), outer)
+    # train.build's loss forms the inner point layer by layer inside the model's scan,
+    # which saves the parameter-sized copy nexus would otherwise build (the same g_hat).
+    return optax.chain(nx.nexus(inner_lr=config.inner_lr, loss_takes_displacement=True), outer)
   if kind == NEXUS_MULTISTEPS:
     return nx.nexus_multisteps(outer, every_k=config.microbatches, inner_lr=config.inner_lr)
   return outer

@@ -108,7 +108,10 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, kind: s
   """``step(state, tokens) -> (state, metrics)`` for one outer step.
 
   Args:
-    loss_fn: ``loss_fn(params, micro_batch_tokens) -> scalar``.
+    loss_fn: ``loss_fn(params, micro_batch_tokens) -> scalar``; with a ``nexus`` built
+      with ``loss_takes_displacement=True`` (as ``build_optimizer`` builds it) it is also
+      called as ``loss_fn(params, micro_batch_tokens, displacement)``, the loss at
+      ``params - displacement``.
     tx: the optimizer of :func:`train.optimizers.build_optimizer`.
     kind: :func:`train.optimizers.step_kind` of the optimizer.
 
