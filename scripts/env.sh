@@ -13,4 +13,5 @@ fi
 echo "[env] installing nexus-optax[$extras] into $venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[$extras]"
 export PATH="$venv/bin:$PATH"
+echo "[env] ready in ${SECONDS} s"
 cd "$root"

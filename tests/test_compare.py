@@ -122,3 +122,20 @@ def test_summary_header_names_the_command_and_date(comparison):
   summary = (run_dir / "summary.md").read_text()
   assert "Command: `python -m train.compare --preset tiny" in summary
   assert re.search(r"Date: \d{4}-\d{2}-\d{2} \d{2}:\d{2}", summary)
+
+
+def test_time_breakdown_accounts_for_each_run(comparison):
+  run_dir, stdout = comparison
+  times = json.loads((run_dir / "time.json").read_text())
+  assert set(times["runs"]) == {"adamw", "nexus"}
+  for name, parts in times["runs"].items():
+    assert all(value >= 0 for value in parts.values()), parts
+    # 6 steps, evaluated at 3 and 6: evaluation and the compiling first step cost time.
+    assert parts["eval"] > 0 and parts["first_step"] > 0, parts
+    summed = sum(parts[key] for key in ("data", "setup", "first_step", "train", "eval"))
+    assert summed <= parts["total"] + 0.5, parts  # what is left is logging and waits
+    assert summed >= 0.8 * parts["total"], parts
+    summary = json.loads((run_dir / name / "summary.json").read_text())
+    assert summary["time"] == parts
+  assert times["wall_seconds"] >= sum(p["total"] for p in times["runs"].values())
+  assert (run_dir / "time.md").read_text().strip() in stdout

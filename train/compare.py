@@ -13,6 +13,7 @@ schedule and every hyper-parameter are shared. Writes to ``OUT/<timestamp>/``:
                     Nexus - AdamW for each
   curves.png        training and validation loss of both runs
   same_loss.png     held-out against pretraining loss at the same checkpoints (Fig. 7a)
+  time.md, .json    where each run's seconds went (data, build, compile, steps, evaluation)
 
 Every loss in the table is measured at the outer parameters on fixed windows, in nats per
 token; the pretraining loss is the validation loss of the training mixture (weights as
@@ -82,6 +83,37 @@ def summary_markdown(finals: dict[str, dict], header: str) -> str:
       "| optimizer | " + " | ".join(h for h, _ in columns) + " |",
       "|---|" + "---|" * len(columns),
       *rows,
+      "",
+    ]
+  )
+
+
+TIME_COLUMNS = (
+  ("data", "data"),
+  ("build + init", "setup"),
+  ("first step (compile)", "first_step"),
+  ("training steps", "train"),
+  ("evaluation", "eval"),
+  ("total", "total"),
+)
+
+
+def time_markdown(times: dict[str, dict], wall_seconds: float) -> str:
+  """Each run's seconds by part (``summary.json``'s ``time``), and the job's wall time."""
+  header = "| run | " + " | ".join(label for label, _ in TIME_COLUMNS) + " |"
+  rows = [
+    f"| {LABELS[name]} | " + " | ".join(f"{part[key]:.1f}" for _, key in TIME_COLUMNS) + " |"
+    for name, part in times.items()
+  ]
+  return "\n".join(
+    [
+      "Seconds, by part (each run's `summary.json`, `time`):",
+      "",
+      header,
+      "|---|" + "---:|" * len(TIME_COLUMNS),
+      *rows,
+      "",
+      f"The job, both runs, table and plots: {wall_seconds:.1f} s.",
       "",
     ]
   )
@@ -210,7 +242,13 @@ def main(argv=None) -> int:
       json.loads(line) for line in (out / optimizer / "metrics.jsonl").read_text().splitlines()
     ]
     evaluations = [with_summary_losses(r, weights) for r in records if "gradient_cosine/mean" in r]
-    runs[optimizer] = {"config": config, "records": records, "evaluations": evaluations}
+    summary = json.loads((out / optimizer / "summary.json").read_text())
+    runs[optimizer] = {
+      "config": config,
+      "records": records,
+      "evaluations": evaluations,
+      "time": summary["time"],
+    }
   finals = {name: run["evaluations"][-1] for name, run in runs.items()}
   config = runs["nexus"]["config"]
   minutes = (datetime.datetime.now() - started).total_seconds() / 60
@@ -227,6 +265,13 @@ def main(argv=None) -> int:
   text = summary_markdown(finals, header)
   (out / "summary.md").write_text(text)
   plot(runs, out)
+  times = {name: run["time"] for name, run in runs.items()}
+  wall_seconds = (datetime.datetime.now() - started).total_seconds()
+  (out / "time.md").write_text(time_markdown(times, wall_seconds))
+  (out / "time.json").write_text(
+    json.dumps({"runs": times, "wall_seconds": round(wall_seconds, 1)}, indent=1) + "\n"
+  )
+  print("\n" + time_markdown(times, wall_seconds))
   print("\n" + text)
   print(f"wrote {out / 'summary.md'}, {out / 'curves.png'} and {out / 'same_loss.png'}")
   return 0

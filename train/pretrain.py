@@ -40,7 +40,14 @@ from train.checkpoints import CheckpointStore
 from train.config import ConfigError, TrainConfig
 from train.data import sources
 from train.data.cache import TokenCache
-from train.data.corpus import HELDOUT, TRAIN, VALIDATION, CorpusSpec, ensure_default_cache
+from train.data.corpus import (
+  HELDOUT,
+  TRAIN,
+  VALIDATION,
+  CorpusSpec,
+  default_cache_root,
+  ensure_default_cache,
+)
 from train.data.mixture import LoaderConfig, MixtureError, training_dataset
 from train.data.spec import DataError
 from train.data.tokenizer import TokenizerError
@@ -78,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     "--resume", action="store_true", help="continue from the newest readable checkpoint in --out"
   )
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  parser.add_argument(
+    "--compilation-cache",
+    default=None,
+    help="XLA's persistent compilation cache: a directory, or 'none' (default: "
+    "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/nexus-optax/xla)",
+  )
   group = parser.add_argument_group("multi-host")
   group.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0")
   group.add_argument("--num-processes", type=int, default=None)
@@ -88,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM)",
   )
   return parser
+
+
+def use_compilation_cache(directory: str | None) -> None:
+  """Points JAX's persistent compilation cache at ``directory`` (see ``--compilation-cache``):
+  a rerun, a resumed run, and the second arm of ``train.compare`` (its evaluation is the
+  same program) load their compiled programs instead of compiling them again."""
+  if directory is None:
+    if jax.config.jax_compilation_cache_dir:  # set by $JAX_COMPILATION_CACHE_DIR
+      return
+    directory = str(default_cache_root() / "xla")
+  if directory.lower() != "none":
+    jax.config.update("jax_compilation_cache_dir", directory)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -263,7 +288,9 @@ def to_floats(metrics: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+  started = time.perf_counter()
   config = config_from_args(args)
+  use_compilation_cache(args.compilation_cache)
   stop = StopRequest()
   multi_process = parallel.initialize_distributed(
     args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed
@@ -275,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
   mesh = parallel.make_mesh(parallel.parse_mesh(config.mesh, jax.device_count()), multi_process)
   checkpoint = read_init_checkpoint(config)
   cache = load_data(config, primary, checkpoint)
+  data_seconds = time.perf_counter() - started
   if not config.mixture:
     config = dataclasses.replace(config, mixture=cache.default_mixture)
   loader_config = LoaderConfig(
@@ -356,7 +384,8 @@ def run(args: argparse.Namespace) -> int:
   )
   summary: dict = {}
   window_start, window_steps, run_start, run_steps = time.perf_counter(), 0, time.perf_counter(), 0
-  eval_seconds = 0.0
+  setup_seconds = run_start - started - data_seconds
+  eval_seconds = first_step_seconds = 0.0
   if checkpoint and start_step == 0:  # where the starting model stands, before any step
     results = evaluator.evaluate(state.params, eval_sets, cosine_batches, cosine_domains)
     eval_seconds = time.perf_counter() - run_start
@@ -366,6 +395,9 @@ def run(args: argparse.Namespace) -> int:
     element = next(iterator)
     tokens = parallel.global_batch(element["tokens"], training.batch_sharding, global_shape)
     state, metrics = training.step(state, tokens)
+    if run_steps == 0:  # the step's compile, apart from the steady state
+      jax.block_until_ready(metrics)
+      first_step_seconds = time.perf_counter() - window_start
     window_steps += 1
     run_steps += 1
     record = {}
@@ -418,6 +450,17 @@ def run(args: argparse.Namespace) -> int:
     seconds_this_run=round(elapsed, 1),
     mean_tokens_per_s=run_steps * config.tokens_per_step / max(elapsed, 1e-9),
   )
+  # Where this process's time went, in seconds: preparing or opening the data, building
+  # and initialising, the first step (its compile), the other steps with their logging and
+  # checkpoints, and evaluation (its own compile included).
+  summary["time"] = {
+    "data": round(data_seconds, 1),
+    "setup": round(setup_seconds, 1),
+    "first_step": round(first_step_seconds, 1),
+    "train": round(elapsed - eval_seconds - first_step_seconds, 1),
+    "eval": round(eval_seconds, 1),
+    "total": round(time.perf_counter() - started, 1),
+  }
   if primary:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     say(summary_table(summary))
