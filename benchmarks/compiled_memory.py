@@ -65,8 +65,31 @@ def parse_args():
   return parser.parse_args()
 
 
-def compiled_memory(preset: str, optimizer: str, mesh, overrides: dict) -> dict:
-  """Per-device bytes of the compiled step, from abstract inputs."""
+def batch_overrides(args) -> dict:
+  """The run-preset fields that ``--micro-batch-size``, ``--seq-len`` and ``--microbatches``
+  replace; flags left unset keep the preset's values."""
+  return {
+    k: v
+    for k, v in (
+      ("micro_batch_size", args.micro_batch_size),
+      ("seq_len", args.seq_len),
+      ("microbatches", args.microbatches),
+    )
+    if v is not None
+  }
+
+
+def compile_step(preset: str, optimizer: str, mesh, overrides: dict):
+  """``train.pretrain``'s jitted step, compiled from abstract inputs only.
+
+  The state is ``Training.abstract_state`` and the [K, B, T + 1] token batch a
+  ``jax.ShapeDtypeStruct``, both carrying their shardings, so nothing of model size is
+  allocated at any preset.
+
+  Returns:
+    ``(config, training, compiled, compile_seconds)``; the seconds cover lowering and
+    compiling, not building the abstract state.
+  """
   config = get_run_preset(preset, optimizer=optimizer, **overrides)
   training = build_training(config, mesh)
   tokens = jax.ShapeDtypeStruct(
@@ -76,10 +99,16 @@ def compiled_memory(preset: str, optimizer: str, mesh, overrides: dict) -> dict:
   )
   started = time.perf_counter()
   compiled = training.step.lower(training.abstract_state, tokens).compile()
+  return config, training, compiled, time.perf_counter() - started
+
+
+def compiled_memory(preset: str, optimizer: str, mesh, overrides: dict) -> dict:
+  """Per-device bytes of the compiled step, from abstract inputs."""
+  config, training, compiled, seconds = compile_step(preset, optimizer, mesh, overrides)
   analysis = compiled.memory_analysis()
   params = sum(leaf.size for leaf in jax.tree.leaves(training.abstract_state.params))
   return {
-    "compile_seconds": round(time.perf_counter() - started, 1),
+    "compile_seconds": round(seconds, 1),
     "params": int(params),
     "tokens_per_step": config.tokens_per_step,
     **{field: int(getattr(analysis, field)) for field in FIELDS},
@@ -88,15 +117,7 @@ def compiled_memory(preset: str, optimizer: str, mesh, overrides: dict) -> dict:
 
 def main():
   args = parse_args()
-  overrides = {
-    k: v
-    for k, v in (
-      ("micro_batch_size", args.micro_batch_size),
-      ("seq_len", args.seq_len),
-      ("microbatches", args.microbatches),
-    )
-    if v is not None
-  }
+  overrides = batch_overrides(args)
   presets = [name.strip() for name in args.presets.split(",") if name.strip()]
   try:
     mesh = parallel.make_mesh(parallel.parse_mesh(args.mesh, jax.device_count()), False)

@@ -50,9 +50,12 @@ def parse_args():
 def run_streamed(command: list[str], cwd: pathlib.Path, env: dict, log: pathlib.Path) -> str:
   """Runs ``command``, echoing its output as it comes; returns the output."""
   lines = []
-  with subprocess.Popen(
-    command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-  ) as process, log.open("w") as sink:
+  with (
+    subprocess.Popen(
+      command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process,
+    log.open("w") as sink,
+  ):
     for line in process.stdout:
       lines.append(line)
       sink.write(line)
@@ -77,7 +80,7 @@ def main():
   commit = subprocess.run(
     ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
   ).stdout.strip()
-  started = datetime.datetime.now(datetime.timezone.utc)
+  started = datetime.datetime.now(datetime.UTC)
   with tempfile.TemporaryDirectory(prefix="nexus-main-job-") as scratch:
     clone = pathlib.Path(scratch) / "clone"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
@@ -132,8 +135,7 @@ def main():
       f"- environment (new .venv, pip install): {env_seconds:.0f} s",
       f"- `train.compare` (both runs, table and plots): {times['wall_seconds']:.1f} s",
       "",
-      "| run | data | build + init | first step (compile) | training steps | evaluation "
-      "| total |",
+      "| run | data | build + init | first step (compile) | training steps | evaluation | total |",
       "|---|---:|---:|---:|---:|---:|---:|",
       *rows,
       "",
