@@ -137,5 +137,19 @@ def test_time_breakdown_accounts_for_each_run(comparison):
     assert summed >= 0.8 * parts["total"], parts
     summary = json.loads((run_dir / name / "summary.json").read_text())
     assert summary["time"] == parts
-  assert times["wall_seconds"] >= sum(p["total"] for p in times["runs"].values())
+  totals = [p["total"] for p in times["runs"].values()]
+  if times["jobs"] == 2:  # side by side, after the data were prepared once
+    assert times["wall_seconds"] >= times["data_before_runs_seconds"] + max(totals)
+    assert all((run_dir / name / "log.txt").stat().st_size > 0 for name in times["runs"])
+  else:
+    assert times["wall_seconds"] >= sum(totals)
   assert (run_dir / "time.md").read_text().strip() in stdout
+
+
+def test_a_failing_run_stops_the_job_with_its_log(small_cache, tmp_path, capsys):
+  from train import compare
+
+  flags = ["--preset", "tiny", "--data", str(small_cache.root), "--mesh", "data=3"]
+  assert compare.main([*flags, "--out", str(tmp_path), "--jobs", "2", "--no-progress"]) != 0
+  err = capsys.readouterr().err
+  assert "run failed; its log.txt ends:" in err and "data=3" in err, err[-2000:]

@@ -23,9 +23,12 @@ in ``--mixture``).
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import statistics
+import subprocess
 import sys
+import time
 
 from train import pretrain
 from train.data.corpus import HELDOUT, TRAIN, VALIDATION
@@ -98,7 +101,9 @@ TIME_COLUMNS = (
 )
 
 
-def time_markdown(times: dict[str, dict], wall_seconds: float) -> str:
+def time_markdown(
+  times: dict[str, dict], wall_seconds: float, jobs: int, data_seconds: float
+) -> str:
   """Each run's seconds by part (``summary.json``'s ``time``), and the job's wall time."""
   header = "| run | " + " | ".join(label for label, _ in TIME_COLUMNS) + " |"
   rows = [
@@ -113,10 +118,98 @@ def time_markdown(times: dict[str, dict], wall_seconds: float) -> str:
       "|---|" + "---:|" * len(TIME_COLUMNS),
       *rows,
       "",
-      f"The job, both runs, table and plots: {wall_seconds:.1f} s.",
+      (
+        f"Both runs at once, each on half the CPU cores (`--jobs 2`), after {data_seconds:.1f} s "
+        "of preparing the data for both. "
+        if jobs > 1
+        else "One run after the other (`--jobs 1`). "
+      )
+      + f"The job, both runs, table and plots: {wall_seconds:.1f} s.",
       "",
     ]
   )
+
+
+def default_jobs() -> int:
+  """Two runs at once where they would share CPU cores anyway: one XLA:CPU process scales
+  poorly from one core to two on the demo model, and the two runs' compiles (one thread
+  each) overlap."""
+  import jax
+
+  if not hasattr(os, "sched_getaffinity") or jax.default_backend() != "cpu":
+    return 1
+  return 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+
+
+def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int, float]:
+  """Runs ``python -m train.pretrain`` for every optimizer at once, each pinned to its share
+  of this process's CPU cores, with one progress bar per run; each run's output goes to
+  its ``--out``'s ``log.txt``. Returns the first non-zero exit status (or 0) and the
+  seconds spent preparing the data beforehand."""
+  from tqdm import tqdm
+
+  # The data first, once: two runs must not both build the same cache.
+  started = time.perf_counter()
+  flags = pretrain.build_parser().parse_args(argv[OPTIMIZERS[0]])
+  try:
+    config = pretrain.config_from_args(flags)
+    pretrain.load_data(config, True, pretrain.read_init_checkpoint(config))
+  except pretrain.USER_ERRORS as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2, 0.0
+  data_seconds = time.perf_counter() - started
+  cores = sorted(os.sched_getaffinity(0))
+  share = len(cores) // len(argv)
+  processes, bars = {}, {}
+  for index, (optimizer, run_argv) in enumerate(argv.items()):
+    run_out = pathlib.Path(run_argv[run_argv.index("--out") + 1])
+    run_out.mkdir(parents=True, exist_ok=True)
+    mine = set(cores[index * share : (index + 1) * share])
+    print(f"=== {LABELS[optimizer]} -> {run_out} (log.txt), CPU cores {sorted(mine)}", flush=True)
+    # XLA sizes its CPU thread pool by the process's affinity, set before JAX starts.
+    launcher = (
+      f"import os, runpy, sys; os.sched_setaffinity(0, {sorted(mine)}); "
+      "sys.argv[0] = 'train.pretrain'; runpy.run_module('train.pretrain', run_name='__main__')"
+    )
+    processes[optimizer] = subprocess.Popen(
+      [sys.executable, "-c", launcher, *run_argv, "--no-progress"],
+      stdout=(run_out / "log.txt").open("w"),
+      stderr=subprocess.STDOUT,
+    )
+    bars[optimizer] = tqdm(
+      total=config.steps, desc=optimizer, position=index, unit="step", disable=flags.no_progress
+    )
+  failed = None
+  try:
+    while failed is None and any(p.poll() is None for p in processes.values()):
+      time.sleep(1.0)
+      failed = next((name for name, p in processes.items() if p.poll()), None)
+      for optimizer, bar in bars.items():
+        steps = [r for r in metrics_records(out / optimizer) if "train_loss" in r]
+        if steps:
+          bar.update(steps[-1]["step"] - bar.n)
+          bar.set_postfix(loss=f"{steps[-1]['train_loss']:.4f}")
+  finally:
+    for bar in bars.values():
+      bar.close()
+    for process in processes.values():
+      if process.poll() is None:  # a failed sibling, or Ctrl-C: no orphans left training
+        process.terminate()
+        process.wait()
+  if failed is not None:
+    log = (out / failed / "log.txt").read_text()
+    print(f"error: the {failed} run failed; its log.txt ends:\n{log[-3000:]}", file=sys.stderr)
+    return processes[failed].returncode, data_seconds
+  return 0, data_seconds
+
+
+def metrics_records(run: pathlib.Path) -> list[dict]:
+  """The complete lines of a run's ``metrics.jsonl`` (none while it starts)."""
+  path = run / "metrics.jsonl"
+  if not path.exists():
+    return []
+  lines = path.read_text().split("\n")[:-1]  # the last may be half written
+  return [json.loads(line) for line in lines if line]
 
 
 def plot(runs: dict[str, dict], out: pathlib.Path) -> None:
@@ -206,6 +299,14 @@ def main(argv=None) -> int:
     default=pathlib.Path("results"),
     help="parent of the timestamped results directory",
   )
+  parser.add_argument(
+    "--jobs",
+    type=int,
+    choices=(1, 2),
+    default=None,
+    help="2 trains both runs at once, each on half of this machine's CPU cores; 1 one "
+    "after the other (default: 2 on a CPU backend with at least 2 cores, else 1)",
+  )
   args, pretrain_flags = parser.parse_known_args(argv)
   if any(flag.split("=")[0] in ("--optimizer", "--out", "--resume") for flag in pretrain_flags):
     print(
@@ -219,22 +320,24 @@ def main(argv=None) -> int:
   except OSError as error:
     print(f"error: cannot create {out} ({error.strerror}); choose another --out.", file=sys.stderr)
     return 2
-  runs = {}
-  for optimizer in OPTIMIZERS:
-    print(f"\n=== {LABELS[optimizer]} -> {out / optimizer}", flush=True)
-    status = pretrain.main(
-      [
-        "--preset",
-        args.preset,
-        "--optimizer",
-        optimizer,
-        "--out",
-        str(out / optimizer),
-        *pretrain_flags,
-      ]
-    )
+  run_argv = {
+    optimizer: ["--preset", args.preset, "--optimizer", optimizer, "--out", str(out / optimizer)]
+    + pretrain_flags
+    for optimizer in OPTIMIZERS
+  }
+  jobs = args.jobs if args.jobs is not None else default_jobs()
+  data_seconds = 0.0  # the runs' own "data" time when they run one after the other
+  if jobs > 1:
+    status, data_seconds = run_side_by_side(run_argv, out)
     if status != 0:
       return status
+  for optimizer in OPTIMIZERS if jobs == 1 else ():
+    print(f"\n=== {LABELS[optimizer]} -> {out / optimizer}", flush=True)
+    status = pretrain.main(run_argv[optimizer])
+    if status != 0:
+      return status
+  runs = {}
+  for optimizer in OPTIMIZERS:
     config = json.loads((out / optimizer / "config.json").read_text())
     domains = [item.split("=")[0].strip() for item in config["mixture"].split(",")]
     weights = parse_mixture(config["mixture"], domains)
@@ -267,11 +370,15 @@ def main(argv=None) -> int:
   plot(runs, out)
   times = {name: run["time"] for name, run in runs.items()}
   wall_seconds = (datetime.datetime.now() - started).total_seconds()
-  (out / "time.md").write_text(time_markdown(times, wall_seconds))
-  (out / "time.json").write_text(
-    json.dumps({"runs": times, "wall_seconds": round(wall_seconds, 1)}, indent=1) + "\n"
-  )
-  print("\n" + time_markdown(times, wall_seconds))
+  (out / "time.md").write_text(time_markdown(times, wall_seconds, jobs, data_seconds))
+  timing = {
+    "runs": times,
+    "jobs": jobs,
+    "data_before_runs_seconds": round(data_seconds, 1),
+    "wall_seconds": round(wall_seconds, 1),
+  }
+  (out / "time.json").write_text(json.dumps(timing, indent=1) + "\n")
+  print("\n" + time_markdown(times, wall_seconds, jobs, data_seconds))
   print("\n" + text)
   print(f"wrote {out / 'summary.md'}, {out / 'curves.png'} and {out / 'same_loss.png'}")
   return 0
