@@ -24,6 +24,7 @@ import os
 import pathlib
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,12 @@ def parse_args():
     help="use this machine's ~/.cache/nexus-optax (corpus, tokenizer, token and XLA caches)",
   )
   parser.add_argument("--out", type=pathlib.Path, default=REPO / "benchmarks" / "main_job")
+  parser.add_argument(
+    "--results-to",
+    type=pathlib.Path,
+    default=None,
+    help="also copy the run's summary.md, time.md and plots here (e.g. docs/main_run)",
+  )
   parser.add_argument("compare_flags", nargs="*", help="passed to scripts/main.sh")
   return parser.parse_args()
 
@@ -97,6 +104,10 @@ def main():
     (result_dir,) = (clone / "results").iterdir()
     times = json.loads((result_dir / "time.json").read_text())
     summary = (result_dir / "summary.md").read_text()
+    if args.results_to is not None:
+      args.results_to.mkdir(parents=True, exist_ok=True)
+      for name in ("summary.md", "time.md", "time.json", "curves.png", "same_loss.png"):
+        shutil.copy(result_dir / name, args.results_to / name)
     python = subprocess.run(
       [str(clone / ".venv" / "bin" / "python"), "-c", "import jax; print(jax.__version__)"],
       capture_output=True,
