@@ -31,8 +31,8 @@ import tempfile
 import time
 
 from benchmarks import write_report
+from benchmarks.fresh_clone import REPO, clean_env, clone_head, run_streamed
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 PARTS = ("data", "setup", "first_step", "train", "eval", "total")
 
 
@@ -54,51 +54,17 @@ def parse_args():
   return parser.parse_args()
 
 
-def run_streamed(command: list[str], cwd: pathlib.Path, env: dict, log: pathlib.Path) -> str:
-  """Runs ``command``, echoing its output as it comes; returns the output."""
-  lines = []
-  with (
-    subprocess.Popen(
-      command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as process,
-    log.open("w") as sink,
-  ):
-    for line in process.stdout:
-      lines.append(line)
-      sink.write(line)
-      if "\r" not in line:  # progress bars redraw; the log keeps them
-        print(line, end="", flush=True)
-  if process.returncode != 0:
-    raise SystemExit(f"error: `{' '.join(command)}` failed ({process.returncode}); see {log}.")
-  return "".join(lines)
-
-
 def main():
   args = parse_args()
-  dirty = subprocess.run(
-    ["git", "status", "--porcelain", "--untracked-files=no"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=True,
-  ).stdout
-  if dirty:
-    print("note: the work tree has uncommitted changes; the clone runs HEAD.", flush=True)
-  commit = subprocess.run(
-    ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-  ).stdout.strip()
   started = datetime.datetime.now(datetime.UTC)
   with tempfile.TemporaryDirectory(prefix="nexus-main-job-") as scratch:
     clone = pathlib.Path(scratch) / "clone"
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    commit = clone_head(clone)
+    env = clean_env()
     if not args.warm_data:
       env["NEXUS_CORPUS_DIR"] = str(pathlib.Path(scratch) / "cache")
     begin = time.perf_counter()
-    output = run_streamed(
-      ["bash", "scripts/main.sh", *args.compare_flags], clone, env, pathlib.Path(scratch) / "log"
-    )
+    output = run_streamed(["bash", "scripts/main.sh", *args.compare_flags], clone, env)
     wall = time.perf_counter() - begin
     env_seconds = float(re.search(r"\[env\] ready in (\d+) s", output).group(1))
     (result_dir,) = (clone / "results").iterdir()
