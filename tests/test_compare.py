@@ -4,6 +4,7 @@ import json
 import math
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 
@@ -153,3 +154,25 @@ def test_a_failing_run_stops_the_job_with_its_log(small_cache, tmp_path, capsys)
   assert compare.main([*flags, "--out", str(tmp_path), "--jobs", "2", "--no-progress"]) != 0
   err = capsys.readouterr().err
   assert "run failed; its log.txt ends:" in err and "data=3" in err, err[-2000:]
+
+
+def test_sigterm_stops_both_side_by_side_runs_at_a_checkpoint(small_cache, tmp_path):
+  from tests.test_pretrain import wait_for
+
+  flags = ["--preset", "tiny", "--data", small_cache.root, "--steps", 400, "--eval-every", 0]
+  flags += ["--log-every", 1, "--checkpoint-every", 1000, "--out", tmp_path, "--jobs", 2]
+  flags.append("--no-progress")
+  job = run_cli(flags, module="train.compare", wait=False)
+  logged = lambda: [
+    path for path in tmp_path.glob("*/*/metrics.jsonl") if path.read_text().count("\n") >= 2
+  ]
+  wait_for(lambda: len(logged()) == 2, job)
+  job.send_signal(signal.SIGTERM)
+  _, err = job.communicate(timeout=300)
+  assert job.returncode == 128 + signal.SIGTERM, err[-3000:]
+  assert "SIGTERM: each run saved a checkpoint" in err
+  for run in ("adamw", "nexus"):
+    (run_dir,) = tmp_path.glob(f"*/{run}")
+    assert "SIGTERM: saved checkpoint" in (run_dir / "log.txt").read_text()
+    saved = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved and max(saved) < 400

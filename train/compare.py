@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import pathlib
+import signal
 import statistics
 import subprocess
 import sys
@@ -179,6 +180,12 @@ def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int
     bars[optimizer] = tqdm(
       total=config.steps, desc=optimizer, position=index, unit="step", disable=flags.no_progress
     )
+  # SIGTERM (a preempted job) goes on to the runs, which checkpoint and stop.
+  stopping = []
+  previous_handler = signal.signal(
+    signal.SIGTERM,
+    lambda *_: stopping.append([p.send_signal(signal.SIGTERM) for p in processes.values()]),
+  )
   failed = None
   try:
     while failed is None and any(p.poll() is None for p in processes.values()):
@@ -186,16 +193,24 @@ def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int
       failed = next((name for name, p in processes.items() if p.poll()), None)
       for optimizer, bar in bars.items():
         steps = [r for r in metrics_records(out / optimizer) if "train_loss" in r]
-        if steps:
+        if steps and steps[-1]["step"] > bar.n:
+          bar.set_postfix(loss=f"{steps[-1]['train_loss']:.4f}", refresh=False)
           bar.update(steps[-1]["step"] - bar.n)
-          bar.set_postfix(loss=f"{steps[-1]['train_loss']:.4f}")
   finally:
+    signal.signal(signal.SIGTERM, previous_handler)
     for bar in bars.values():
       bar.close()
     for process in processes.values():
       if process.poll() is None:  # a failed sibling, or Ctrl-C: no orphans left training
         process.terminate()
         process.wait()
+  if stopping:
+    print(
+      "SIGTERM: each run saved a checkpoint in its --out; continue one with `python -m "
+      "train.pretrain --resume` and the flags in its config.json.",
+      file=sys.stderr,
+    )
+    return 128 + int(signal.SIGTERM), data_seconds
   if failed is not None:
     log = (out / failed / "log.txt").read_text()
     print(f"error: the {failed} run failed; its log.txt ends:\n{log[-3000:]}", file=sys.stderr)

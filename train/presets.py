@@ -51,7 +51,7 @@ RUN_PRESETS: dict[str, TrainConfig] = {
     checkpoint_every=18,
     eval_every=18,
     eval_sequences=16,
-    log_every=10,
+    log_every=4,
     out="runs/demo",
     tokenizer="bpe-2048",
   ),
