@@ -38,18 +38,18 @@ RUN_PRESETS: dict[str, TrainConfig] = {
   ),
   # bpe-2048: at the same training time it reaches 2.52 validation bits per byte against
   # the byte tokenizer's 3.26 (benchmarks/RESULTS.md, "Train on your own data").
-  # 72 steps (590k tokens) and 4 evaluations of 16 windows a set keep the main job, both
+  # 60 steps (492k tokens) and 3 evaluations of 16 windows a set keep the main job, both
   # runs side by side on 2 cores, within 10 minutes from a fresh clone (RESULTS.md, "The
-  # main job").
+  # main job and the test suite").
   "demo": TrainConfig(
     model="demo",
     seq_len=256,
     micro_batch_size=8,
     microbatches=4,
     lr=2e-3,
-    steps=72,
-    checkpoint_every=18,
-    eval_every=18,
+    steps=60,
+    checkpoint_every=20,
+    eval_every=20,
     eval_sequences=16,
     log_every=4,
     out="runs/demo",

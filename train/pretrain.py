@@ -111,6 +111,8 @@ def use_compilation_cache(directory: str | None) -> None:
     if jax.config.jax_compilation_cache_dir:  # set by $JAX_COMPILATION_CACHE_DIR
       return
     directory = str(default_cache_root() / "xla")
+    if jax.config.jax_compilation_cache_max_size == -1:  # unbounded otherwise; evicts LRU
+      jax.config.update("jax_compilation_cache_max_size", 2 << 30)
   if directory.lower() != "none":
     jax.config.update("jax_compilation_cache_dir", directory)
 
