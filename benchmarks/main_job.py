@@ -10,11 +10,12 @@ clone), so the job fetches the corpus's sources from the package registry, build
 trains the tokenizer and prepares, as on a new machine; ``--warm-data`` keeps this
 machine's ``~/.cache/nexus-optax`` instead. pip's own download cache is the machine's.
 
-Where the time goes: the environment (``[env] ready in N s``), then each run's
-``summary.json`` ``time`` (data: corpus build, tokenizer and prepare in the first run,
-opening the cache in the second; build and init; the first step, which compiles; the
-other steps; evaluation), and the job's wall time. Writes ``results.json`` and
-``results.md`` to ``--out``; the last line printed is the JSON.
+Where the time goes: the environment (``[env] ready in N s``), the data (corpus build,
+tokenizer training and prepare: before the runs under the default ``--jobs 2``, in the
+first run's ``data`` under ``--jobs 1``), then each run's ``summary.json`` ``time``
+(build and init; the first step, which compiles; the other steps; evaluation), and the
+job's wall time. Writes ``results.json`` and ``results.md`` to ``--out``; the last line
+printed is the JSON.
 """
 
 import argparse
@@ -84,6 +85,7 @@ def main():
   result = {
     "command": "python -m benchmarks.main_job"
     + (" --warm-data" if args.warm_data else "")
+    + (f" --results-to {args.results_to}" if args.results_to else "")
     + "".join(f" {flag}" for flag in args.compare_flags),
     "date": started.strftime("%Y-%m-%d %H:%M UTC"),
     "commit": commit,
@@ -94,6 +96,7 @@ def main():
     "wall_seconds": round(wall, 1),
     "env_seconds": env_seconds,
     "compare_seconds": times["wall_seconds"],
+    "data_before_runs_seconds": times.get("data_before_runs_seconds", 0.0),
     "runs": times["runs"],
   }
   rows = [
@@ -110,7 +113,10 @@ def main():
       "",
       f"- wall time of `bash scripts/main.sh`: **{wall:.1f} s ({wall / 60:.1f} min)**",
       f"- environment (new .venv, pip install): {env_seconds:.0f} s",
-      f"- `train.compare` (both runs, table and plots): {times['wall_seconds']:.1f} s",
+      f"- `train.compare` (both runs, table and plots): {times['wall_seconds']:.1f} s, of "
+      f"which {result['data_before_runs_seconds']:.1f} s building the corpus, training the "
+      "tokenizer and preparing the token cache before the runs (`--jobs 2`; with `--jobs 1` "
+      "the first run's `data`)",
       "",
       "| run | data | build + init | first step (compile) | training steps | evaluation | total |",
       "|---|---:|---:|---:|---:|---:|---:|",

@@ -25,7 +25,7 @@ and compute ``x W``, hence the transposes. The rest needs no permutation:
   * heads: flattened head-major (row ``n * H + h`` of ``q_proj`` is head n's component h),
     as ``view(B, T, N, H)`` reads them;
   * grouped-query attention: query head n reads key/value head ``n // (N / KV)`` in both
-    (``repeat_kv`` and ``jax.nn.dot_product_attention``);
+    (``repeat_kv`` and ``models.llama.causal_attention``, as ``jax.nn.dot_product_attention``);
   * RMSNorm: ``x / sqrt(mean(x^2) + eps) * weight``, normalized in float32 in both
     (transformers rounds to the activations' dtype before the weight, ours after: the
     same in float32, one rounding apart in bfloat16);

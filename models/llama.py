@@ -307,26 +307,29 @@ class Attention(nnx.Module):
 
   def __call__(self, x, cos, sin):
     dtype = x.dtype
+    weights = [w[...].astype(dtype) for w in (self.query, self.key, self.value, self.output)]
+    if self.config.attention_impl is not None:  # a fused kernel (cuDNN) takes [B, T, N, H]
+      heads = (BATCH, LENGTH, ACTIVATION_HEADS, None)
+      kv_heads = (BATCH, LENGTH, ACTIVATION_KV_HEADS, None)
+      q = constrain(jnp.einsum("btd,dnh->btnh", x, weights[0]), heads)
+      k = constrain(jnp.einsum("btd,dnh->btnh", x, weights[1]), kv_heads)
+      v = constrain(jnp.einsum("btd,dnh->btnh", x, weights[2]), kv_heads)
+      q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+      mixed = jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, implementation=self.config.attention_impl
+      )
+      return jnp.einsum("btnh,nhd->btd", mixed, weights[3])
     # Heads before positions, the layout the score and mixing matmuls batch in: from
     # [B, T, N, H], XLA copies q, k, v, the mixed heads and all their cotangents into it
     # and back (17 % of the compiled temp at the paper's sizes).
     heads = (BATCH, ACTIVATION_HEADS, LENGTH, None)
     kv_heads = (BATCH, ACTIVATION_KV_HEADS, LENGTH, None)
-    q = constrain(jnp.einsum("btd,dnh->bnth", x, self.query[...].astype(dtype)), heads)
-    k = constrain(jnp.einsum("btd,dnh->bnth", x, self.key[...].astype(dtype)), kv_heads)
-    v = constrain(jnp.einsum("btd,dnh->bnth", x, self.value[...].astype(dtype)), kv_heads)
+    q = constrain(jnp.einsum("btd,dnh->bnth", x, weights[0]), heads)
+    k = constrain(jnp.einsum("btd,dnh->bnth", x, weights[1]), kv_heads)
+    v = constrain(jnp.einsum("btd,dnh->bnth", x, weights[2]), kv_heads)
     q = apply_rope(q, cos, sin, heads_first=True)
     k = apply_rope(k, cos, sin, heads_first=True)
-    if self.config.attention_impl is None:
-      mixed = causal_attention(q, k, v)
-    else:
-      mixed = jax.nn.dot_product_attention(
-        *(jnp.swapaxes(a, 1, 2) for a in (q, k, v)),
-        is_causal=True,
-        implementation=self.config.attention_impl,
-      )
-      mixed = jnp.swapaxes(mixed, 1, 2)
-    return jnp.einsum("bnth,nhd->btd", mixed, self.output[...].astype(dtype))
+    return jnp.einsum("bnth,nhd->btd", causal_attention(q, k, v), weights[3])
 
 
 class SwiGLU(nnx.Module):

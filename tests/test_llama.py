@@ -245,3 +245,37 @@ def test_bad_config_gets_a_one_line_error(overrides, message):
 def test_unknown_preset_names_the_choices():
   with pytest.raises(ValueError, match="choose one of tiny, demo"):
     get_preset("7b")
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_heads_first_attention_is_jax_s_causal_attention(kv_heads):
+  from models.llama import causal_attention
+
+  rng = np.random.default_rng(kv_heads)
+  batch, heads, length, head_dim = 2, 4, 7, 8
+  q = rng.normal(size=(batch, length, heads, head_dim)).astype(np.float32)
+  k, v = (rng.normal(size=(batch, length, kv_heads, head_dim)).astype(np.float32) for _ in "kv")
+  want = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+  first = lambda a: jnp.swapaxes(a, 1, 2)
+  got = first(causal_attention(first(q), first(k), first(v)))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  cos, sin = rope_angles(jnp.arange(length), head_dim, 10000.0)
+  np.testing.assert_allclose(
+    first(apply_rope(first(q), cos, sin, heads_first=True)), apply_rope(q, cos, sin), atol=1e-6
+  )
+
+
+def test_the_default_attention_path_equals_jax_s_kernel_path_in_loss_and_gradients():
+  config = dataclasses.replace(PRESETS["tiny"], num_kv_heads=1)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 17)))
+
+  def value_and_grads(attention_impl):
+    model = Llama(dataclasses.replace(config, attention_impl=attention_impl), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = lambda p: next_token_loss(nnx.merge(graphdef, p), tokens)
+    return jax.value_and_grad(loss)(params)
+
+  (loss, grads), (kernel_loss, kernel_grads) = value_and_grads(None), value_and_grads("xla")
+  np.testing.assert_allclose(loss, kernel_loss, rtol=1e-6)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(kernel_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

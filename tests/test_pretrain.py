@@ -193,6 +193,30 @@ def test_a_mesh_that_does_not_divide_the_model_or_batch_is_refused():
   assert parallel.parse_mesh("tensor=2,data=-1", 8) == {"data": 4, "fsdp": 1, "tensor": 2}
 
 
+def test_compilation_cache_flag_sets_disables_or_defaults_the_cache(tmp_path, monkeypatch):
+  from train.pretrain import use_compilation_cache
+
+  names = ("jax_compilation_cache_dir", "jax_enable_compilation_cache")
+  names += ("jax_compilation_cache_max_size",)
+  saved = {name: getattr(jax.config, name) for name in names}
+  try:
+    use_compilation_cache(None)  # the session's $JAX_COMPILATION_CACHE_DIR stays
+    assert jax.config.jax_compilation_cache_dir == saved["jax_compilation_cache_dir"]
+    use_compilation_cache(str(tmp_path / "mine"))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_compilation_cache_max_size", -1)
+    monkeypatch.setenv("NEXUS_CORPUS_DIR", str(tmp_path))
+    use_compilation_cache(None)
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    assert jax.config.jax_compilation_cache_max_size == 2 << 30
+    use_compilation_cache("none")
+    assert jax.config.jax_enable_compilation_cache is False
+  finally:
+    for name, value in saved.items():
+      jax.config.update(name, value)
+
+
 def test_config_rejects_bad_values_when_built():
   with pytest.raises(ConfigError, match="--seq-len 512 exceeds the tiny model's max_seq_len 128"):
     TrainConfig(model="tiny", seq_len=512)
@@ -462,17 +486,17 @@ def logged_steps(out) -> int:
 
 
 def test_sigkill_sigterm_and_a_corrupt_checkpoint_all_resume_exactly(small_cache, tmp_path):
-  args = dict(steps=120, **{"checkpoint-every": 10, "eval-every": 60, "micro-batch-size": 8})
+  args = dict(steps=48, **{"checkpoint-every": 8, "eval-every": 24, "micro-batch-size": 8})
   reference = tmp_path / "uninterrupted"
   checked(run_cli(tiny_args(small_cache, reference, **args)))
 
   out = tmp_path / "interrupted"
   run = run_cli(tiny_args(small_cache, out, **args), wait=False)
-  wait_for(lambda: (out / "checkpoints" / "10" / "commit_success.txt").exists(), run)
+  wait_for(lambda: (out / "checkpoints" / "8" / "commit_success.txt").exists(), run)
   run.send_signal(signal.SIGKILL)
   run.wait()
   killed_at = logged_steps(out)
-  assert killed_at < 115
+  assert killed_at < 44
 
   run = run_cli([*tiny_args(small_cache, out, **args), "--resume"], wait=False)
   # The log is cut back to the checkpoint on resume, so growing past where the killed run
@@ -482,7 +506,7 @@ def test_sigkill_sigterm_and_a_corrupt_checkpoint_all_resume_exactly(small_cache
   stdout, _ = run.communicate(timeout=300)
   assert run.returncode == 0 and "SIGTERM: saved checkpoint" in stdout, stdout[-2000:]
   stopped_at = int(stdout.split("SIGTERM: saved checkpoint ")[1].split()[0])
-  assert stopped_at < 120
+  assert stopped_at < 48
 
   latest = max(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
   for file in (out / "checkpoints" / str(latest) / "state").rglob("*"):
@@ -493,9 +517,9 @@ def test_sigkill_sigterm_and_a_corrupt_checkpoint_all_resume_exactly(small_cache
   assert (out / "corrupt").is_dir()
 
   want, got = losses(reference), losses(out)
-  assert sorted(got) == list(range(1, 121))
+  assert sorted(got) == list(range(1, 49))
   assert got == want  # bit-exact: same data, same state, same compiled step
-  for a, b in zip(final_params(out, 120, reference), final_params(reference, 120, reference)):
+  for a, b in zip(final_params(out, 48, reference), final_params(reference, 48, reference)):
     np.testing.assert_array_equal(a, b)
   final = lambda path: json.loads(pathlib.Path(path, "metrics.jsonl").read_text().splitlines()[-1])
   assert final(out)["validation/prose/loss"] == final(reference)["validation/prose/loss"]

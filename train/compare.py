@@ -1,6 +1,7 @@
 """The main job: AdamW against AdamW + Nexus, same everything else, one table and two plots.
 
-  python -m train.compare [--preset demo] [--out results] [--data CACHE] [any train.pretrain flag]
+  python -m train.compare [--preset demo] [--out results] [--jobs 1|2] [--data CACHE]
+      [any train.pretrain flag]
 
 Trains the preset twice with ``train.pretrain``: ``--optimizer adamw`` (gradient
 accumulation over the K micro-batches) and ``--optimizer nexus`` (Nexus's inner loop over
@@ -131,15 +132,24 @@ def time_markdown(
   )
 
 
-def default_jobs() -> int:
-  """Two runs at once where they would share CPU cores anyway: one XLA:CPU process scales
-  poorly from one core to two on the demo model, and the two runs' compiles (one thread
-  each) overlap."""
+DISTRIBUTED_FLAGS = ("--coordinator-address", "--num-processes", "--process-id", "--distributed")
+
+
+def side_by_side_problem(pretrain_flags: list[str]) -> str | None:
+  """Why this machine cannot train the two runs side by side (None when it can)."""
+  if any(flag.split("=")[0] in DISTRIBUTED_FLAGS for flag in pretrain_flags) or os.environ.get(
+    "JAX_COORDINATOR_ADDRESS"
+  ):
+    return "a multi-process run trains its runs one after the other"
+  if not hasattr(os, "sched_getaffinity"):
+    return "this OS cannot pin a process to CPU cores"
+  if len(os.sched_getaffinity(0)) < 2:
+    return "it needs at least 2 CPU cores"
   import jax
 
-  if not hasattr(os, "sched_getaffinity") or jax.default_backend() != "cpu":
-    return 1
-  return 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+  if jax.default_backend() != "cpu":  # both runs would claim the same accelerator
+    return f"both runs would share the {jax.default_backend()}"
+  return None
 
 
 def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int, float]:
@@ -160,26 +170,8 @@ def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int
     return 2, 0.0
   data_seconds = time.perf_counter() - started
   cores = sorted(os.sched_getaffinity(0))
-  share = len(cores) // len(argv)
+  shares = [cores[index :: len(argv)] for index in range(len(argv))]
   processes, bars = {}, {}
-  for index, (optimizer, run_argv) in enumerate(argv.items()):
-    run_out = pathlib.Path(run_argv[run_argv.index("--out") + 1])
-    run_out.mkdir(parents=True, exist_ok=True)
-    mine = set(cores[index * share : (index + 1) * share])
-    print(f"=== {LABELS[optimizer]} -> {run_out} (log.txt), CPU cores {sorted(mine)}", flush=True)
-    # XLA sizes its CPU thread pool by the process's affinity, set before JAX starts.
-    launcher = (
-      f"import os, runpy, sys; os.sched_setaffinity(0, {sorted(mine)}); "
-      "sys.argv[0] = 'train.pretrain'; runpy.run_module('train.pretrain', run_name='__main__')"
-    )
-    processes[optimizer] = subprocess.Popen(
-      [sys.executable, "-c", launcher, *run_argv, "--no-progress"],
-      stdout=(run_out / "log.txt").open("w"),
-      stderr=subprocess.STDOUT,
-    )
-    bars[optimizer] = tqdm(
-      total=config.steps, desc=optimizer, position=index, unit="step", disable=flags.no_progress
-    )
   # SIGTERM (a preempted job) goes on to the runs, which checkpoint and stop.
   stopping = []
   previous_handler = signal.signal(
@@ -188,6 +180,25 @@ def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int
   )
   failed = None
   try:
+    for index, (optimizer, run_argv) in enumerate(argv.items()):
+      run_out = pathlib.Path(run_argv[run_argv.index("--out") + 1])
+      run_out.mkdir(parents=True, exist_ok=True)
+      cores_note = f"CPU cores {shares[index]}"
+      print(f"=== {LABELS[optimizer]} -> {run_out} (log.txt), {cores_note}", flush=True)
+      # XLA sizes its CPU thread pool by the process's affinity, set before JAX starts.
+      launcher = (
+        f"import os, runpy, sys; os.sched_setaffinity(0, {shares[index]}); "
+        "sys.argv[0] = 'train.pretrain'; runpy.run_module('train.pretrain', run_name='__main__')"
+      )
+      with (run_out / "log.txt").open("w") as log:
+        processes[optimizer] = subprocess.Popen(
+          [sys.executable, "-c", launcher, *run_argv, "--no-progress"],
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
+      bars[optimizer] = tqdm(
+        total=config.steps, desc=optimizer, position=index, unit="step", disable=flags.no_progress
+      )
     while failed is None and any(p.poll() is None for p in processes.values()):
       time.sleep(1.0)
       failed = next((name for name, p in processes.items() if p.poll()), None)
@@ -205,11 +216,18 @@ def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int
         process.terminate()
         process.wait()
   if stopping:
-    print(
-      "SIGTERM: each run saved a checkpoint in its --out; continue one with `python -m "
-      "train.pretrain --resume` and the flags in its config.json.",
-      file=sys.stderr,
-    )
+    for optimizer in processes:
+      saved = "SIGTERM: saved checkpoint" in (out / optimizer / "log.txt").read_text()
+      print(
+        f"SIGTERM: the {optimizer} run "
+        + (
+          "saved a checkpoint; continue it with `python -m train.pretrain --resume` and "
+          "the flags in its config.json."
+          if saved
+          else "stopped before its first checkpoint; start it again."
+        ),
+        file=sys.stderr,
+      )
     return 128 + int(signal.SIGTERM), data_seconds
   if failed is not None:
     log = (out / failed / "log.txt").read_text()
@@ -319,8 +337,9 @@ def main(argv=None) -> int:
     type=int,
     choices=(1, 2),
     default=None,
-    help="2 trains both runs at once, each on half of this machine's CPU cores; 1 one "
-    "after the other (default: 2 on a CPU backend with at least 2 cores, else 1)",
+    help="2 trains both runs at once, each pinned to half of this machine's CPU cores, so "
+    "that their compiles and evaluations overlap; 1 one after the other (default: 2 on a "
+    "CPU backend with at least 2 cores in one process, else 1)",
   )
   args, pretrain_flags = parser.parse_known_args(argv)
   if any(flag.split("=")[0] in ("--optimizer", "--out", "--resume") for flag in pretrain_flags):
@@ -328,6 +347,11 @@ def main(argv=None) -> int:
       "error: --optimizer, --out and --resume are set by train.compare; drop them.", file=sys.stderr
     )
     return 2
+  problem = side_by_side_problem(pretrain_flags) if args.jobs != 1 else None
+  if args.jobs == 2 and problem:
+    print(f"error: --jobs 2: {problem}; use --jobs 1.", file=sys.stderr)
+    return 2
+  jobs = args.jobs or (1 if problem else 2)
   started = datetime.datetime.now()
   out = args.out / started.strftime("%Y%m%d-%H%M%S")
   try:
@@ -340,7 +364,6 @@ def main(argv=None) -> int:
     + pretrain_flags
     for optimizer in OPTIMIZERS
   }
-  jobs = args.jobs if args.jobs is not None else default_jobs()
   data_seconds = 0.0  # the runs' own "data" time when they run one after the other
   if jobs > 1:
     status, data_seconds = run_side_by_side(run_argv, out)

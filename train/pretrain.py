@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     "--compilation-cache",
     default=None,
     help="XLA's persistent compilation cache: a directory, or 'none' (default: "
-    "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/nexus-optax/xla)",
+    "$JAX_COMPILATION_CACHE_DIR, else xla/ in $NEXUS_CORPUS_DIR or ~/.cache/nexus-optax)",
   )
   group = parser.add_argument_group("multi-host")
   group.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0")
@@ -107,14 +107,16 @@ def use_compilation_cache(directory: str | None) -> None:
   """Points JAX's persistent compilation cache at ``directory`` (see ``--compilation-cache``):
   a rerun, a resumed run, and the second arm of ``train.compare`` (its evaluation is the
   same program) load their compiled programs instead of compiling them again."""
+  if directory is not None and directory.lower() == "none":
+    jax.config.update("jax_enable_compilation_cache", False)
+    return
   if directory is None:
     if jax.config.jax_compilation_cache_dir:  # set by $JAX_COMPILATION_CACHE_DIR
       return
     directory = str(default_cache_root() / "xla")
     if jax.config.jax_compilation_cache_max_size == -1:  # unbounded otherwise; evicts LRU
       jax.config.update("jax_compilation_cache_max_size", 2 << 30)
-  if directory.lower() != "none":
-    jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_compilation_cache_dir", directory)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -303,8 +305,9 @@ def run(args: argparse.Namespace) -> int:
   prepare_out_dir(out, args.resume)
   mesh = parallel.make_mesh(parallel.parse_mesh(config.mesh, jax.device_count()), multi_process)
   checkpoint = read_init_checkpoint(config)
+  data_start = time.perf_counter()
   cache = load_data(config, primary, checkpoint)
-  data_seconds = time.perf_counter() - started
+  data_seconds = time.perf_counter() - data_start
   if not config.mixture:
     config = dataclasses.replace(config, mixture=cache.default_mixture)
   loader_config = LoaderConfig(
