@@ -379,9 +379,7 @@ def main(argv=None) -> int:
     config = json.loads((out / optimizer / "config.json").read_text())
     domains = [item.split("=")[0].strip() for item in config["mixture"].split(",")]
     weights = parse_mixture(config["mixture"], domains)
-    records = [
-      json.loads(line) for line in (out / optimizer / "metrics.jsonl").read_text().splitlines()
-    ]
+    records = metrics_records(out / optimizer)
     evaluations = [with_summary_losses(r, weights) for r in records if "gradient_cosine/mean" in r]
     summary = json.loads((out / optimizer / "summary.json").read_text())
     runs[optimizer] = {
