@@ -77,7 +77,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import write_report
-from benchmarks.compiled_memory import batch_overrides, compile_step
+from benchmarks.compiled_memory import add_batch_flags, batch_overrides, compile_step
 from train import parallel
 from train.presets import get_run_preset
 
@@ -592,14 +592,7 @@ def parse_args(argv=None):
     "--meshes", nargs="+", default=list(MESHES), help="one or more meshes, e.g. data=2,fsdp=4"
   )
   parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-  parser.add_argument(
-    "--micro-batch-size",
-    type=int,
-    default=None,
-    help="global sequences per micro-batch (default: the run preset's 64)",
-  )
-  parser.add_argument("--seq-len", type=int, default=None)
-  parser.add_argument("--microbatches", type=int, default=None)
+  add_batch_flags(parser)
   parser.add_argument(
     "--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "collectives"
   )

@@ -53,6 +53,14 @@ def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--presets", default="130m,520m")
   parser.add_argument("--mesh", default="fsdp=8")
+  add_batch_flags(parser)
+  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "out")
+  return parser.parse_args()
+
+
+def add_batch_flags(parser: argparse.ArgumentParser) -> None:
+  """``--micro-batch-size``, ``--seq-len`` and ``--microbatches``, read by
+  :func:`batch_overrides`."""
   parser.add_argument(
     "--micro-batch-size",
     type=int,
@@ -61,8 +69,6 @@ def parse_args():
   )
   parser.add_argument("--seq-len", type=int, default=None)
   parser.add_argument("--microbatches", type=int, default=None)
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "out")
-  return parser.parse_args()
 
 
 def batch_overrides(args) -> dict:

@@ -44,6 +44,12 @@ def accumulation_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+def displacement_dtype(dtype) -> jnp.dtype:
+  """A leaf's dtype in the displacement: floats accumulate (at least float32), the rest
+  (frozen integer leaves) keep theirs."""
+  return accumulation_dtype(dtype) if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(dtype)
+
+
 def to_accumulation_dtype(tree):
   return jax.tree.map(lambda x: jnp.asarray(x).astype(accumulation_dtype(x.dtype)), tree)
 

@@ -86,13 +86,12 @@ def _num_microbatches(microbatches) -> int:
 def _zero_displacement(params):
   """Abstract zeros of the displacement's tree and dtypes (float leaves in >= float32)."""
 
-  def zeros(leaf):
-    dtype = jnp.result_type(leaf)
-    if jnp.issubdtype(dtype, jnp.floating):
-      dtype = _inner_step.accumulation_dtype(dtype)
-    return jax.ShapeDtypeStruct(jnp.shape(leaf), dtype)
-
-  return jax.tree.map(zeros, params)
+  return jax.tree.map(
+    lambda leaf: jax.ShapeDtypeStruct(
+      jnp.shape(leaf), _inner_step.displacement_dtype(jnp.result_type(leaf))
+    ),
+    params,
+  )
 
 
 def _check_loss_takes_displacement(loss_takes_displacement: bool, inner_rounding: str) -> None:
@@ -251,11 +250,7 @@ def inner_loop(
   grad_fn = jax.value_and_grad(loss_of_trained, has_aux=has_aux)
 
   def frozen_zeros(i):
-    dtype = leaves[i].dtype
-    return jnp.zeros_like(
-      leaves[i],
-      _inner_step.accumulation_dtype(dtype) if jnp.issubdtype(dtype, jnp.floating) else dtype,
-    )
+    return jnp.zeros_like(leaves[i], _inner_step.displacement_dtype(leaves[i].dtype))
 
   def full_displacement(displacement):
     return jax.tree.unflatten(treedef, _inner_step.scatter(displacement, trains, frozen_zeros))
