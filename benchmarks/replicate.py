@@ -183,8 +183,16 @@ def seeds_for(arm: Arm, size: StudySize) -> range:
 class Study:
   """Shared data, eval sets and cosine batches; ``run`` trains and measures one arm/seed."""
 
-  def __init__(self, size: StudySize, out: pathlib.Path):
-    self.size, self.out = size, out
+  def __init__(
+    self,
+    size: StudySize,
+    out: pathlib.Path,
+    mixtures: dict[str, str] = MIXTURES,
+    domains: tuple[str, ...] = DOMAINS,
+  ):
+    """``mixtures`` names each ``Arm.mixture``; ``domains`` are the ones whose gradients
+    the cosine compares."""
+    self.size, self.out, self.mixtures, self.domains = size, out, mixtures, domains
     self.cache = ensure_default_cache(show_progress=True)
     self.sequences = {
       name: source_sequences(self.cache, name, size.seq_len) for name in self.cache.names(TRAIN)
@@ -200,7 +208,7 @@ class Study:
     """[2 * domains, N / 2, T + 1]: halves A then B of each domain's validation windows,
     evenly spaced and interleaved so that both halves span the whole set."""
     halves = []
-    for domain in DOMAINS:
+    for domain in self.domains:
       windows = self.cache.windows(VALIDATION, domain, self.size.seq_len)
       count = min(self.size.cosine_sequences, len(windows) - len(windows) % 2)
       picks = np.linspace(0, len(windows) - 1, count).round().astype(int)
@@ -217,7 +225,7 @@ class Study:
       seq_len=self.size.seq_len,
       micro_batch_size=self.size.global_batch // arm.microbatches,
       microbatches=arm.microbatches,
-      mixture=MIXTURES[arm.mixture],
+      mixture=self.mixtures[arm.mixture],
       batch_mode=arm.batch_mode,
       seed=seed,
       optimizer="adamw" if arm.kind == "adamw" else "nexus",
@@ -228,7 +236,9 @@ class Study:
       out=str(self.out),
     )
 
-  def run(self, arm: Arm, seed: int) -> dict:
+  def run(self, arm: Arm, seed: int, on_step=None) -> dict:
+    """Trains and measures ``arm`` at ``seed``, or reads its finished result.
+    ``on_step(step, metrics)`` follows progress after every outer step."""
     path = self.out / "runs" / f"{arm.name}-seed{seed}.json"
     if path.exists():
       return json.loads(path.read_text())
@@ -243,7 +253,7 @@ class Study:
     )
     iterator = iter(outer_step_dataset(self.sequences, weights, loader).to_iter_dataset())
     evaluator = Evaluator(training.graphdef, self.mesh, batch_size=64)
-    cosines = cosine_statistics_fn(training.graphdef)
+    cosines = cosine_statistics_fn(training.graphdef, self.domains)
     eval_steps = {
       round(self.size.steps * (i + 1) / self.size.evals) for i in range(self.size.evals)
     }
@@ -251,6 +261,8 @@ class Study:
     for step in range(1, self.size.steps + 1):
       tokens = jnp.asarray(next(iterator)["tokens"])
       state, metrics = training.step(state, tokens)
+      if on_step is not None:
+        on_step(step, metrics)
       if step in eval_steps:
         point = {
           "step": step,
@@ -276,7 +288,7 @@ class Study:
     return result
 
 
-def cosine_statistics_fn(graphdef):
+def cosine_statistics_fn(graphdef, domains: tuple[str, ...] = DOMAINS):
   """``stats(params, batches [2S, N, T + 1]) -> dict``: the cross-domain cosine of full
   per-domain gradients (halves pooled), each domain's split-half gradient cosine, and
   the mean cross-domain cosine within each half alone."""
@@ -292,20 +304,22 @@ def cosine_statistics_fn(graphdef):
 
   def stats(params, batches) -> dict:
     g = np.asarray(gram(params, batches), np.float64)
-    return cosine_statistics(g)
+    return cosine_statistics(g, domains)
 
   return stats
 
 
-def cosine_statistics(gram: np.ndarray) -> dict:
+def cosine_statistics(gram: np.ndarray, domains: tuple[str, ...] = DOMAINS) -> dict:
   """Cosine statistics from the Gram matrix of [A_1, B_1, A_2, B_2, ...] half gradients.
 
   The full gradient of domain d is (A_d + B_d) / 2, so its inner products follow from
   the Gram matrix without recomputing any gradient.
   """
-  domains = len(gram) // 2
-  pool = np.zeros((domains, 2 * domains))
-  for d in range(domains):
+  count = len(gram) // 2
+  if count != len(domains):
+    raise ValueError(f"a Gram matrix of {count} domains' halves, but {len(domains)} names")
+  pool = np.zeros((count, 2 * count))
+  for d in range(count):
     pool[d, 2 * d : 2 * d + 2] = 0.5
   full = pool @ gram @ pool.T
 
@@ -316,13 +330,13 @@ def cosine_statistics(gram: np.ndarray) -> dict:
 
   split_half = [
     gram[2 * d, 2 * d + 1] / math.sqrt(gram[2 * d, 2 * d] * gram[2 * d + 1, 2 * d + 1])
-    for d in range(domains)
+    for d in range(count)
   ]
   return {
     "cosine": mean_off_diagonal_cosine(full),
     "cosine_half_a": mean_off_diagonal_cosine(gram[0::2, 0::2]),
     "cosine_half_b": mean_off_diagonal_cosine(gram[1::2, 1::2]),
-    "split_half": dict(zip(DOMAINS, map(float, split_half))),
+    "split_half": dict(zip(domains, map(float, split_half))),
     "split_half_min": float(min(split_half)),
   }
 
@@ -381,23 +395,36 @@ def heldout_line(runs) -> tuple[float, float, float, float]:
   return float(slope), float(intercept), float(x.min()), float(x.max())
 
 
-def add_matched_heldout(results: dict) -> None:
-  """Adds ``heldout_matched`` to each run's final metrics: the mean, over its eval points
-  whose pretraining loss lies inside the range AdamW visited, of held-out loss minus
-  AdamW's at that same pretraining loss (Fig. 7a as a number; NaN without such a point).
-  Interpolation only: a run that reaches losses AdamW never saw is not extrapolated."""
-  lines = {
-    b: heldout_line(results[b].values()) for b in {baseline_of(a) for a in results} if b in results
-  }
+def add_matched_heldout(
+  results: dict,
+  metric: str = "heldout_mean",
+  key: str = "heldout_matched",
+  degree: int = 1,
+  min_step: int = 0,
+) -> None:
+  """Adds ``key`` to each run's final metrics: the mean, over its eval points whose
+  pretraining loss lies inside the range AdamW visited, of held-out loss (``metric``)
+  minus AdamW's at that same pretraining loss (Fig. 7a as a number; NaN without such a
+  point). AdamW's held-out loss is a polynomial of ``degree`` in pretraining loss, fitted
+  to every AdamW eval point of every seed; with ``min_step`` only eval points from that
+  step on enter the fit and the gaps. Interpolation only: a run that reaches losses
+  AdamW never saw is not extrapolated."""
+  late = lambda run: [p for p in run["points"] if not min_step or p["step"] >= min_step]
+  fits = {}
+  for baseline in {baseline_of(a) for a in results} & set(results):
+    x, y = np.array(
+      [(p["pretrain_loss"], p[metric]) for run in results[baseline].values() for p in late(run)]
+    ).T
+    fits[baseline] = np.polyfit(x, y, degree), x.min(), x.max()
   for arm, runs in results.items():
-    slope, intercept, low, high = lines[baseline_of(arm)]
+    coefficients, low, high = fits[baseline_of(arm)]
     for run in runs.values():
       gaps = [
-        p["heldout_mean"] - (slope * p["pretrain_loss"] + intercept)
-        for p in run["points"]
+        p[metric] - np.polyval(coefficients, p["pretrain_loss"])
+        for p in late(run)
         if low <= p["pretrain_loss"] <= high
       ]
-      run["final"]["heldout_matched"] = statistics.fmean(gaps) if gaps else float("nan")
+      run["final"][key] = float(statistics.fmean(gaps)) if gaps else float("nan")
       run["matched_points"] = len(gaps)
 
 
