@@ -177,6 +177,8 @@ def paired_test(treatment: Sequence[float], baseline: Sequence[float]) -> dict:
   result = {"n": n, "mean": float(differences.mean()) if n else math.nan}
   if n < 2:
     return result | {"sd": math.nan, "t": math.nan, "df": n - 1, "p": math.nan}
+  if np.all(differences == differences[0]):  # no spread: t is infinite, not evidence
+    return result | {"sd": 0.0, "t": math.nan, "df": n - 1, "p": math.nan}
   test = stats.ttest_rel(treatment, baseline)
   interval = test.confidence_interval(1 - ALPHA)
   return result | {
@@ -190,12 +192,13 @@ def paired_test(treatment: Sequence[float], baseline: Sequence[float]) -> dict:
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
-  """Holm's step-down adjusted p-values, in the input order (NaN stays NaN)."""
+  """Holm's step-down adjusted p-values, in the input order. The family is every entry:
+  a test that could not be run (NaN) still counts in it, ranked last, and stays NaN."""
   order = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
   adjusted = [math.nan] * len(pvalues)
   running = 0.0
   for rank, (p, index) in enumerate(order):
-    running = max(running, min(1.0, (len(order) - rank) * p))
+    running = max(running, min(1.0, (len(pvalues) - rank) * p))
     adjusted[index] = running
   return adjusted
 
@@ -220,7 +223,12 @@ def test_endpoint(results: dict, endpoint: Endpoint) -> dict:
     for s in sorted(set(treatment) & set(baseline))
     if not (math.isnan(treatment[s]) or math.isnan(baseline[s]))
   ]
-  return paired_test([treatment[s] for s in seeds], [baseline[s] for s in seeds]) | {"seeds": seeds}
+  finished = sorted(set(results.get(endpoint.arm, {})) & set(results.get(endpoint.baseline, {})))
+  return paired_test([treatment[s] for s in seeds], [baseline[s] for s in seeds]) | {
+    "seeds": seeds,
+    "excluded": [s for s in finished if s not in seeds],  # no matched point
+    "finished": len(finished),
+  }
 
 
 def add_matched(results: dict, steps: int) -> None:
@@ -248,8 +256,8 @@ def analyse(results: dict, steps: int) -> dict:
 
 
 def verdict(primary: dict, planned_seeds: int) -> str:
-  if primary["n"] < planned_seeds:
-    return f"incomplete ({primary['n']} of {planned_seeds} seeds); no verdict yet"
+  if primary["finished"] < planned_seeds:
+    return f"incomplete ({primary['finished']} of {planned_seeds} seeds); no verdict yet"
   if math.isnan(primary.get("p", math.nan)):
     return "no test possible"
   if primary["p"] < ALPHA:
@@ -265,7 +273,7 @@ def verdict(primary: dict, planned_seeds: int) -> str:
 
 
 def format_test(row: dict, digits: int = 4) -> list[str]:
-  if row["n"] < 2:
+  if "ci_low" not in row:  # fewer than 2 seeds, or no spread
     return [str(row["n"]), f"{row['mean']:+.{digits}f}" if row["n"] else "–", "–", "–", "–"]
   return [
     str(row["n"]),
@@ -284,9 +292,15 @@ def report(
   tokens = size.steps * size.global_batch * size.seq_len
   first = runs[0]
   epochs = first["epochs"]
+  planned = len(ARMS) * size.seeds
   lines = [
     f"# Confirmatory study results ({size.model}, generated)",
     "",
+    *(
+      [f"**INCOMPLETE: {len(runs)} of {planned} runs finished; interim numbers, no verdict.**", ""]
+      if len(runs) < planned
+      else []
+    ),
     f"Command: `{command}`  ",
     f"Written {datetime.date.today().isoformat()} from {len(runs)} finished runs "
     f"({sum(r['seconds'] for r in runs) / 3600:.2f} h of training and evaluation summed).",
@@ -318,16 +332,28 @@ def report(
     "|---|---|---|---|---|---|---|",
     f"| {PRIMARY.label} | "
     + " | ".join(format_test(primary))
-    + f" | {verdict(primary, len(SEEDS) if size.model == FULL.model else size.seeds)} |",
+    + f" | {verdict(primary, size.seeds)} |",
+    "",
+    f"Seeds in the primary test: {', '.join(map(str, primary['seeds'])) or 'none'}"
+    + (
+      f"; excluded for want of an eval point inside AdamW's loss range: {primary['excluded']}"
+      if primary["excluded"]
+      else ""
+    )
+    + ".",
     "",
     f"## Secondary endpoints (Holm-adjusted as one family of {len(SECONDARY)} tests)",
+    "",
+    "Holm covers the tests of a zero difference. Whether pretraining loss stays within "
+    f"±{PRETRAIN_MARGIN} of AdamW is read from the 95 % CI (the note column), an "
+    "equivalence reading outside the Holm family.",
     "",
     header + " p (Holm) | note |",
     "|---|---|---|---|---|---|---|---|",
   ]
   for row in analysis["secondary"]:
     endpoint, note = row["endpoint"], ""
-    if endpoint.metric == "pretrain_loss" and row["n"] >= 2:
+    if endpoint.metric == "pretrain_loss" and "ci_low" in row:
       inside = -PRETRAIN_MARGIN <= row["ci_low"] and row["ci_high"] <= PRETRAIN_MARGIN
       note = f"CI {'inside' if inside else 'not inside'} ±{PRETRAIN_MARGIN}"
     holm_p = "–" if math.isnan(row["p_holm"]) else f"{row['p_holm']:.4f}"
@@ -348,8 +374,8 @@ def report(
     "",
     "## Arms at the final eval point (mean ± sd over seeds)",
     "",
-    "| arm | seeds | " + " | ".join(metrics) + " |",
-    "|---|---|" + "---|" * len(metrics),
+    "| arm | seeds | " + " | ".join(metrics) + " | matched points per run |",
+    "|---|---|" + "---|" * (len(metrics) + 1),
   ]
   for arm, by_seed in results.items():
     cells = []
@@ -363,6 +389,8 @@ def report(
         else f"{statistics.fmean(values):.4f}"
         + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
       )
+    matched = [r.get("matched_points", 0) for r in by_seed.values()]
+    cells.append(f"{min(matched)}-{max(matched)}" if matched else "–")
     lines.append(f"| {arm} | {len(by_seed)} | " + " | ".join(cells) + " |")
   sets = [k for k in first["final"] if k.startswith((f"{VALIDATION}/", f"{HELDOUT}/"))]
   lines += [
@@ -391,7 +419,11 @@ def report(
   lines += [
     "",
     "![held-out against pretraining loss](same_loss.png)",
-    "![paired differences](paired_differences.png)",
+    *(
+      ["![paired differences](paired_differences.png)"]
+      if any("ci_low" in r for r in [primary, *analysis["secondary"]])
+      else []
+    ),
     "![cosine through training](cosine_through_training.png)",
     "",
   ]
@@ -439,7 +471,7 @@ def plots(results: dict, analysis: dict, out: pathlib.Path) -> None:
   figure.tight_layout()
   figure.savefig(out / "same_loss.png", dpi=120)
 
-  rows = [r for r in [analysis["primary"], *analysis["secondary"]] if r["n"] >= 2]
+  rows = [r for r in [analysis["primary"], *analysis["secondary"]] if "ci_low" in r]
   panels = {
     "held-out at matched pretraining loss (nats)": "heldout_matched",
     "final pretraining loss (nats)": "pretrain_loss",
@@ -514,7 +546,10 @@ def read_results(out: pathlib.Path, order) -> dict:
   for arm, seed in order:
     path = run_path(out, arm, seed)
     if path.exists():
-      results.setdefault(arm.name, {})[seed] = json.loads(path.read_text())
+      try:
+        results.setdefault(arm.name, {})[seed] = json.loads(path.read_text())
+      except json.JSONDecodeError:
+        print(f"warning: {path} is not valid JSON; delete it to train that run again")
   return {a.name: results[a.name] for a in ARMS if a.name in results}
 
 
@@ -524,7 +559,8 @@ def status_path(out: pathlib.Path, worker: int) -> pathlib.Path:
 
 def work(size: StudySize, out: pathlib.Path, order, worker: int, max_runs: int | None) -> int:
   """Trains the next unclaimed unfinished run in ``order`` until none is left (or
-  ``max_runs`` are done). A run is claimed by creating its lock file."""
+  ``max_runs`` are done). A run is claimed by creating its lock file, which holds the
+  worker's process id."""
   from benchmarks.replicate import Study
 
   study = None
@@ -536,8 +572,13 @@ def work(size: StudySize, out: pathlib.Path, order, worker: int, max_runs: int |
     if path.exists() or (max_runs is not None and done >= max_runs):
       continue
     try:
-      os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
+      claim = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
+      continue
+    os.write(claim, str(os.getpid()).encode())
+    os.close(claim)
+    if path.exists():  # finished by the other worker between the two checks
+      lock.unlink()
       continue
     name = path.stem
     started = time.perf_counter()
@@ -582,8 +623,7 @@ def run_workers(args, order, size: StudySize, out: pathlib.Path) -> int:
   (out / "logs").mkdir(parents=True, exist_ok=True)
   flags = ["--quick"] if args.quick else []
   flags += ["--out", str(out)] + (["--runs", str(args.runs)] if args.runs else [])
-  processes = []
-  stopping = []
+  processes, stopping, terminated = [], [], set()
   previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
   try:
     for worker, share in enumerate(shares):
@@ -620,11 +660,12 @@ def run_workers(args, order, size: StudySize, out: pathlib.Path) -> int:
         bar.set_postfix_str("; ".join(states))
   finally:
     signal.signal(signal.SIGTERM, previous)
-    for process in processes:
+    for index, process in enumerate(processes):
       if process.poll() is None:
+        terminated.add(index)
         process.terminate()
         process.wait()
-  failed = [i for i, p in enumerate(processes) if p.returncode not in (0, -signal.SIGTERM)]
+  failed = [i for i, p in enumerate(processes) if p.returncode and i not in terminated]
   for worker in failed:
     log = (out / "logs" / f"worker{worker}.txt").read_text()
     print(f"error: worker {worker} failed; its log ends:\n{log[-3000:]}", file=sys.stderr)
@@ -632,6 +673,23 @@ def run_workers(args, order, size: StudySize, out: pathlib.Path) -> int:
     print("stopped by SIGTERM; the unfinished runs start over on the next invocation")
     return 128 + int(signal.SIGTERM)
   return 1 if failed else 0
+
+
+def remove_stale_locks(out: pathlib.Path) -> None:
+  """Deletes the locks of workers that no longer run; refuses to start beside a live one."""
+  for lock in (out / "runs").glob("*.lock"):
+    try:
+      pid = int(lock.read_text())
+      os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+      lock.unlink()
+      continue
+    except PermissionError:
+      pass  # alive, another user's
+    raise SystemExit(
+      f"error: {lock.stem} is being trained by process {pid}; wait for it or stop it "
+      f"(kill {pid}) before starting the study again."
+    )
 
 
 def check_no_repeats(size: StudySize) -> dict[str, float]:
@@ -684,9 +742,11 @@ def main(argv=None) -> int:
       f"{size.steps * size.global_batch * size.seq_len:,} tokens; epochs "
       + ", ".join(f"{d} {e:.3f}" for d, e in epochs.items())
     )
-    for stale in (out / "runs").glob("*.lock"):  # left by a killed worker
-      stale.unlink()
+    remove_stale_locks(out)
     args.jobs = args.jobs or default_jobs()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if args.jobs > cores:
+      parser.error(f"--jobs {args.jobs} needs that many CPU cores; this process may use {cores}")
     status = (
       run_workers(args, order, size, out) if args.jobs > 1 else work(size, out, order, 0, args.runs)
     )

@@ -35,6 +35,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import pathlib
 import statistics
 import sys
@@ -284,7 +285,10 @@ class Study:
       "seconds": round(time.perf_counter() - started, 1),
       "epochs": epochs_per_source(self.sequences, weights, loader, self.size.steps),
     }
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    # Written whole or not at all: a resumed study takes an existing file as finished.
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(partial, path)
     return result
 
 
