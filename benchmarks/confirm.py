@@ -557,7 +557,23 @@ def status_path(out: pathlib.Path, worker: int) -> pathlib.Path:
   return out / "logs" / f"worker{worker}.json"
 
 
-def work(size: StudySize, out: pathlib.Path, order, worker: int, max_runs: int | None) -> int:
+def token_cache(data: pathlib.Path | None):
+  """The token cache at ``data`` (``python -m train.data.prepare``), or the built-in
+  corpus's, built on first use."""
+  from train.data.cache import TokenCache
+  from train.data.corpus import ensure_default_cache
+
+  return TokenCache(data) if data else ensure_default_cache(show_progress=True)
+
+
+def work(
+  size: StudySize,
+  out: pathlib.Path,
+  order,
+  worker: int,
+  max_runs: int | None,
+  data: pathlib.Path | None = None,
+) -> int:
   """Trains the next unclaimed unfinished run in ``order`` until none is left (or
   ``max_runs`` are done). A run is claimed by creating its lock file, which holds the
   worker's process id."""
@@ -598,7 +614,7 @@ def work(size: StudySize, out: pathlib.Path, order, worker: int, max_runs: int |
         )
 
     try:
-      study = study or Study(size, out, MIXTURES, DOMAINS)
+      study = study or Study(size, out, MIXTURES, DOMAINS, token_cache(data))
       result = study.run(arm, seed, on_step=on_step)
     finally:
       lock.unlink(missing_ok=True)
@@ -623,6 +639,7 @@ def run_workers(args, order, size: StudySize, out: pathlib.Path) -> int:
   (out / "logs").mkdir(parents=True, exist_ok=True)
   flags = ["--quick"] if args.quick else []
   flags += ["--out", str(out)] + (["--runs", str(args.runs)] if args.runs else [])
+  flags += ["--data", str(args.data)] if args.data else []
   processes, stopping, terminated = [], [], set()
   previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
   try:
@@ -692,12 +709,11 @@ def remove_stale_locks(out: pathlib.Path) -> None:
     )
 
 
-def check_no_repeats(size: StudySize) -> dict[str, float]:
+def check_no_repeats(size: StudySize, data: pathlib.Path | None) -> dict[str, float]:
   """Epochs per domain over a whole run; an error if any domain would be read twice."""
-  from train.data.corpus import ensure_default_cache
   from train.data.mixture import LoaderConfig, epochs_per_source, source_sequences
 
-  cache = ensure_default_cache(show_progress=True)
+  cache = token_cache(data)
   sequences = {d: source_sequences(cache, d, size.seq_len) for d in DOMAINS}
   loader = LoaderConfig(size.seq_len, size.global_batch // 4, 4)
   epochs = epochs_per_source(sequences, {d: 1.0 for d in DOMAINS}, loader, size.steps)
@@ -724,6 +740,12 @@ def main(argv=None) -> int:
     "--jobs", type=int, help="runs trained side by side (default 2 on a CPU with 2+ cores)"
   )
   parser.add_argument("--runs", type=int, help="stop each worker after this many new runs")
+  parser.add_argument(
+    "--data",
+    type=pathlib.Path,
+    help="a token cache with prose, code and math (python -m train.data.prepare); "
+    "default: the built-in corpus",
+  )
   parser.add_argument("--report-only", action="store_true", help="no training")
   parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -734,9 +756,9 @@ def main(argv=None) -> int:
   order = run_order(QUICK_SEEDS if args.quick else SEEDS)
   (out / "runs").mkdir(parents=True, exist_ok=True)
   if args.worker is not None:
-    return work(size, out, order, args.worker, args.runs)
+    return work(size, out, order, args.worker, args.runs, args.data)
   if not args.report_only:
-    epochs = check_no_repeats(size)
+    epochs = check_no_repeats(size, args.data)
     print(
       f"{size.model}: {parameters:,} parameters, {size.steps} steps, "
       f"{size.steps * size.global_batch * size.seq_len:,} tokens; epochs "
@@ -748,7 +770,9 @@ def main(argv=None) -> int:
     if args.jobs > cores:
       parser.error(f"--jobs {args.jobs} needs that many CPU cores; this process may use {cores}")
     status = (
-      run_workers(args, order, size, out) if args.jobs > 1 else work(size, out, order, 0, args.runs)
+      run_workers(args, order, size, out)
+      if args.jobs > 1
+      else work(size, out, order, 0, args.runs, args.data)
     )
     if status:
       return status
@@ -756,7 +780,11 @@ def main(argv=None) -> int:
   if "adamw" not in results:
     print("no AdamW run finished yet: nothing to report")
     return 0
-  command = "python -m benchmarks.confirm" + (" --quick" if args.quick else "")
+  command = " ".join(
+    ["python -m benchmarks.confirm"]
+    + (["--quick"] if args.quick else [])
+    + ([f"--data {args.data}"] if args.data else [])
+  )
   text, analysis = report(results, size, parameters, out, command)
   plots(results, analysis, out)
   print(text)

@@ -190,11 +190,12 @@ class Study:
     out: pathlib.Path,
     mixtures: dict[str, str] = MIXTURES,
     domains: tuple[str, ...] = DOMAINS,
+    cache=None,
   ):
     """``mixtures`` names each ``Arm.mixture``; ``domains`` are the ones whose gradients
-    the cosine compares."""
+    the cosine compares; ``cache`` is a token cache (default: the built-in corpus's)."""
     self.size, self.out, self.mixtures, self.domains = size, out, mixtures, domains
-    self.cache = ensure_default_cache(show_progress=True)
+    self.cache = cache or ensure_default_cache(show_progress=True)
     self.sequences = {
       name: source_sequences(self.cache, name, size.seq_len) for name in self.cache.names(TRAIN)
     }

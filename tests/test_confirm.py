@@ -207,12 +207,13 @@ def test_stale_locks_are_removed_and_live_ones_refused(tmp_path):
     remove_stale_locks(tmp_path)
 
 
-def test_quick_study_runs_end_to_end(tmp_path):
+def test_quick_study_runs_end_to_end(small_cache, tmp_path):
   """The study's command on the tiny preset: every arm, both seeds, side by side on two
   workers where the machine allows it, then the report and its plots."""
   out = tmp_path / "confirm"
+  study = [sys.executable, "-m", "benchmarks.confirm", "--quick", "--data", str(small_cache.root)]
   run = subprocess.run(
-    [sys.executable, "-m", "benchmarks.confirm", "--quick", "--out", str(out)],
+    [*study, "--out", str(out)],
     capture_output=True,
     text=True,
     timeout=600,
@@ -236,7 +237,7 @@ def test_quick_study_runs_end_to_end(tmp_path):
     assert (out / plot).stat().st_size > 10_000
   # A second invocation trains nothing: it reads the finished runs.
   again = subprocess.run(
-    [sys.executable, "-m", "benchmarks.confirm", "--quick", "--out", str(out), "--jobs", "1"],
+    [*study, "--out", str(out), "--jobs", "1"],
     capture_output=True,
     text=True,
     timeout=300,
@@ -251,7 +252,7 @@ def test_quick_study_runs_end_to_end(tmp_path):
     (out / "runs" / f"nexus-0.01-seed{seed}.json").unlink()
   (out / "runs" / "control-seed1001.json").unlink()
   partial = subprocess.run(
-    [sys.executable, "-m", "benchmarks.confirm", "--quick", "--out", str(out), "--report-only"],
+    [*study, "--out", str(out), "--report-only"],
     capture_output=True,
     text=True,
     timeout=300,
