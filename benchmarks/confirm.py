@@ -297,7 +297,12 @@ def report(
     f"# Confirmatory study results ({size.model}, generated)",
     "",
     *(
-      [f"**INCOMPLETE: {len(runs)} of {planned} runs finished; interim numbers, no verdict.**", ""]
+      [
+        f"**INCOMPLETE: {len(runs)} of {planned} runs finished.** An endpoint with fewer "
+        "seeds than planned is interim, and so is every Holm-adjusted p-value; the primary "
+        "verdict is given once its three arms have every seed.",
+        "",
+      ]
       if len(runs) < planned
       else []
     ),
