@@ -52,6 +52,7 @@ from benchmarks.replicate import (
   StudySize,
   add_matched_heldout,
   heldout_line,
+  mean_std,
 )
 from train.data.corpus import HELDOUT, HELDOUT_SETS, VALIDATION
 
@@ -388,12 +389,7 @@ def report(
       values = [
         v for r in by_seed.values() if not math.isnan(v := r["final"].get(metric, math.nan))
       ]
-      cells.append(
-        "–"
-        if not values
-        else f"{statistics.fmean(values):.4f}"
-        + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
-      )
+      cells.append(mean_std(values) or "–")
     matched = [r.get("matched_points", 0) for r in by_seed.values()]
     cells.append(f"{min(matched)}-{max(matched)}" if matched else "–")
     lines.append(f"| {arm} | {len(by_seed)} | " + " | ".join(cells) + " |")
