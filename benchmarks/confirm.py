@@ -41,7 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -51,7 +51,9 @@ from benchmarks.replicate import (
   Arm,
   StudySize,
   add_matched_heldout,
+  final_set_means,
   heldout_line,
+  markdown_table,
   mean_std,
 )
 from train.data.corpus import HELDOUT, HELDOUT_SETS, VALIDATION
@@ -285,6 +287,27 @@ def format_test(row: dict, digits: int = 4) -> list[str]:
   ]
 
 
+def margin_note(row: dict) -> str:
+  """Whether a pretraining-loss difference's 95 % CI lies inside the paper's margin."""
+  if row["endpoint"].metric != "pretrain_loss" or "ci_low" not in row:
+    return ""
+  inside = -PRETRAIN_MARGIN <= row["ci_low"] and row["ci_high"] <= PRETRAIN_MARGIN
+  return f"CI {'inside' if inside else 'not inside'} ±{PRETRAIN_MARGIN}"
+
+
+def final_mean_std(runs: Iterable[dict], metrics: Sequence[str]) -> list[str]:
+  runs = list(runs)
+  return [
+    mean_std(v for r in runs if not math.isnan(v := r["final"].get(m, math.nan))) or "–"
+    for m in metrics
+  ]
+
+
+def matched_range(runs: Iterable[dict]) -> str:
+  matched = [r.get("matched_points", 0) for r in runs]
+  return f"{min(matched)}-{max(matched)}" if matched else "–"
+
+
 def report(
   results: dict, size: StudySize, parameters: int, out: pathlib.Path, command: str
 ) -> tuple[str, dict]:
@@ -319,26 +342,30 @@ def report(
     "",
     "## Run time",
     "",
-    "| arm | runs | seconds per run (mean, min-max) |",
-    "|---|---|---|",
+    *markdown_table(
+      ["arm", "runs", "seconds per run (mean, min-max)"],
+      (
+        [
+          arm,
+          str(len(seconds)),
+          f"{statistics.fmean(seconds):.0f} ({min(seconds):.0f}-{max(seconds):.0f})",
+        ]
+        for arm, seconds in (
+          (arm, [r["seconds"] for r in runs.values()]) for arm, runs in results.items()
+        )
+      ),
+    ),
   ]
-  for arm, by_seed in results.items():
-    seconds = [r["seconds"] for r in by_seed.values()]
-    lines.append(
-      f"| {arm} | {len(seconds)} | {statistics.fmean(seconds):.0f} "
-      f"({min(seconds):.0f}-{max(seconds):.0f}) |"
-    )
-  header = "| endpoint | n | mean difference | 95 % CI | t (df) | p |"
+  header = ["endpoint", "n", "mean difference", "95 % CI", "t (df)", "p"]
   primary = analysis["primary"]
   lines += [
     "",
     "## Primary endpoint",
     "",
-    header + " verdict |",
-    "|---|---|---|---|---|---|---|",
-    f"| {PRIMARY.label} | "
-    + " | ".join(format_test(primary))
-    + f" | {verdict(primary, size.seeds)} |",
+    *markdown_table(
+      [*header, "verdict"],
+      [[PRIMARY.label, *format_test(primary), verdict(primary, size.seeds)]],
+    ),
     "",
     f"Seeds in the primary test: {', '.join(map(str, primary['seeds'])) or 'none'}"
     + (
@@ -354,69 +381,63 @@ def report(
     f"±{PRETRAIN_MARGIN} of AdamW is read from the 95 % CI (the note column), an "
     "equivalence reading outside the Holm family.",
     "",
-    header + " p (Holm) | note |",
-    "|---|---|---|---|---|---|---|---|",
-  ]
-  for row in analysis["secondary"]:
-    endpoint, note = row["endpoint"], ""
-    if endpoint.metric == "pretrain_loss" and "ci_low" in row:
-      inside = -PRETRAIN_MARGIN <= row["ci_low"] and row["ci_high"] <= PRETRAIN_MARGIN
-      note = f"CI {'inside' if inside else 'not inside'} ±{PRETRAIN_MARGIN}"
-    holm_p = "–" if math.isnan(row["p_holm"]) else f"{row['p_holm']:.4f}"
-    lines.append(
-      f"| {endpoint.label} | " + " | ".join(format_test(row)) + f" | {holm_p} | {note} |"
-    )
-  lines += [
+    *markdown_table(
+      [*header, "p (Holm)", "note"],
+      (
+        [
+          row["endpoint"].label,
+          *format_test(row),
+          "–" if math.isnan(row["p_holm"]) else f"{row['p_holm']:.4f}",
+          margin_note(row),
+        ]
+        for row in analysis["secondary"]
+      ),
+    ),
     "",
     "## Exploratory (fixed before the first run, not corrected for multiplicity)",
     "",
-    header,
-    "|---|---|---|---|---|---|",
+    *markdown_table(
+      header, ([row["endpoint"].label, *format_test(row)] for row in analysis["exploratory"])
+    ),
   ]
-  for row in analysis["exploratory"]:
-    lines.append(f"| {row['endpoint'].label} | " + " | ".join(format_test(row)) + " |")
   metrics = ["pretrain_loss", "heldout_mean", "heldout_matched", "cosine", "split_half_min"]
+  sets = [k for k in first["final"] if k.startswith((f"{VALIDATION}/", f"{HELDOUT}/"))]
   lines += [
     "",
     "## Arms at the final eval point (mean ± sd over seeds)",
     "",
-    "| arm | seeds | " + " | ".join(metrics) + " | matched points per run |",
-    "|---|---|" + "---|" * (len(metrics) + 1),
-  ]
-  for arm, by_seed in results.items():
-    cells = []
-    for metric in metrics:
-      values = [
-        v for r in by_seed.values() if not math.isnan(v := r["final"].get(metric, math.nan))
-      ]
-      cells.append(mean_std(values) or "–")
-    matched = [r.get("matched_points", 0) for r in by_seed.values()]
-    cells.append(f"{min(matched)}-{max(matched)}" if matched else "–")
-    lines.append(f"| {arm} | {len(by_seed)} | " + " | ".join(cells) + " |")
-  sets = [k for k in first["final"] if k.startswith((f"{VALIDATION}/", f"{HELDOUT}/"))]
-  lines += [
+    *markdown_table(
+      ["arm", "seeds", *metrics, "matched points per run"],
+      (
+        [arm, str(len(by_seed)), *final_mean_std(by_seed.values(), metrics)]
+        + [matched_range(by_seed.values())]
+        for arm, by_seed in results.items()
+      ),
+    ),
     "",
     "## Every validation and held-out set at the final eval point (mean over seeds)",
     "",
-    "| arm | " + " | ".join(sets) + " |",
-    "|---|" + "---|" * len(sets),
-  ]
-  for arm, by_seed in results.items():
-    lines.append(
-      f"| {arm} | "
-      + " | ".join(f"{statistics.fmean(r['final'][s] for r in by_seed.values()):.4f}" for s in sets)
-      + " |"
-    )
-  lines += [
+    *markdown_table(
+      ["arm", *sets],
+      ([arm, *final_set_means(by_seed.values(), sets)] for arm, by_seed in results.items()),
+    ),
     "",
     "## Cross-domain gradient cosine through training (mean over seeds)",
     "",
-    "| arm | " + " | ".join(f"step {p['step']}" for p in first["points"]) + " |",
-    "|---|" + "---|" * len(first["points"]),
+    *markdown_table(
+      ["arm", *(f"step {p['step']}" for p in first["points"])],
+      (
+        [
+          arm,
+          *(
+            f"{statistics.fmean(column):+.4f}"
+            for column in zip(*([p["cosine"] for p in r["points"]] for r in by_seed.values()))
+          ),
+        ]
+        for arm, by_seed in results.items()
+      ),
+    ),
   ]
-  for arm, by_seed in results.items():
-    columns = zip(*([p["cosine"] for p in r["points"]] for r in by_seed.values()))
-    lines.append(f"| {arm} | " + " | ".join(f"{statistics.fmean(c):+.4f}" for c in columns) + " |")
   lines += [
     "",
     "![held-out against pretraining loss](same_loss.png)",
@@ -433,8 +454,12 @@ def report(
   return text, analysis
 
 
-ARM_COLORS = {"adamw": "tab:blue", "control": "tab:orange", "nexus-0.3": "tab:red"}
-ARM_COLORS["nexus-0.01"] = "tab:green"
+ARM_COLORS = {
+  "adamw": "tab:blue",
+  "control": "tab:orange",
+  "nexus-0.3": "tab:red",
+  "nexus-0.01": "tab:green",
+}
 
 
 def plots(results: dict, analysis: dict, out: pathlib.Path) -> None:

@@ -40,6 +40,7 @@ import pathlib
 import statistics
 import sys
 import time
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -442,6 +443,30 @@ def mean_std(values) -> str:
   return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def data_settings(results: dict) -> dict[tuple[str, str], dict[str, float]]:
+  """Epochs per domain of each (mixture, batch mode) that some arm trains on, in arm order."""
+  settings = {}
+  for runs in results.values():
+    run = next(iter(runs.values()))
+    settings.setdefault((run["arm"]["mixture"], run["arm"]["batch_mode"]), run["epochs"])
+  return settings
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+  """The lines of a markdown table: the header, its rule, then one line per row of cells."""
+  return [
+    "| " + " | ".join(header) + " |",
+    "|" + "---|" * len(header),
+    *("| " + " | ".join(row) + " |" for row in rows),
+  ]
+
+
+def final_set_means(runs: Iterable[dict], sets: Sequence[str]) -> list[str]:
+  """Each validation or held-out set's final loss, averaged over ``runs``, as cells."""
+  runs = list(runs)
+  return [f"{statistics.fmean(r['final'][s] for r in runs):.4f}" for s in sets]
+
+
 def paired(results: dict, arm: str, baseline: str, metric: str) -> dict | None:
   """Mean, sd and t of ``arm - baseline`` over the seeds both ran."""
   seeds = sorted(set(results.get(arm, {})) & set(results.get(baseline, {})))
@@ -519,86 +544,66 @@ def report(
     "",
     "## Arms (mean ± std over seeds, final step)",
     "",
-    "| arm | seeds | " + " | ".join(METRICS) + " | matched points |",
-    "|---|---|" + "---|" * (len(METRICS) + 1),
-  ]
-  for arm in arms:
-    runs = results[arm].values()
-    lines.append(
-      f"| {arm} | {len(runs)} | "
-      + " | ".join(
-        mean_std(v for r in runs if not math.isnan(v := r["final"][m])) or "–" for m in METRICS
-      )
-      + f" | {sum(r['matched_points'] for r in runs)} |"
-    )
-  lines += [
+    *markdown_table(
+      ["arm", "seeds", *METRICS, "matched points"],
+      (
+        [
+          arm,
+          str(len(runs)),
+          *(
+            mean_std(v for r in runs if not math.isnan(v := r["final"][m])) or "–" for m in METRICS
+          ),
+          str(sum(r["matched_points"] for r in runs)),
+        ]
+        for arm, runs in ((arm, results[arm].values()) for arm in arms)
+      ),
+    ),
     "",
     "## Paired differences (same seeds)",
     "",
-    "| arm - baseline | n | " + " | ".join(PAIRED_METRICS) + " |",
-    "|---|---|" + "---|" * len(PAIRED_METRICS),
-  ]
-  for arm, baseline in CONTRASTS:
-    cells = [paired(results, arm, baseline, m) for m in PAIRED_METRICS]
-    if cells[0] is not None:
-      lines.append(
-        f"| {arm} - {baseline} | {cells[0]['n']} | "
-        + " | ".join(format_paired(c) for c in cells)
-        + " |"
-      )
-  lines += [
+    *markdown_table(
+      ["arm - baseline", "n", *PAIRED_METRICS],
+      (
+        [f"{arm} - {baseline}", str(cells[0]["n"]), *map(format_paired, cells)]
+        for arm, baseline in CONTRASTS
+        if (cells := [paired(results, arm, baseline, m) for m in PAIRED_METRICS])[0] is not None
+      ),
+    ),
     "",
     "## Every validation and held-out set (mean over seeds)",
     "",
-    "| arm | "
-    + " | ".join(s.replace("validation/", "val/").replace("heldout/", "ho/") for s in sets)
-    + " |",
-    "|---|" + "---|" * len(sets),
-  ]
-  for arm in arms:
-    runs = list(results[arm].values())
-    lines.append(
-      f"| {arm} | "
-      + " | ".join(f"{statistics.fmean(r['final'][s] for r in runs):.4f}" for s in sets)
-      + " |"
-    )
-  lines += [
+    *markdown_table(
+      ["arm", *(s.replace("validation/", "val/").replace("heldout/", "ho/") for s in sets)],
+      ([arm, *final_set_means(results[arm].values(), sets)] for arm in arms),
+    ),
     "",
     "## Cross-domain gradient cosine through training (mean over seeds)",
     "",
-    "| arm | "
-    + " | ".join(f"step {p['step']}" for p in first["points"])
-    + " | split-half min (final) |",
-    "|---|" + "---|" * (len(first["points"]) + 1),
-  ]
-  for arm in arms:
-    runs = list(results[arm].values())
-    lines.append(
-      f"| {arm} | "
-      + " | ".join(
-        f"{statistics.fmean(r['points'][i]['cosine'] for r in runs):.4f}"
-        for i in range(len(first["points"]))
-      )
-      + f" | {statistics.fmean(r['final']['split_half_min'] for r in runs):.3f} |"
-    )
-  lines += [
+    *markdown_table(
+      ["arm", *(f"step {p['step']}" for p in first["points"]), "split-half min (final)"],
+      (
+        [
+          arm,
+          *(
+            f"{statistics.fmean(r['points'][i]['cosine'] for r in runs):.4f}"
+            for i in range(len(first["points"]))
+          ),
+          f"{statistics.fmean(r['final']['split_half_min'] for r in runs):.3f}",
+        ]
+        for arm, runs in ((arm, list(results[arm].values())) for arm in arms)
+      ),
+    ),
     "",
     "## Epochs per domain",
     "",
-    "| data setting | " + " | ".join(DOMAINS) + " |",
-    "|---|" + "---|" * len(DOMAINS),
+    *markdown_table(
+      ["data setting", *DOMAINS],
+      (
+        [f"{mixture}, {batch_mode}", *(f"{epochs.get(d, 0):.3f}" for d in DOMAINS)]
+        for (mixture, batch_mode), epochs in data_settings(results).items()
+      ),
+    ),
   ]
-  seen = set()
-  for arm in arms:
-    run = next(iter(results[arm].values()))
-    key = (run["arm"]["mixture"], run["arm"]["batch_mode"])
-    if key not in seen:
-      seen.add(key)
-      lines.append(
-        f"| {key[0]}, {key[1]} | "
-        + " | ".join(f"{run['epochs'].get(d, 0):.3f}" for d in DOMAINS)
-        + " |"
-      )
   lines += [
     "",
     "![cosine through training](cosine_through_training.png)",

@@ -16,6 +16,8 @@ from benchmarks.replicate import (
   ablation_arms,
   choose_large_gamma,
   cosine_statistics,
+  data_settings,
+  markdown_table,
   paired,
 )
 from tests.conftest import SoftmaxRegression, numpy_global_norm
@@ -124,3 +126,25 @@ def test_matched_heldout_is_the_gap_to_adamws_line_inside_its_range():
   )
   assert math.isnan(results["control"][0]["final"]["heldout_matched"])
   assert math.isclose(results["adamw"][1]["final"]["heldout_matched"], 0.0, abs_tol=1e-9)
+
+
+def test_markdown_table_and_data_settings():
+  assert markdown_table(["arm", "n"], [["adamw", "8"], ["control", "7"]]) == [
+    "| arm | n |",
+    "|---|---|",
+    "| adamw | 8 |",
+    "| control | 7 |",
+  ]
+
+  def run(mixture, mode, epochs):
+    return {0: {"arm": {"mixture": mixture, "batch_mode": mode}, "epochs": epochs}}
+
+  results = {
+    "adamw": run("equal", "mixed", {"prose": 0.5}),
+    "control": run("equal", "mixed", {"prose": 0.5}),
+    "adamw-math10": run("math10", "mixed", {"prose": 0.7}),
+  }
+  assert data_settings(results) == {
+    ("equal", "mixed"): {"prose": 0.5},
+    ("math10", "mixed"): {"prose": 0.7},
+  }
