@@ -38,7 +38,6 @@ import os
 import pathlib
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -56,6 +55,7 @@ from benchmarks.replicate import (
   markdown_table,
   mean_std,
 )
+from train.compare import core_shares, start_pinned
 from train.data.corpus import HELDOUT, HELDOUT_SETS, VALIDATION
 
 SEEDS = tuple(range(1000, 1008))
@@ -660,8 +660,6 @@ def run_workers(args, order, size: StudySize, out: pathlib.Path) -> int:
   bar over the study; a worker's output goes to ``OUT/logs/worker<i>.txt``."""
   from tqdm import tqdm
 
-  cores = sorted(os.sched_getaffinity(0))
-  shares = [cores[i :: args.jobs] for i in range(args.jobs)]
   (out / "logs").mkdir(parents=True, exist_ok=True)
   flags = ["--quick"] if args.quick else []
   flags += ["--out", str(out)] + (["--runs", str(args.runs)] if args.runs else [])
@@ -669,20 +667,10 @@ def run_workers(args, order, size: StudySize, out: pathlib.Path) -> int:
   processes, stopping, terminated = [], [], set()
   previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
   try:
-    for worker, share in enumerate(shares):
-      # XLA sizes its CPU thread pool by the process's affinity, set before JAX starts.
-      launcher = (
-        f"import os, runpy, sys; os.sched_setaffinity(0, {share}); "
-        "sys.argv[0] = 'benchmarks.confirm'; "
-        "runpy.run_module('benchmarks.confirm', run_name='__main__')"
-      )
+    for worker, cores in enumerate(core_shares(args.jobs)):
       with (out / "logs" / f"worker{worker}.txt").open("a") as log:
         processes.append(
-          subprocess.Popen(
-            [sys.executable, "-c", launcher, *flags, "--worker", str(worker)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-          )
+          start_pinned("benchmarks.confirm", [*flags, "--worker", str(worker)], cores, log)
         )
     finished = lambda: sum(run_path(out, a, s).exists() for a, s in order)
     with tqdm(total=len(order), initial=finished(), unit="run", dynamic_ncols=True) as bar:

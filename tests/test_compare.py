@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import pathlib
 import re
 import signal
@@ -183,3 +184,19 @@ def test_sigterm_stops_both_side_by_side_runs_at_a_checkpoint(small_cache, tmp_p
     assert "SIGTERM: saved checkpoint" in (run_dir / "log.txt").read_text()
     saved = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()]
     assert saved and max(saved) < 400
+
+
+def test_start_pinned_runs_the_module_on_its_cores_with_its_argv(tmp_path, monkeypatch):
+  from train.compare import core_shares, start_pinned
+
+  (tmp_path / "affinity_probe.py").write_text(
+    "import json, os, sys\nprint(json.dumps([sorted(os.sched_getaffinity(0)), sys.argv]))\n"
+  )
+  monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+  first_core = core_shares(1)[0][:1]
+  with (tmp_path / "log.txt").open("w") as log:
+    assert start_pinned("affinity_probe", ["--flag", "1"], first_core, log).wait() == 0
+  cores, argv = json.loads((tmp_path / "log.txt").read_text())
+  assert cores == first_core
+  assert argv[1:] == ["--flag", "1"]
+  assert sorted(sum(core_shares(2), [])) == sorted(os.sched_getaffinity(0))

@@ -152,6 +152,24 @@ def side_by_side_problem(pretrain_flags: list[str]) -> str | None:
   return None
 
 
+def core_shares(count: int) -> list[list[int]]:
+  """This process's CPU cores dealt round-robin into ``count`` disjoint shares."""
+  cores = sorted(os.sched_getaffinity(0))
+  return [cores[index::count] for index in range(count)]
+
+
+def start_pinned(module: str, argv: list[str], cores: list[int], log) -> subprocess.Popen:
+  """``python -m module *argv`` pinned to ``cores``, its stdout and stderr into ``log``."""
+  # XLA sizes its CPU thread pool by the process's affinity, set before JAX starts.
+  launcher = (
+    f"import os, runpy, sys; os.sched_setaffinity(0, {cores}); "
+    f"sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__')"
+  )
+  return subprocess.Popen(
+    [sys.executable, "-c", launcher, *argv], stdout=log, stderr=subprocess.STDOUT
+  )
+
+
 def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int, float]:
   """Runs ``python -m train.pretrain`` for every optimizer at once, each pinned to its share
   of this process's CPU cores, with one progress bar per run; each run's output goes to
@@ -169,8 +187,7 @@ def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int
     print(f"error: {error}", file=sys.stderr)
     return 2, 0.0
   data_seconds = time.perf_counter() - started
-  cores = sorted(os.sched_getaffinity(0))
-  shares = [cores[index :: len(argv)] for index in range(len(argv))]
+  shares = core_shares(len(argv))
   processes, bars = {}, {}
   # SIGTERM (a preempted job) goes on to the runs, which checkpoint and stop.
   stopping = []
@@ -185,16 +202,9 @@ def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int
       run_out.mkdir(parents=True, exist_ok=True)
       cores_note = f"CPU cores {shares[index]}"
       print(f"=== {LABELS[optimizer]} -> {run_out} (log.txt), {cores_note}", flush=True)
-      # XLA sizes its CPU thread pool by the process's affinity, set before JAX starts.
-      launcher = (
-        f"import os, runpy, sys; os.sched_setaffinity(0, {shares[index]}); "
-        "sys.argv[0] = 'train.pretrain'; runpy.run_module('train.pretrain', run_name='__main__')"
-      )
       with (run_out / "log.txt").open("w") as log:
-        processes[optimizer] = subprocess.Popen(
-          [sys.executable, "-c", launcher, *run_argv, "--no-progress"],
-          stdout=log,
-          stderr=subprocess.STDOUT,
+        processes[optimizer] = start_pinned(
+          "train.pretrain", [*run_argv, "--no-progress"], shares[index], log
         )
       bars[optimizer] = tqdm(
         total=config.steps, desc=optimizer, position=index, unit="step", disable=flags.no_progress
