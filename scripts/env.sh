@@ -5,9 +5,16 @@ extras="${1:-test}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${NEXUS_PYTHON:-python3}"
 venv="$root/.venv"
-if [ ! -x "$venv/bin/python" ]; then
+version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+clear=""
+if [ -x "$venv/bin/python" ] && [ "$(version "$venv/bin/python")" != "$(version "$python")" ]; then
+  # NEXUS_PYTHON names another Python than the one .venv was made with.
+  echo "[env] $venv has Python $(version "$venv/bin/python"), not $(version "$python"): recreating it"
+  clear="--clear"
+fi
+if [ -n "$clear" ] || [ ! -x "$venv/bin/python" ]; then
   echo "[env] creating $venv with $($python --version)"
-  "$python" -m venv "$venv"
+  "$python" -m venv $clear "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
 fi
 echo "[env] installing nexus-optax[$extras] into $venv"
