@@ -203,3 +203,52 @@ def test_second_order_check_prints_the_table_in_docs_math():
   ratios = [a / b for a, b in zip(table["orders_expansion"], table["orders_expansion"][1:])]
   assert all(1.8 < ratio < 2.2 for ratio in ratios), table
   assert min(table["iid_eq12_autodiff"]) > 0.3, table
+
+
+def _fake_python(path: pathlib.Path, version: str, log: pathlib.Path) -> pathlib.Path:
+  """An interpreter stand-in: answers env.sh's version query, logs anything else and fails."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(
+    f'#!/bin/sh\nif [ "$1" = "-c" ]; then echo {version}; exit 0; fi\n'
+    f'echo "$0 $*" >> {log}\nexit 3\n'
+  )
+  path.chmod(0o755)
+  return path
+
+
+@pytest.mark.parametrize("venv_version", [None, "3.11", "3.12"])
+def test_env_sh_makes_venv_with_the_named_python_and_only_then(tmp_path, venv_version):
+  root, log = tmp_path / "repo", tmp_path / "calls.txt"
+  (root / "scripts").mkdir(parents=True)
+  (root / "scripts" / "env.sh").write_text((ROOT / "scripts" / "env.sh").read_text())
+  python = _fake_python(tmp_path / "bin" / "python3.12", "3.12", log)
+  if venv_version:
+    _fake_python(root / ".venv" / "bin" / "python", venv_version, log)
+  run = subprocess.run(
+    ["bash", "-c", "source scripts/env.sh test"],
+    cwd=root,
+    env={"PATH": "/usr/bin:/bin", "NEXUS_PYTHON": str(python)},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert run.returncode == 3  # the first call env.sh makes to a stand-in ends it
+  first_call = log.read_text().splitlines()[0]
+  if venv_version == "3.12":
+    pip = "-m pip install --quiet --disable-pip-version-check"
+    assert first_call == f"{root}/.venv/bin/python {pip} -e {root}[test]"
+  else:
+    assert first_call == f"{python} -m venv --clear {root}/.venv"
+    assert "creating" in run.stdout
+
+
+def test_env_sh_names_the_fix_for_a_python_that_does_not_run(tmp_path):
+  run = subprocess.run(
+    ["bash", "-c", f"source {ROOT}/scripts/env.sh test"],
+    env={"PATH": "/usr/bin:/bin", "NEXUS_PYTHON": str(tmp_path / "no-such-python")},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert run.returncode == 1
+  assert "set NEXUS_PYTHON to an installed Python" in run.stderr.splitlines()[-1]
