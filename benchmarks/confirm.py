@@ -611,7 +611,9 @@ def work(
   for arm, seed in order:
     path = run_path(out, arm, seed)
     lock = path.with_suffix(".lock")
-    if path.exists() or (max_runs is not None and done >= max_runs):
+    if max_runs is not None and done >= max_runs:
+      break
+    if path.exists():
       continue
     try:
       claim = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -737,10 +739,9 @@ def check_no_repeats(size: StudySize, data: pathlib.Path | None) -> dict[str, fl
   return epochs
 
 
-def default_jobs() -> int:
+def default_jobs(cores: int) -> int:
   import jax
 
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
   return 2 if cores >= 2 and jax.default_backend() == "cpu" else 1
 
 
@@ -779,8 +780,8 @@ def main(argv=None) -> int:
       + ", ".join(f"{d} {e:.3f}" for d, e in epochs.items())
     )
     remove_stale_locks(out)
-    args.jobs = args.jobs or default_jobs()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    args.jobs = args.jobs or default_jobs(cores)
     if args.jobs > cores:
       parser.error(f"--jobs {args.jobs} needs that many CPU cores; this process may use {cores}")
     status = (

@@ -391,14 +391,27 @@ def baseline_of(arm: str) -> str:
   return "adamw"
 
 
+def heldout_fit(
+  runs, metric: str = "heldout_mean", degree: int = 1, min_step: int = 0
+) -> tuple[np.ndarray, float, float]:
+  """AdamW's held-out loss (``metric``) as a polynomial of ``degree`` in pretraining loss,
+  fitted to every eval point from ``min_step`` on of every seed: (coefficients, highest
+  power first; lowest and highest pretraining loss seen)."""
+  x, y = np.array(
+    [(p["pretrain_loss"], p[metric]) for run in runs for p in eval_points(run, min_step)]
+  ).T
+  return np.polyfit(x, y, degree), float(x.min()), float(x.max())
+
+
+def eval_points(run: dict, min_step: int = 0) -> list[dict]:
+  return [p for p in run["points"] if p["step"] >= min_step]
+
+
 def heldout_line(runs) -> tuple[float, float, float, float]:
   """AdamW's held-out mean as a linear function of pretraining loss, fitted to every eval
   point of every seed: (slope, intercept, lowest, highest pretraining loss seen)."""
-  x, y = np.array(
-    [(p["pretrain_loss"], p["heldout_mean"]) for run in runs for p in run["points"]]
-  ).T
-  slope, intercept = np.polyfit(x, y, 1)
-  return float(slope), float(intercept), float(x.min()), float(x.max())
+  (slope, intercept), low, high = heldout_fit(runs)
+  return float(slope), float(intercept), low, high
 
 
 def add_matched_heldout(
@@ -415,19 +428,16 @@ def add_matched_heldout(
   to every AdamW eval point of every seed; with ``min_step`` only eval points from that
   step on enter the fit and the gaps. Interpolation only: a run that reaches losses
   AdamW never saw is not extrapolated."""
-  late = lambda run: [p for p in run["points"] if not min_step or p["step"] >= min_step]
-  fits = {}
-  for baseline in {baseline_of(a) for a in results} & set(results):
-    x, y = np.array(
-      [(p["pretrain_loss"], p[metric]) for run in results[baseline].values() for p in late(run)]
-    ).T
-    fits[baseline] = np.polyfit(x, y, degree), x.min(), x.max()
+  fits = {
+    baseline: heldout_fit(results[baseline].values(), metric, degree, min_step)
+    for baseline in {baseline_of(a) for a in results} & set(results)
+  }
   for arm, runs in results.items():
     coefficients, low, high = fits[baseline_of(arm)]
     for run in runs.values():
       gaps = [
         p[metric] - np.polyval(coefficients, p["pretrain_loss"])
-        for p in late(run)
+        for p in eval_points(run, min_step)
         if low <= p["pretrain_loss"] <= high
       ]
       run["final"][key] = float(statistics.fmean(gaps)) if gaps else float("nan")
