@@ -404,7 +404,7 @@ def heldout_fit(
 
 
 def eval_points(run: dict, min_step: int = 0) -> list[dict]:
-  return [p for p in run["points"] if p["step"] >= min_step]
+  return [p for p in run["points"] if not min_step or p["step"] >= min_step]
 
 
 def heldout_line(runs) -> tuple[float, float, float, float]:
