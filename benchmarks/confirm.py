@@ -55,8 +55,9 @@ from benchmarks.replicate import (
   markdown_table,
   mean_std,
 )
-from train.compare import core_shares, start_pinned
-from train.data.corpus import HELDOUT, HELDOUT_SETS, VALIDATION
+from train.data.corpus import HELDOUT_SETS
+from train.data.roles import HELDOUT, VALIDATION
+from train.processes import core_shares, start_pinned
 
 SEEDS = tuple(range(1000, 1008))
 QUICK_SEEDS = (1000, 1001)

@@ -187,7 +187,7 @@ def test_sigterm_stops_both_side_by_side_runs_at_a_checkpoint(small_cache, tmp_p
 
 
 def test_start_pinned_runs_the_module_on_its_cores_with_its_argv(tmp_path, monkeypatch):
-  from train.compare import core_shares, start_pinned
+  from train.processes import core_shares, start_pinned
 
   (tmp_path / "affinity_probe.py").write_text(
     "import json, os, sys\nprint(json.dumps([sorted(os.sched_getaffinity(0)), sys.argv]))\n"

@@ -28,13 +28,13 @@ import os
 import pathlib
 import signal
 import statistics
-import subprocess
 import sys
 import time
 
 from train import pretrain
-from train.data.corpus import HELDOUT, TRAIN, VALIDATION
 from train.data.mixture import parse_mixture
+from train.data.roles import HELDOUT, TRAIN, VALIDATION
+from train.processes import core_shares, start_pinned
 
 OPTIMIZERS = ("adamw", "nexus")
 LABELS = {"adamw": "AdamW", "nexus": "AdamW + Nexus"}
@@ -150,24 +150,6 @@ def side_by_side_problem(pretrain_flags: list[str]) -> str | None:
   if jax.default_backend() != "cpu":  # both runs would claim the same accelerator
     return f"both runs would share the {jax.default_backend()}"
   return None
-
-
-def core_shares(count: int) -> list[list[int]]:
-  """This process's CPU cores dealt round-robin into ``count`` disjoint shares."""
-  cores = sorted(os.sched_getaffinity(0))
-  return [cores[index::count] for index in range(count)]
-
-
-def start_pinned(module: str, argv: list[str], cores: list[int], log) -> subprocess.Popen:
-  """``python -m module *argv`` pinned to ``cores``, its stdout and stderr into ``log``."""
-  # XLA sizes its CPU thread pool by the process's affinity, set before JAX starts.
-  launcher = (
-    f"import os, runpy, sys; os.sched_setaffinity(0, {cores}); "
-    f"sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__')"
-  )
-  return subprocess.Popen(
-    [sys.executable, "-c", launcher, *argv], stdout=log, stderr=subprocess.STDOUT
-  )
 
 
 def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int, float]:

@@ -22,7 +22,7 @@ import nexus_optax as nx
 from models import DEFAULT_RULES
 from models.sharding import activation_sharding
 from train.data.cache import TokenCache
-from train.data.corpus import HELDOUT, VALIDATION
+from train.data.roles import HELDOUT, VALIDATION
 from train.data.tokenizer import Tokenizer
 from train.parallel import batch_sharding, global_array_from_host
 

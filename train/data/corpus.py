@@ -40,12 +40,16 @@ import zlib
 
 from tqdm.auto import tqdm
 
+from train.data import prepare as prepare_lib
 from train.data import sources
+from train.data import spec as spec_lib
+from train.data import tokenizer as tokenizer_lib
+from train.data.cache import MANIFEST, TokenCache
+from train.data.roles import HELDOUT, TRAIN, VALIDATION
+from train.data.tokenizer import TokenizerError
 
 CORPUS_VERSION = 2
 CORPUS_DIR_ENV = "NEXUS_CORPUS_DIR"
-TRAIN, VALIDATION, HELDOUT = "train", "validation", "heldout"
-ROLES = (TRAIN, VALIDATION, HELDOUT)
 DOMAINS = ("prose", "code", "math", "technical")
 HELDOUT_SETS = ("milton", "humaneval", "math_extrapolate", "champ")
 SPEC_FILE = "spec.yaml"
@@ -304,8 +308,6 @@ def builtin_bpe_size(tokenizer: str) -> int | None:
     >>> builtin_bpe_size("bpe-2048"), builtin_bpe_size("bytes")
     (2048, None)
   """
-  from train.data.tokenizer import TokenizerError
-
   if tokenizer == "bytes":
     return None
   size = tokenizer.removeprefix("bpe-")
@@ -329,11 +331,6 @@ def ensure_default_cache(
   ``tokenizer_file`` (a model's own tokenizer) replaces it; its cache is named by the
   file's hash.
   """
-  from train.data import prepare as prepare_lib
-  from train.data import spec as spec_lib
-  from train.data import tokenizer as tokenizer_lib
-  from train.data.cache import MANIFEST, TokenCache
-
   root = root or default_cache_root()
   corpus = ensure_corpus(spec, root, show_progress)
   if tokenizer_file is not None:

@@ -38,7 +38,7 @@ import grain
 import numpy as np
 
 from train.data.cache import TokenCache
-from train.data.corpus import TRAIN
+from train.data.roles import TRAIN
 
 MODES = ("mixed", "source")
 

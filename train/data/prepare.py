@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from train.data import files
 from train.data import spec as spec_lib
 from train.data.cache import CACHE_VERSION, MANIFEST, TokenCache
-from train.data.corpus import HELDOUT, TRAIN, VALIDATION
+from train.data.roles import HELDOUT, TRAIN, VALIDATION
 from train.data.spec import DataError, DataSpec
 from train.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 

@@ -34,6 +34,9 @@ import time
 
 import numpy as np
 
+from train.data import files
+from train.data import spec as spec_lib
+
 END_OF_DOCUMENT = 256
 VOCAB_SIZE = 257
 BYTES = "bytes"
@@ -442,9 +445,6 @@ def training_texts(spec):
   """The documents a spec trains on, in order: each domain's training files, less the
   documents held out for validation (``train.data.spec.is_validation``). The globs are
   checked now; the files are read as the iterator is consumed."""
-  from train.data import files
-  from train.data import spec as spec_lib
-
   sources = [
     (domain, spec_lib.expand(domain.train, spec.root, f"domain {domain.name!r}: train"))
     for domain in spec.domains
@@ -464,8 +464,6 @@ def training_texts(spec):
 
 
 def main(argv=None) -> int:
-  from train.data import spec as spec_lib
-
   parser = argparse.ArgumentParser(
     prog="python -m train.data.tokenizer",
     description="Train a byte-level BPE on a data spec's training "
