@@ -3,16 +3,30 @@ small built corpus for the data and training tests."""
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
 
+import filelock
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from train.data import TokenCache, load_spec
+from train.data import corpus as corpus_lib
+from train.data.corpus import SPEC_FILE
+from train.data.prepare import prepare
+
 _CACHE_DIR = pytest.StashKey[str]()
+# The controller's compilation cache, inherited by its pytest-xdist workers through the
+# environment: every worker reads and writes the one cache.
+_SHARED_CACHE_ENV = "NEXUS_TEST_XLA_CACHE_DIR"
+# scripts/test.sh runs the suite in two passes: ``parallel`` (pytest-xdist, one worker per
+# core) deselects the tests marked ``serial``; ``serial`` runs only those, with every core.
+PASSES = ("all", "parallel", "serial")
 
 
 # XLA:CPU's LLVM code generation is most of a small test's time: at opt level 0 the tiny
@@ -29,17 +43,52 @@ def xla_flags(devices: int | None = None) -> str:
   return os.environ.get("XLA_FLAGS", "") + forced
 
 
+def pytest_addoption(parser):
+  parser.addoption(
+    "--pass",
+    dest="nexus_pass",
+    choices=PASSES,
+    default="all",
+    help="parallel: all but the tests marked serial; serial: only those (scripts/test.sh)",
+  )
+
+
+def xdist_worker_index() -> int | None:
+  """This process's pytest-xdist worker number (gw3 is 3), None outside a worker."""
+  worker = os.environ.get("PYTEST_XDIST_WORKER")
+  return int(worker.removeprefix("gw")) if worker else None
+
+
+def pin_worker_to_one_core(index: int) -> None:
+  """Pins xdist worker ``index`` to one CPU core of this process's share.
+
+  XLA:CPU sizes its thread pool by the process's affinity when the backend starts (after
+  this), so each worker runs one XLA thread on its own core instead of every worker
+  spreading a full-size pool over all of them; subprocesses a test starts inherit the core.
+  """
+  cores = sorted(os.sched_getaffinity(0))
+  os.sched_setaffinity(0, {cores[index % len(cores)]})
+
+
 def pytest_configure(config):
-  """The session's XLA flags and one persistent compilation cache, for the tests and every
-  subprocess they start.
+  """The session's XLA flags and one persistent compilation cache, for the tests, every
+  pytest-xdist worker and every subprocess they start.
 
   Most tests build the same few steps (the tiny preset's, the CLI's) in fresh closures or
   fresh processes; XLA's cache keys on the compiled program, so each is compiled once.
   The cache starts empty, so a run measures its own compiles and cannot see a stale one.
+  Workers share the controller's cache: its size bound makes JAX lock the directory
+  (``filelock``) around every read and write, so concurrent workers cannot tear an entry.
   """
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
-  cache = tempfile.mkdtemp(prefix="nexus-optax-xla-cache-")
-  config.stash[_CACHE_DIR] = cache
+  worker = xdist_worker_index()
+  if worker is None:
+    cache = tempfile.mkdtemp(prefix="nexus-optax-xla-cache-")
+    config.stash[_CACHE_DIR] = cache
+    os.environ[_SHARED_CACHE_ENV] = cache
+  else:
+    cache = os.environ[_SHARED_CACHE_ENV]
+    pin_worker_to_one_core(worker)
   settings = {
     "jax_compilation_cache_dir": cache,
     "jax_persistent_cache_min_compile_time_secs": 0,
@@ -52,8 +101,44 @@ def pytest_configure(config):
     jax.config.update(name, value)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+  """The pass's tests; under ``--dist loadgroup``, one worker for each module's tests that
+  share a module-scoped fixture (a training run, an 8-device subprocess), so that it is
+  built once rather than once per worker."""
+  for item in items:
+    definitions = getattr(item, "_fixtureinfo", None)
+    definitions = definitions.name2fixturedefs.values() if definitions else ()
+    if any(defs[-1].scope == "module" for defs in definitions):
+      item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+  chosen = config.getoption("nexus_pass")
+  if chosen == "all":
+    return
+  keep = lambda item: (item.get_closest_marker("serial") is not None) == (chosen == "serial")
+  config.hook.pytest_deselected(items=[item for item in items if not keep(item)])
+  items[:] = [item for item in items if keep(item)]
+
+
 def pytest_unconfigure(config):
   shutil.rmtree(config.stash.get(_CACHE_DIR, ""), ignore_errors=True)
+
+
+def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+  """``build(directory)`` run once per test session however many xdist workers share it:
+  the first to arrive builds under a file lock; the others wait, then reuse the folder."""
+  root = tmp_path_factory.getbasetemp()
+  if xdist_worker_index() is not None:
+    root = root.parent  # the session's folder, above each worker's own
+  directory = root / "built-once" / name
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  with filelock.FileLock(f"{directory}.lock"):
+    done = directory / ".built"
+    if not done.exists():
+      shutil.rmtree(directory, ignore_errors=True)
+      directory.mkdir()
+      build(directory)
+      done.touch()
+  return directory
 
 
 @pytest.fixture
@@ -108,8 +193,6 @@ class SoftmaxRegression:
   @staticmethod
   def loss(params, batch):
     """The JAX loss, for the library under test."""
-    import jax.numpy as jnp
-
     logits = batch["x"] @ params["w"] + params["b"]
     return -jnp.mean(jnp.sum(batch["y"] * jax.nn.log_softmax(logits), axis=-1))
 
@@ -156,8 +239,6 @@ def problem():
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
   """A corpus with every domain and held-out set, small enough to build in seconds."""
-  from train.data import corpus as corpus_lib
-
   spec = corpus_lib.CorpusSpec(
     math_train_rounds=12,
     math_validation_rounds=4,
@@ -165,47 +246,51 @@ def small_corpus(tmp_path_factory):
     rounds_per_task=6,
     extrapolate_rounds_per_task=1,
   )
-  directory = tmp_path_factory.mktemp("corpus") / "small"
   download_dir = corpus_lib.default_cache_root() / "downloads"
-  return corpus_lib.Corpus(
-    corpus_lib.build_corpus(directory, spec, download_dir=download_dir, show_progress=False)
+  built = built_once(
+    tmp_path_factory,
+    "corpus",
+    lambda directory: corpus_lib.build_corpus(
+      directory / "small", spec, download_dir=download_dir, show_progress=False
+    ),
   )
+  return corpus_lib.Corpus(built / "small")
 
 
 @pytest.fixture(scope="session")
 def small_cache(small_corpus, tmp_path_factory):
   """The small corpus prepared with the byte tokenizer: the token cache runs read."""
-  from train.data import load_spec
-  from train.data.corpus import SPEC_FILE
-  from train.data.prepare import prepare
-
-  return prepare(
-    load_spec(small_corpus.root / SPEC_FILE),
-    "bytes",
-    tmp_path_factory.mktemp("cache") / "small",
-    show_progress=False,
+  built = built_once(
+    tmp_path_factory,
+    "cache",
+    lambda directory: prepare(
+      load_spec(small_corpus.root / SPEC_FILE), "bytes", directory / "small", show_progress=False
+    ),
   )
+  return TokenCache(built / "small")
 
 
 @pytest.fixture(scope="session")
 def sentencepiece_model(small_corpus, tmp_path_factory):
   """A 500-piece BPE SentencePiece model (byte fallback) trained on the small corpus."""
-  import sentencepiece as spm
 
-  lines = [
-    line
-    for doc in small_corpus.documents("train", "technical")[:30]
-    for line in doc.splitlines()
-    if line.strip()
-  ]
-  model = tmp_path_factory.mktemp("sentencepiece") / "sp.model"
-  with open(model, "wb") as stream:
-    spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(lines),
-      model_writer=stream,
-      vocab_size=500,
-      model_type="bpe",
-      byte_fallback=True,
-      minloglevel=2,
-    )
-  return model
+  def train(directory):
+    import sentencepiece as spm  # heavy: only the tokenizer tests need it
+
+    lines = [
+      line
+      for doc in small_corpus.documents("train", "technical")[:30]
+      for line in doc.splitlines()
+      if line.strip()
+    ]
+    with open(directory / "sp.model", "wb") as stream:
+      spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=stream,
+        vocab_size=500,
+        model_type="bpe",
+        byte_fallback=True,
+        minloglevel=2,
+      )
+
+  return built_once(tmp_path_factory, "sentencepiece", train) / "sp.model"

@@ -13,7 +13,8 @@ import pytest
 
 from tests.test_pretrain import REPO, checked, run_cli
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+# The job trains its two runs side by side, each pinned to its share of the cores.
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.serial]
 
 
 def table_rows(summary: str) -> tuple[list[str], dict[str, list[float]]]:

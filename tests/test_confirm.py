@@ -207,6 +207,7 @@ def test_stale_locks_are_removed_and_live_ones_refused(tmp_path):
     remove_stale_locks(tmp_path)
 
 
+@pytest.mark.serial  # its workers train side by side, one per core
 def test_quick_study_runs_end_to_end(small_cache, tmp_path):
   """The study's command on the tiny preset: every arm, both seeds, side by side on two
   workers where the machine allows it, then the report and its plots."""

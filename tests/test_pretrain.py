@@ -437,6 +437,7 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
+@pytest.mark.serial  # two JAX processes, one per core
 def test_two_processes_train_together_and_resume_in_one(small_cache, reference_run, tmp_path):
   out = tmp_path / "two"
   address = f"127.0.0.1:{free_port()}"
