@@ -106,7 +106,7 @@ def pytest_collection_modifyitems(config, items):
   """The pass's tests; under ``--dist loadgroup``, one worker for each module's tests that
   share a module-scoped fixture (a training run, an 8-device subprocess), so that it is
   built once rather than once per worker."""
-  for item in items:
+  for item in items if config.getoption("dist", "no") == "loadgroup" else ():
     definitions = getattr(item, "_fixtureinfo", None)
     definitions = definitions.name2fixturedefs.values() if definitions else ()
     if any(defs[-1].scope == "module" for defs in definitions):
