@@ -150,6 +150,58 @@ def prepare_out_dir(out: pathlib.Path, resume: bool) -> None:
     )
 
 
+class RunClock:
+  """Where this process's seconds go (``summary.json``'s ``time``), and the throughput of
+  each logging window."""
+
+  def __init__(self):
+    self.started = time.perf_counter()
+    self.data = self.setup = self.first_step = self.eval = 0.0
+
+  @contextlib.contextmanager
+  def timing(self, part: str):
+    """Adds the seconds of the ``with`` body to ``part`` (``data`` or ``eval``)."""
+    start = time.perf_counter()
+    yield
+    setattr(self, part, getattr(self, part) + time.perf_counter() - start)
+
+  def start_loop(self) -> None:
+    self.window_start = self.run_start = time.perf_counter()
+    self.window_steps = self.run_steps = 0
+    self.setup = self.run_start - self.started - self.data
+
+  def stepped(self, metrics) -> None:
+    """Counts a step; the first waits for its result: its compile, apart from the steady
+    state."""
+    if self.run_steps == 0:
+      jax.block_until_ready(metrics)
+      self.first_step = time.perf_counter() - self.window_start
+    self.window_steps += 1
+    self.run_steps += 1
+
+  def new_window(self) -> None:
+    self.window_start, self.window_steps = time.perf_counter(), 0
+
+  def window_seconds(self) -> float:
+    return time.perf_counter() - self.window_start
+
+  def run_seconds(self) -> float:
+    return time.perf_counter() - self.run_start
+
+  def parts(self, elapsed: float) -> dict[str, float]:
+    """Seconds spent preparing or opening the data, building and initialising, on the
+    first step (its compile), on the other steps with their logging and checkpoints, and
+    evaluating (its own compile included), of ``elapsed`` in the loop."""
+    return {
+      "data": round(self.data, 1),
+      "setup": round(self.setup, 1),
+      "first_step": round(self.first_step, 1),
+      "train": round(elapsed - self.eval - self.first_step, 1),
+      "eval": round(self.eval, 1),
+      "total": round(time.perf_counter() - self.started, 1),
+    }
+
+
 def read_init_checkpoint(config: TrainConfig) -> HFCheckpoint | None:
   """The ``--init-from-hf`` checkpoint, checked against the run's sequence length."""
   if not config.init_from_hf:
@@ -161,6 +213,16 @@ def read_init_checkpoint(config: TrainConfig) -> HFCheckpoint | None:
       f"max_position_embeddings {checkpoint.model_config.max_seq_len}; lower it."
     )
   return checkpoint
+
+
+def build_run_training(
+  config: TrainConfig, mesh, checkpoint: HFCheckpoint | None, cache: TokenCache
+) -> Training:
+  """The model, optimizer and jitted step, the model shaped as ``--init-from-hf``'s
+  checkpoint or by the cache's (padded) vocabulary."""
+  if checkpoint:
+    return build_training(config, mesh, model_config=checkpoint.model_config)
+  return build_training(config, mesh, vocab_size=cache.padded_vocab_size)
 
 
 def starting_state(
@@ -245,16 +307,6 @@ def run_evaluation(
   )
 
 
-def build_run_training(
-  config: TrainConfig, mesh, checkpoint: HFCheckpoint | None, cache: TokenCache
-) -> Training:
-  """The model, optimizer and jitted step, the model shaped as ``--init-from-hf``'s
-  checkpoint or by the cache's (padded) vocabulary."""
-  if checkpoint:
-    return build_training(config, mesh, model_config=checkpoint.model_config)
-  return build_training(config, mesh, vocab_size=cache.padded_vocab_size)
-
-
 def run_banner(config: TrainConfig, training: Training, mesh, start_step: int) -> str:
   """The line a run opens with: optimizer, model, mesh, processes, batch and steps."""
   return (
@@ -281,58 +333,6 @@ def close_outputs(progress: tqdm, store: CheckpointStore, log: MetricsLog) -> No
   progress.close()
   store.wait()
   log.close()
-
-
-class RunClock:
-  """Where this process's seconds go (``summary.json``'s ``time``), and the throughput of
-  each logging window."""
-
-  def __init__(self):
-    self.started = time.perf_counter()
-    self.data = self.setup = self.first_step = self.eval = 0.0
-
-  @contextlib.contextmanager
-  def timing(self, part: str):
-    """Adds the seconds of the ``with`` body to ``part`` (``data`` or ``eval``)."""
-    start = time.perf_counter()
-    yield
-    setattr(self, part, getattr(self, part) + time.perf_counter() - start)
-
-  def start_loop(self) -> None:
-    self.window_start = self.run_start = time.perf_counter()
-    self.window_steps = self.run_steps = 0
-    self.setup = self.run_start - self.started - self.data
-
-  def stepped(self, metrics) -> None:
-    """Counts a step; the first waits for its result: its compile, apart from the steady
-    state."""
-    if self.run_steps == 0:
-      jax.block_until_ready(metrics)
-      self.first_step = time.perf_counter() - self.window_start
-    self.window_steps += 1
-    self.run_steps += 1
-
-  def new_window(self) -> None:
-    self.window_start, self.window_steps = time.perf_counter(), 0
-
-  def window_seconds(self) -> float:
-    return time.perf_counter() - self.window_start
-
-  def run_seconds(self) -> float:
-    return time.perf_counter() - self.run_start
-
-  def parts(self, elapsed: float) -> dict[str, float]:
-    """Seconds spent preparing or opening the data, building and initialising, on the
-    first step (its compile), on the other steps with their logging and checkpoints, and
-    evaluating (its own compile included), of ``elapsed`` in the loop."""
-    return {
-      "data": round(self.data, 1),
-      "setup": round(self.setup, 1),
-      "first_step": round(self.first_step, 1),
-      "train": round(elapsed - self.eval - self.first_step, 1),
-      "eval": round(self.eval, 1),
-      "total": round(time.perf_counter() - self.started, 1),
-    }
 
 
 def next_batch(iterator, training: Training, config: TrainConfig) -> jax.Array:
