@@ -17,44 +17,40 @@ once before its first step (``step 0`` in metrics.jsonl). ``train.export_hf`` wr
 """
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
-import math
 import os
 import pathlib
 import signal
 import sys
 import time
+from collections.abc import Callable
 
-import grain
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from models import get_preset
 from models.hf_llama import HFCheckpointError
 from train import parallel
-from train.build import build_training
-from train.checkpoints import CheckpointStore
+from train.build import Training, build_training
+from train.checkpoints import CheckpointStore, Restored
 from train.config import ConfigError, TrainConfig
 from train.data import sources
 from train.data.cache import TokenCache
-from train.data.corpus import (
-  HELDOUT,
-  TRAIN,
-  VALIDATION,
-  CorpusSpec,
-  default_cache_root,
-  ensure_default_cache,
-)
-from train.data.mixture import LoaderConfig, MixtureError, training_dataset
+from train.data.corpus import default_cache_root
+from train.data.mixture import MixtureError
+from train.data.roles import HELDOUT, TRAIN, VALIDATION
 from train.data.spec import DataError
 from train.data.tokenizer import TokenizerError
 from train.evaluation import Evaluator, cache_eval_sets, domain_batches
 from train.hf import HFCheckpoint, read_checkpoint
+from train.metrics_log import MetricsLog, summary_table
 from train.optimizers import learning_rate_schedule
+from train.preemption import StopRequest
 from train.presets import RUN_PRESETS, get_run_preset
+from train.training_data import check_resumed_data, load_data, training_iterator
 
 USER_ERRORS = (
   ConfigError,
@@ -154,35 +150,56 @@ def prepare_out_dir(out: pathlib.Path, resume: bool) -> None:
     )
 
 
-def load_data(config: TrainConfig, primary: bool, checkpoint: HFCheckpoint | None) -> TokenCache:
-  """``--data``'s token cache, or the built-in corpus's (prepared on first use, with the
-  ``--init-from-hf`` checkpoint's tokenizer when there is one)."""
-  if config.tokenizer and (config.data or checkpoint):
-    brings = f"the cache {config.data}" if config.data else f"--init-from-hf {config.init_from_hf}"
-    raise ConfigError(
-      f"--tokenizer {config.tokenizer} applies to the built-in corpus; {brings} "
-      "brings its own tokenizer, so drop --tokenizer."
-    )
-  if config.data:
-    cache = TokenCache(config.data)
-    if checkpoint and cache.tokenizer_info["hash"] != checkpoint.tokenizer.hash:
-      raise ConfigError(
-        f"--data {config.data} was prepared with another tokenizer than "
-        f"--init-from-hf {config.init_from_hf}'s; prepare it with `python -m "
-        f"train.data.prepare --tokenizer {checkpoint.tokenizer.source} ...`."
-      )
-    return cache
-  spec = CorpusSpec(seed=config.corpus_seed)
-  tokenizer = (
-    {"tokenizer": config.tokenizer}
-    if not checkpoint
-    else {"tokenizer_file": checkpoint.tokenizer.source}
-  )
-  if jax.process_count() > 1:
-    if primary:  # one builder per shared cache; the others wait, then find it or build their own
-      ensure_default_cache(spec, show_progress=True, **tokenizer)
-    multihost_utils.sync_global_devices("corpus built")
-  return ensure_default_cache(spec, show_progress=primary, **tokenizer)
+class RunClock:
+  """Where this process's seconds go (``summary.json``'s ``time``), and the throughput of
+  each logging window."""
+
+  def __init__(self):
+    self.started = time.perf_counter()
+    self.data = self.setup = self.first_step = self.eval = 0.0
+
+  @contextlib.contextmanager
+  def timing(self, part: str):
+    """Adds the seconds of the ``with`` body to ``part`` (``data`` or ``eval``)."""
+    start = time.perf_counter()
+    yield
+    setattr(self, part, getattr(self, part) + time.perf_counter() - start)
+
+  def start_loop(self) -> None:
+    self.window_start = self.run_start = time.perf_counter()
+    self.window_steps = self.run_steps = 0
+    self.setup = self.run_start - self.started - self.data
+
+  def stepped(self, metrics) -> None:
+    """Counts a step; the first waits for its result: its compile, apart from the steady
+    state."""
+    if self.run_steps == 0:
+      jax.block_until_ready(metrics)
+      self.first_step = time.perf_counter() - self.window_start
+    self.window_steps += 1
+    self.run_steps += 1
+
+  def new_window(self) -> None:
+    self.window_start, self.window_steps = time.perf_counter(), 0
+
+  def window_seconds(self) -> float:
+    return time.perf_counter() - self.window_start
+
+  def run_seconds(self) -> float:
+    return time.perf_counter() - self.run_start
+
+  def parts(self, elapsed: float) -> dict[str, float]:
+    """Seconds spent preparing or opening the data, building and initialising, on the
+    first step (its compile), on the other steps with their logging and checkpoints, and
+    evaluating (its own compile included), of ``elapsed`` in the loop."""
+    return {
+      "data": round(self.data, 1),
+      "setup": round(self.setup, 1),
+      "first_step": round(self.first_step, 1),
+      "train": round(elapsed - self.eval - self.first_step, 1),
+      "eval": round(self.eval, 1),
+      "total": round(time.perf_counter() - self.started, 1),
+    }
 
 
 def read_init_checkpoint(config: TrainConfig) -> HFCheckpoint | None:
@@ -198,101 +215,188 @@ def read_init_checkpoint(config: TrainConfig) -> HFCheckpoint | None:
   return checkpoint
 
 
-def check_resumed_data(saved: dict, cache: TokenCache) -> None:
-  """A resumed run must read the same tokens: the same tokenizer and spec as it saved."""
-  recorded = saved.get("dataset")
-  if not recorded:
-    return
-  for what, then, now in (
-    ("tokenizer", recorded["tokenizer"]["hash"], cache.tokenizer_info["hash"]),
-    ("data spec", recorded["spec_hash"], cache.spec_hash),
-  ):
-    if then != now:
-      raise ConfigError(
-        f"--resume: the cache {cache.root} has another {what} than the checkpoint's "
-        f"(hash {now[:12]} vs {then[:12]}); resume with the cache the run started "
-        "on, or start a new --out."
-      )
+def build_run_training(
+  config: TrainConfig, mesh, checkpoint: HFCheckpoint | None, cache: TokenCache
+) -> Training:
+  """The model, optimizer and jitted step, the model shaped as ``--init-from-hf``'s
+  checkpoint or by the cache's (padded) vocabulary."""
+  if checkpoint:
+    return build_training(config, mesh, model_config=checkpoint.model_config)
+  return build_training(config, mesh, vocab_size=cache.padded_vocab_size)
 
 
-class MetricsLog:
-  """``metrics.jsonl`` and TensorBoard, written by process 0; a resume drops later lines."""
-
-  def __init__(self, out: pathlib.Path, start_step: int, primary: bool):
-    self.primary = primary
-    self.path = out / "metrics.jsonl"
-    self.writer = None
-    if not primary:
-      return
-    if start_step and self.path.exists():
-      kept = [
-        line
-        for line in self.path.read_text().splitlines()
-        if line and json.loads(line)["step"] <= start_step
-      ]
-      self.path.write_text("".join(line + "\n" for line in kept))
-    elif not start_step:
-      self.path.write_text("")
-    from tensorboardX import SummaryWriter
-
-    self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1)
-
-  def write(self, record: dict) -> None:
-    if not self.primary:
-      return
-    clean = {
-      k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()
-    }
-    with self.path.open("a") as stream:
-      stream.write(json.dumps(clean) + "\n")
-    for key, value in record.items():
-      if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        self.writer.add_scalar(key, value, record["step"])
-
-  def close(self) -> None:
-    if self.writer is not None:
-      self.writer.close()
+def starting_state(
+  resume: bool,
+  store: CheckpointStore,
+  training: Training,
+  checkpoint: HFCheckpoint | None,
+  config: TrainConfig,
+  cache: TokenCache,
+  say,
+):
+  """``(state, step, data position)`` to train from: ``--out``'s newest checkpoint on
+  ``--resume``, else ``--init-from-hf``'s weights or a fresh initialisation at step 0."""
+  if resume:
+    restored = restore_run(store, training, config, cache)
+    started = restored.state, restored.step, restored.data_state["iterator"]
+    say(f"resumed from checkpoint {restored.step} in {store.directory}")
+    return started
+  if checkpoint:
+    state = training.init_from_params(checkpoint.lazy_params())
+    say(f"initialised from {checkpoint.directory}")
+    return state, 0, None
+  return training.init(), 0, None
 
 
-def summary_table(summary: dict) -> str:
-  """The final metrics as an aligned two-column text table."""
-  rows = [
-    (key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    for key, value in summary.items()
-    if not isinstance(value, (list, dict))
-  ]
-  width = max(len(key) for key, _ in rows)
-  rule = "-" * (width + 14)
-  return "\n".join([rule, *(f"{key:<{width}}  {value:>12}" for key, value in rows), rule])
+def restore_run(
+  store: CheckpointStore, training: Training, config: TrainConfig, cache: TokenCache
+) -> Restored:
+  """The newest readable checkpoint of ``--out``, once its run is this one: the same
+  trajectory settings, tokens and model."""
+  saved = store.newest_config()
+  mismatch = config.trajectory_mismatch(TrainConfig.from_dict(saved)) if saved else []
+  if mismatch:
+    raise ConfigError(
+      f"--resume: the checkpoint's run differs ({'; '.join(mismatch)}); "
+      "rerun with its settings or choose a new --out."
+    )
+  check_resumed_data(saved, cache)
+  model_record = dataclasses.asdict(training.model_config)
+  if saved.get("model_config", model_record) != model_record:
+    raise ConfigError(
+      f"--resume: the model differs from the checkpoint's (was "
+      f"{saved['model_config']}); resume with the --init-from-hf folder the run "
+      "started from, or start a new --out."
+    )
+  restored = store.restore_latest(training.abstract_state)
+  if restored is None:
+    raise ConfigError(f"--resume: no readable checkpoint left in {store.directory}; start anew.")
+  return restored
 
 
-class StopRequest:
-  """Set by SIGTERM; on multi-process runs every process learns of any one's signal."""
-
-  def __init__(self):
-    self.requested = False
-    signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def agreed(self, step: int, every: int) -> bool:
-    """Whether to stop now. Processes compare notes only every ``every`` steps, as a
-    collective each step would stall the host's run-ahead."""
-    if jax.process_count() == 1:
-      return self.requested
-    if step % every:
-      return False
-    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+def save_run_record(
+  out: pathlib.Path, config: TrainConfig, cache: TokenCache, training: Training, primary: bool
+) -> dict:
+  """The run's settings, data identity and model shape, saved with every checkpoint;
+  process 0 also writes them to ``config.json``, with a copy of the tokenizer."""
+  model_record = dataclasses.asdict(training.model_config)
+  run_record = {**config.to_dict(), "dataset": cache.identity(), "model_config": model_record}
+  if primary:
+    (out / "config.json").write_text(json.dumps(run_record, indent=1) + "\n")
+    cache.tokenizer.save_copy(out)  # the run stays scorable without its cache
+  return run_record
 
 
-def to_floats(metrics: dict) -> dict:
-  return {key: float(value) for key, value in jax.device_get(metrics).items()}
+def run_evaluation(
+  cache: TokenCache, config: TrainConfig, domains: list[str], training: Training, mesh
+) -> Callable[[object], dict]:
+  """``evaluate(params)``: losses on fixed windows of every validation, held-out and
+  training set, and the cosine matrix of the training domains' gradients."""
+  # Training windows too: every optimizer's training loss measured at its outer params
+  # (Nexus's logged train_loss is taken along its inner trajectory).
+  eval_sets = cache_eval_sets(
+    cache, config.seq_len, config.eval_sequences, roles=(TRAIN, VALIDATION, HELDOUT)
+  )
+  cosine_batches, cosine_domains = domain_batches(eval_sets, domains, config.eval_sequences)
+  evaluator = Evaluator(training.graphdef, mesh, config.micro_batch_size)
+  return functools.partial(
+    evaluator.evaluate,
+    eval_sets=eval_sets,
+    cosine_batches=cosine_batches,
+    domain_names=cosine_domains,
+  )
+
+
+def run_banner(config: TrainConfig, training: Training, mesh, start_step: int) -> str:
+  """The line a run opens with: optimizer, model, mesh, processes, batch and steps."""
+  return (
+    f"{config.optimizer} on {config.init_from_hf or config.model} "
+    f"({training.model_config.non_embedding_params() / 1e6:.2f}M "
+    f"non-embedding params), mesh {dict(mesh.shape)}, {jax.process_count()} process(es), "
+    f"{config.tokens_per_step:,} tokens per step, steps {start_step} -> {config.steps}"
+  )
+
+
+def progress_bar(config: TrainConfig, start_step: int, disable: bool) -> tqdm:
+  return tqdm(
+    total=config.steps, initial=start_step, unit="step", dynamic_ncols=True, disable=disable
+  )
+
+
+def progress_figures(record: dict) -> dict[str, str]:
+  """What the progress bar shows of a logged step: its loss and tokens per second."""
+  return {"loss": f"{record['train_loss']:.4f}", "tok_s": f"{record['tokens_per_s']:,.0f}"}
+
+
+def close_outputs(progress: tqdm, store: CheckpointStore, log: MetricsLog) -> None:
+  """Closes the progress bar, waits for the checkpoints being written, closes the log."""
+  progress.close()
+  store.wait()
+  log.close()
+
+
+def next_batch(iterator, training: Training, config: TrainConfig) -> jax.Array:
+  """The next outer step's tokens ``[K, B, T + 1]``, one global array of the processes'
+  rows."""
+  global_shape = (config.microbatches, config.micro_batch_size, config.seq_len + 1)
+  return parallel.global_batch(next(iterator)["tokens"], training.batch_sharding, global_shape)
+
+
+def due(step: int, every: int, last: int) -> bool:
+  """Whether ``step`` is a multiple of ``every`` (none when 0) or the ``last``."""
+  return bool(every and step % every == 0) or step == last
+
+
+def train_record(step: int, metrics: dict, state, schedule, config: TrainConfig, clock: RunClock):
+  """The logged training metrics of ``step``, with the tokens per second of the window
+  since the last logged step."""
+  values = {key: float(value) for key, value in jax.device_get(metrics).items()}
+  seconds = clock.window_seconds()
+  return dict(
+    step=step,
+    train_loss=values.pop("train_loss"),
+    lr=float(schedule(step - 1)),
+    tokens=step * config.tokens_per_step,
+    tokens_per_s=clock.window_steps * config.tokens_per_step / seconds,
+    skipped_steps=int(jax.device_get(state.skipped_steps)),
+    skipped=bool(values.pop("skipped")),
+    **{k: v for k, v in values.items() if k != "finite"},
+  )
+
+
+def log_starting_point(evaluate, state, clock: RunClock, log: MetricsLog) -> None:
+  """Evaluates a run from a checkpoint before its first step: where the starting model
+  stands, as step 0."""
+  with clock.timing("eval"):
+    results = evaluate(state.params)
+  log.write({"step": 0, **results, "seconds": clock.eval, "eval_seconds": clock.eval})
+  clock.new_window()
+
+
+def save_checkpoint(store: CheckpointStore, step: int, state, iterator, run_record: dict) -> None:
+  """``state`` at ``step``, with the data position and the run's record (asynchronously)."""
+  store.save(step, state, {"iterator": iterator.get_state()}, run_record)
+
+
+def write_summary(
+  summary: dict, clock: RunClock, config: TrainConfig, out: pathlib.Path, primary: bool
+) -> None:
+  """Adds this run's steps, seconds, throughput and where its seconds went to the final
+  metrics; process 0 writes them to ``summary.json`` and prints them as a table."""
+  elapsed = clock.run_seconds()
+  summary.update(
+    steps_this_run=clock.run_steps,
+    seconds_this_run=round(elapsed, 1),
+    mean_tokens_per_s=clock.run_steps * config.tokens_per_step / max(elapsed, 1e-9),
+  )
+  summary["time"] = clock.parts(elapsed)
+  if primary:
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(summary_table(summary))
 
 
 def run(args: argparse.Namespace) -> int:
-  started = time.perf_counter()
+  clock = RunClock()
   config = config_from_args(args)
   use_compilation_cache(args.compilation_cache)
   stop = StopRequest()
@@ -305,170 +409,56 @@ def run(args: argparse.Namespace) -> int:
   prepare_out_dir(out, args.resume)
   mesh = parallel.make_mesh(parallel.parse_mesh(config.mesh, jax.device_count()), multi_process)
   checkpoint = read_init_checkpoint(config)
-  data_start = time.perf_counter()
-  cache = load_data(config, primary, checkpoint)
-  data_seconds = time.perf_counter() - data_start
+  with clock.timing("data"):
+    cache = load_data(config, primary, checkpoint)
   if not config.mixture:
     config = dataclasses.replace(config, mixture=cache.default_mixture)
-  loader_config = LoaderConfig(
-    seq_len=config.seq_len,
-    micro_batch_size=config.micro_batch_size,
-    microbatches=config.microbatches,
-    mode=config.batch_mode,
-    seed=config.seed,
-  )
-  shard_index, shard_count = parallel.process_batch_rows(mesh, config.micro_batch_size)
-  dataset, domains = training_dataset(
-    cache, config.mixture, loader_config, grain.sharding.ShardOptions(shard_index, shard_count)
-  )
-  iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
-  if checkpoint:
-    training = build_training(config, mesh, model_config=checkpoint.model_config)
-  else:
-    training = build_training(config, mesh, vocab_size=cache.padded_vocab_size)
-  model_record = dataclasses.asdict(training.model_config)
+  iterator, domains = training_iterator(cache, config, mesh)
+  training = build_run_training(config, mesh, checkpoint, cache)
   schedule = learning_rate_schedule(config)
   store = CheckpointStore(out, config.keep_checkpoints, warn=say)
-
-  start_step, data_state = 0, None
-  if args.resume:
-    saved = store.newest_config()
-    mismatch = config.trajectory_mismatch(TrainConfig.from_dict(saved)) if saved else []
-    if mismatch:
-      raise ConfigError(
-        f"--resume: the checkpoint's run differs ({'; '.join(mismatch)}); "
-        "rerun with its settings or choose a new --out."
-      )
-    check_resumed_data(saved, cache)
-    if saved.get("model_config", model_record) != model_record:
-      raise ConfigError(
-        f"--resume: the model differs from the checkpoint's (was "
-        f"{saved['model_config']}); resume with the --init-from-hf folder the run "
-        "started from, or start a new --out."
-      )
-    restored = store.restore_latest(training.abstract_state)
-    if restored is None:
-      raise ConfigError(f"--resume: no readable checkpoint left in {store.directory}; start anew.")
-    state, start_step, data_state = restored.state, restored.step, restored.data_state["iterator"]
-    say(f"resumed from checkpoint {start_step} in {store.directory}")
-  elif checkpoint:
-    state = training.init_from_params(checkpoint.lazy_params())
-    say(f"initialised from {checkpoint.directory}")
-  else:
-    state = training.init()
-  run_record = {**config.to_dict(), "dataset": cache.identity(), "model_config": model_record}
-  if primary:
-    (out / "config.json").write_text(json.dumps(run_record, indent=1) + "\n")
-    cache.tokenizer.save_copy(out)  # the run stays scorable without its cache
-
+  state, start_step, data_state = starting_state(
+    args.resume, store, training, checkpoint, config, cache, say
+  )
+  run_record = save_run_record(out, config, cache, training, primary)
   if data_state is not None:
     iterator.set_state(data_state)
-  global_shape = (config.microbatches, config.micro_batch_size, config.seq_len + 1)
-
-  # Training windows too: every optimizer's training loss measured at its outer params
-  # (Nexus's logged train_loss is taken along its inner trajectory).
-  eval_sets = cache_eval_sets(
-    cache, config.seq_len, config.eval_sequences, roles=(TRAIN, VALIDATION, HELDOUT)
-  )
-  cosine_batches, cosine_domains = domain_batches(eval_sets, domains, config.eval_sequences)
-  evaluator = Evaluator(training.graphdef, mesh, config.micro_batch_size)
-
-  say(
-    f"{config.optimizer} on {config.init_from_hf or config.model} "
-    f"({training.model_config.non_embedding_params() / 1e6:.2f}M "
-    f"non-embedding params), mesh {dict(mesh.shape)}, {jax.process_count()} process(es), "
-    f"{config.tokens_per_step:,} tokens per step, steps {start_step} -> {config.steps}"
-  )
+  evaluate = run_evaluation(cache, config, domains, training, mesh)
+  say(run_banner(config, training, mesh, start_step))
   log = MetricsLog(out, start_step, primary)
-  progress = tqdm(
-    total=config.steps,
-    initial=start_step,
-    unit="step",
-    dynamic_ncols=True,
-    disable=not primary or args.no_progress,
-  )
+  progress = progress_bar(config, start_step, disable=not primary or args.no_progress)
   summary: dict = {}
-  window_start, window_steps, run_start, run_steps = time.perf_counter(), 0, time.perf_counter(), 0
-  setup_seconds = run_start - started - data_seconds
-  eval_seconds = first_step_seconds = 0.0
-  if checkpoint and start_step == 0:  # where the starting model stands, before any step
-    results = evaluator.evaluate(state.params, eval_sets, cosine_batches, cosine_domains)
-    eval_seconds = time.perf_counter() - run_start
-    log.write({"step": 0, **results, "seconds": eval_seconds, "eval_seconds": eval_seconds})
-    window_start = time.perf_counter()
+  clock.start_loop()
+  if checkpoint and start_step == 0:
+    log_starting_point(evaluate, state, clock, log)
   for step in range(start_step + 1, config.steps + 1):
-    element = next(iterator)
-    tokens = parallel.global_batch(element["tokens"], training.batch_sharding, global_shape)
-    state, metrics = training.step(state, tokens)
-    if run_steps == 0:  # the step's compile, apart from the steady state
-      jax.block_until_ready(metrics)
-      first_step_seconds = time.perf_counter() - window_start
-    window_steps += 1
-    run_steps += 1
+    state, metrics = training.step(state, next_batch(iterator, training, config))
+    clock.stepped(metrics)
     record = {}
-    if step % config.log_every == 0 or step == config.steps:
-      values = to_floats(metrics)
-      seconds = time.perf_counter() - window_start
-      record.update(
-        step=step,
-        train_loss=values.pop("train_loss"),
-        lr=float(schedule(step - 1)),
-        tokens=step * config.tokens_per_step,
-        tokens_per_s=window_steps * config.tokens_per_step / seconds,
-        skipped_steps=int(jax.device_get(state.skipped_steps)),
-        skipped=bool(values.pop("skipped")),
-        **{k: v for k, v in values.items() if k != "finite"},
-      )
-      progress.set_postfix(
-        loss=f"{record['train_loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}"
-      )
+    if due(step, config.log_every, config.steps):
+      record = train_record(step, metrics, state, schedule, config, clock)
+      progress.set_postfix(progress_figures(record))
       summary.update({k: v for k, v in record.items() if k != "tokens_per_s"})
-    if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-      eval_start = time.perf_counter()
-      results = evaluator.evaluate(state.params, eval_sets, cosine_batches, cosine_domains)
-      eval_seconds += time.perf_counter() - eval_start
+    if due(step, config.eval_every, config.steps):
+      with clock.timing("eval"):
+        results = evaluate(state.params)
       # Wall time of this process so far, and the part of it spent evaluating.
-      record.update(
-        step=step, **results, seconds=time.perf_counter() - run_start, eval_seconds=eval_seconds
-      )
+      record.update(step=step, **results, seconds=clock.run_seconds(), eval_seconds=clock.eval)
       summary.update(results)
     if record:
       log.write(record)
-    if step % config.checkpoint_every == 0 or step == config.steps:
-      store.save(step, state, {"iterator": iterator.get_state()}, run_record)
+    if due(step, config.checkpoint_every, config.steps):
+      save_checkpoint(store, step, state, iterator, run_record)
     if record:
-      window_start, window_steps = time.perf_counter(), 0
+      clock.new_window()
     progress.update(1)
     if step < config.steps and stop.agreed(step, config.log_every):
-      store.save(step, state, {"iterator": iterator.get_state()}, run_record)
-      store.wait()
-      progress.close()
-      log.close()
+      save_checkpoint(store, step, state, iterator, run_record)
+      close_outputs(progress, store, log)
       say(f"SIGTERM: saved checkpoint {step} in {store.directory}; continue with --resume.")
       return 0
-  progress.close()
-  store.wait()
-  log.close()
-  elapsed = time.perf_counter() - run_start
-  summary.update(
-    steps_this_run=run_steps,
-    seconds_this_run=round(elapsed, 1),
-    mean_tokens_per_s=run_steps * config.tokens_per_step / max(elapsed, 1e-9),
-  )
-  # Where this process's time went, in seconds: preparing or opening the data, building
-  # and initialising, the first step (its compile), the other steps with their logging and
-  # checkpoints, and evaluation (its own compile included).
-  summary["time"] = {
-    "data": round(data_seconds, 1),
-    "setup": round(setup_seconds, 1),
-    "first_step": round(first_step_seconds, 1),
-    "train": round(elapsed - eval_seconds - first_step_seconds, 1),
-    "eval": round(eval_seconds, 1),
-    "total": round(time.perf_counter() - started, 1),
-  }
-  if primary:
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    say(summary_table(summary))
+  close_outputs(progress, store, log)
+  write_summary(summary, clock, config, out, primary)
   return 0
 
 
