@@ -1,6 +1,6 @@
 """The test suite as CI runs it: a fresh clone, `bash scripts/test.sh`, timed.
 
-  python -m benchmarks.test_suite [--python python3.12] [--out benchmarks/test_suite]
+  python -m scripts.test_suite [--python python3.12] [--out scripts/test_suite]
 
 Clones this repository's committed HEAD into a temporary directory and runs the README's
 test command there (a new ``.venv``, ruff, then pytest, whose ``--durations=15`` this adds),
@@ -20,14 +20,14 @@ import subprocess
 import tempfile
 import time
 
-from benchmarks import write_report
-from benchmarks.fresh_clone import REPO, clean_env, clone_head, run_streamed
+from benchmarks.common import write_report
+from scripts.fresh_clone import REPO, clean_env, clone_head, run_streamed
 
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--python", default="python3", help="interpreter for the new .venv")
-  parser.add_argument("--out", type=pathlib.Path, default=REPO / "benchmarks" / "test_suite")
+  parser.add_argument("--out", type=pathlib.Path, default=REPO / "scripts" / "test_suite")
   return parser.parse_args()
 
 
@@ -64,7 +64,7 @@ def main():
   final = re.findall(r"^=* ?(\d+ passed.*) in ([\d.]+)s", output, re.MULTILINE)[-1]
   slowest = re.findall(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)$", output, re.MULTILINE)
   result = {
-    "command": f"python -m benchmarks.test_suite --python {args.python}",
+    "command": f"python -m scripts.test_suite --python {args.python}",
     "date": started.strftime("%Y-%m-%d %H:%M UTC"),
     "commit": commit,
     "cpu_cores": os.cpu_count(),
