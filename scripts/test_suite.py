@@ -31,6 +31,22 @@ def parse_args():
   return parser.parse_args()
 
 
+def pytest_summary(output: str) -> tuple[float, str, list[dict]]:
+  """pytest's seconds, its counts and its ``--durations`` rows, from test.sh's output.
+
+  A test.sh that runs pytest more than once (a parallel pass, then a serial one) gives
+  the sum of the passes' seconds, their counts joined by `` + ``, and all their slowest
+  tests, slowest first."""
+  passes = re.findall(r"^=* ?(\d+ passed.*) in ([\d.]+)s", output, re.MULTILINE)
+  rows = re.findall(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)$", output, re.MULTILINE)
+  slowest = [{"seconds": float(s), "phase": p, "test": t} for s, p, t in rows]
+  return (
+    round(sum(float(seconds) for _, seconds in passes), 2),
+    " + ".join(counts.strip(" =") for counts, _ in passes),
+    sorted(slowest, key=lambda row: -row["seconds"]),
+  )
+
+
 def main():
   args = parse_args()
   started = datetime.datetime.now(datetime.UTC)
@@ -61,8 +77,7 @@ def main():
       check=True,
     ).stdout.split()
   env_seconds = float(re.search(r"\[env\] ready in (\d+) s", output).group(1))
-  final = re.findall(r"^=* ?(\d+ passed.*) in ([\d.]+)s", output, re.MULTILINE)[-1]
-  slowest = re.findall(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)$", output, re.MULTILINE)
+  pytest_seconds, pytest_counts, slowest = pytest_summary(output)
   result = {
     "command": f"python -m scripts.test_suite --python {args.python}",
     "date": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -72,9 +87,9 @@ def main():
     "jax": interpreter[1],
     "wall_seconds": round(wall, 1),
     "env_seconds": env_seconds,
-    "pytest_seconds": float(final[1]),
-    "pytest_counts": final[0].strip(" ="),
-    "slowest": [{"seconds": float(s), "phase": p, "test": t} for s, p, t in slowest],
+    "pytest_seconds": pytest_seconds,
+    "pytest_counts": pytest_counts,
+    "slowest": slowest,
   }
   rows = [f"| {s['seconds']:.1f} | {s['phase']} | `{s['test']}` |" for s in result["slowest"]]
   report = "\n".join(

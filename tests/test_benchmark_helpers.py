@@ -1,4 +1,5 @@
-"""The benchmarks' shared timing loop, flags and report line, on a fake clock."""
+"""The benchmarks' shared timing loop, flags and report line (on a fake clock), and the
+test-suite timing script's reading of pytest's output."""
 
 import argparse
 import json
@@ -17,6 +18,7 @@ from benchmarks.common import (
   time_rounds,
   write_report,
 )
+from scripts.test_suite import pytest_summary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,3 +91,27 @@ def test_flags_default_to_the_gitignored_out_folder_and_preset_batch(tmp_path, c
   write_report(tmp_path / "sub" / "r.json", {"x": 1, "big": [1, 2]}, print_without=("big",))
   assert json.loads((tmp_path / "sub" / "r.json").read_text()) == {"x": 1, "big": [1, 2]}
   assert capsys.readouterr().out.splitlines()[-1] == '{"x": 1}'
+
+
+def test_test_suite_timing_sums_the_pytest_passes_of_test_sh():
+  one_pass = (
+    "[env] ready in 54 s\n"
+    "============================= slowest 15 durations =============================\n"
+    "66.60s call     tests/test_confirm.py::test_quick\n"
+    "31.40s call     tests/test_pretrain.py::test_kill\n"
+    "=========== 320 passed, 3 deselected in 553.04s (0:09:13) ===========\n"
+  )
+  assert pytest_summary(one_pass) == (
+    553.04,
+    "320 passed, 3 deselected",
+    [
+      {"seconds": 66.6, "phase": "call", "test": "tests/test_confirm.py::test_quick"},
+      {"seconds": 31.4, "phase": "call", "test": "tests/test_pretrain.py::test_kill"},
+    ],
+  )
+  second_pass = (
+    "12.50s setup    tests/test_sharding.py::test_mesh\n======= 9 passed in 40.5s =======\n"
+  )
+  seconds, counts, slowest = pytest_summary(one_pass + second_pass)
+  assert seconds == 593.54 and counts == "320 passed, 3 deselected + 9 passed"
+  assert [row["seconds"] for row in slowest] == [66.6, 31.4, 12.5]
