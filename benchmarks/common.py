@@ -111,7 +111,13 @@ def time_rounds(
   return times
 
 
-def time_calls(fn: Callable[[], object], repeats: int, *, warmup: int = 1, clock=time.perf_counter):
+def time_calls(
+  fn: Callable[[], object],
+  repeats: int,
+  *,
+  warmup: int = 1,
+  clock: Callable[[], float] = time.perf_counter,
+) -> Summary:
   """:class:`Summary` of ``repeats`` timed calls of ``fn()`` after ``warmup`` untimed ones."""
   return summarize(time_rounds(lambda _: fn(), ("fn",), repeats, warmup=warmup, clock=clock)["fn"])
 
