@@ -53,8 +53,9 @@ Run from the repository root (8 host devices are forced unless XLA_FLAGS sets a 
   python -m benchmarks.collectives [--presets 130m,520m,2.3b]
       [--meshes data=8 fsdp=8 data=2,fsdp=4] [--optimizers adamw,nexus,nexus-multisteps]
       [--micro-batch-size 64] [--seq-len 4096] [--microbatches 4]
-Writes ``benchmarks/collectives/results.md`` and ``results.json``; the last line printed
-is the JSON.
+Writes ``results.md`` and ``results.json`` to ``--out`` (default
+``benchmarks/out/collectives``; the committed tables in ``benchmarks/collectives/`` are
+written with ``--out benchmarks/collectives``); the last line printed is the JSON.
 """
 
 import os
@@ -68,7 +69,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import argparse
 import dataclasses
 import math
-import pathlib
 import re
 import sys
 import time
@@ -76,8 +76,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from benchmarks import write_report
-from benchmarks.compiled_memory import add_batch_flags, batch_overrides, compile_step
+from benchmarks.common import add_batch_flags, add_out_flag, batch_overrides, write_report
+from benchmarks.compiled_memory import compile_step
 from train import parallel
 from train.presets import get_run_preset
 
@@ -593,9 +593,7 @@ def parse_args(argv=None):
   )
   parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
   add_batch_flags(parser)
-  parser.add_argument(
-    "--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "collectives"
-  )
+  add_out_flag(parser, "collectives")
   return parser.parse_args(argv)
 
 

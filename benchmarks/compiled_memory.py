@@ -17,7 +17,7 @@ Run from the repository root (8 host devices are forced unless XLA_FLAGS sets a 
   python -m benchmarks.compiled_memory [--presets 130m,520m] [--mesh fsdp=8]
       [--micro-batch-size 64] [--seq-len 4096] [--microbatches 4]
 The last line printed is a JSON object; it is also written to
-``benchmarks/out/compiled_memory.json``.
+``benchmarks/out/compiled_memory/compiled_memory.json``.
 """
 
 import os
@@ -29,13 +29,12 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 # pylint: disable=wrong-import-position
 import argparse
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks import write_report
+from benchmarks.common import add_batch_flags, add_out_flag, batch_overrides, write_report
 from train import parallel
 from train.build import build_training
 from train.presets import get_run_preset
@@ -54,35 +53,8 @@ def parse_args():
   parser.add_argument("--presets", default="130m,520m")
   parser.add_argument("--mesh", default="fsdp=8")
   add_batch_flags(parser)
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "out")
+  add_out_flag(parser, "compiled_memory")
   return parser.parse_args()
-
-
-def add_batch_flags(parser: argparse.ArgumentParser) -> None:
-  """``--micro-batch-size``, ``--seq-len`` and ``--microbatches``, read by
-  :func:`batch_overrides`."""
-  parser.add_argument(
-    "--micro-batch-size",
-    type=int,
-    default=None,
-    help="global sequences per micro-batch (default: the run preset's 64)",
-  )
-  parser.add_argument("--seq-len", type=int, default=None)
-  parser.add_argument("--microbatches", type=int, default=None)
-
-
-def batch_overrides(args) -> dict:
-  """The run-preset fields that ``--micro-batch-size``, ``--seq-len`` and ``--microbatches``
-  replace; flags left unset keep the preset's values."""
-  return {
-    k: v
-    for k, v in (
-      ("micro_batch_size", args.micro_batch_size),
-      ("seq_len", args.seq_len),
-      ("microbatches", args.microbatches),
-    )
-    if v is not None
-  }
 
 
 def compile_step(preset: str, optimizer: str, mesh, overrides: dict):

@@ -11,13 +11,12 @@ Measures, in one run on this machine:
 
 Run from the repository root:
   python -m benchmarks.data_pipeline [--steps 200] [--repeats 5]
-The last line printed is a JSON object with every figure.
+The last line printed is a JSON object with every figure but the corpus table; all of
+them are written to ``benchmarks/out/data_pipeline/data_pipeline.json``.
 """
 
 import argparse
-import json
 import pathlib
-import statistics
 import time
 
 import jax
@@ -26,6 +25,7 @@ import optax
 from flax import nnx
 
 import nexus_optax as nx
+from benchmarks.common import add_out_flag, time_calls, write_report
 from models import Llama, get_preset, next_token_loss
 from train.data import LoaderConfig, TokenCache, ensure_default_cache, training_dataset
 
@@ -51,17 +51,7 @@ def loader_tokens_per_second(dataset, steps: int, tokens_per_step: int) -> float
   return steps * tokens_per_step / (time.perf_counter() - start)
 
 
-def best_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--preset", default="demo")
   parser.add_argument("--micro-batch-size", type=int, default=8)
@@ -74,24 +64,34 @@ def main(argv=None) -> dict:
     default=None,
     help="a prepared token cache (default: the built-in corpus's)",
   )
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/out"))
-  args = parser.parse_args(argv)
+  add_out_flag(parser, "data_pipeline")
+  return parser.parse_args(argv)
 
-  cache = TokenCache(args.data) if args.data else ensure_default_cache()
+
+def measure(
+  cache: TokenCache,
+  preset: str = "demo",
+  micro_batch_size: int = 8,
+  microbatches: int = 4,
+  steps: int = 200,
+  repeats: int = 5,
+) -> dict:
+  """Every figure of the report (printed as it comes): the cache's table, the loader's
+  tokens/s over ``steps`` outer steps, and the median of ``repeats`` model steps."""
   rows = cache_table(cache)
   print(f"cache: {cache.root} ({cache.tokenizer_info['kind']} tokenizer)")
   print("| set | documents | bytes | tokens |\n|---|---:|---:|---:|")
   for row in rows:
     print(f"| {row['set']} | {row['documents']:,} | {row['bytes']:,} | {row['tokens']:,} |")
 
-  config = get_preset(args.preset, vocab_size=cache.padded_vocab_size)
+  config = get_preset(preset, vocab_size=cache.padded_vocab_size)
   seq_len = config.max_seq_len
   loader = LoaderConfig(
-    seq_len=seq_len, micro_batch_size=args.micro_batch_size, microbatches=args.microbatches
+    seq_len=seq_len, micro_batch_size=micro_batch_size, microbatches=microbatches
   )
   dataset, _ = training_dataset(cache, cache.default_mixture, loader)
-  tokens_per_step = args.microbatches * args.micro_batch_size * seq_len
-  loader_rate = loader_tokens_per_second(dataset, args.steps, tokens_per_step)
+  tokens_per_step = microbatches * micro_batch_size * seq_len
+  loader_rate = loader_tokens_per_second(dataset, steps, tokens_per_step)
 
   model = Llama(config, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)
@@ -99,8 +99,11 @@ def main(argv=None) -> dict:
   batch = dataset[0]["tokens"]
   grad_fn = jax.jit(jax.value_and_grad(loss_fn))
   micro_batch = jnp.asarray(batch[0])
-  forward_backward = best_seconds(lambda: grad_fn(params, micro_batch), args.repeats)
-  micro_batch_tokens = args.micro_batch_size * seq_len
+  # One untimed call compiles; the median of the timed ones is the figure.
+  forward_backward = time_calls(
+    lambda: jax.block_until_ready(grad_fn(params, micro_batch)), repeats
+  ).median
+  micro_batch_tokens = micro_batch_size * seq_len
 
   tx = optax.chain(
     nx.nexus(inner_lr=0.01),
@@ -114,18 +117,20 @@ def main(argv=None) -> dict:
     updates, state = tx.update(None, state, params, loss_fn=loss_fn, microbatches=microbatches)
     return optax.apply_updates(params, updates), state
 
-  microbatches = jnp.asarray(batch)
-  outer_step = best_seconds(lambda: train_step(params, state, microbatches), args.repeats)
+  outer_batch = jnp.asarray(batch)
+  outer_step = time_calls(
+    lambda: jax.block_until_ready(train_step(params, state, outer_batch)), repeats
+  ).median
   model_rate = tokens_per_step / outer_step
 
   non_embedding = config.non_embedding_params()
   flops = config.flops_per_token(seq_len) * micro_batch_tokens / forward_backward
   report = {
-    "preset": args.preset,
+    "preset": preset,
     "non_embedding_params": non_embedding,
     "seq_len": seq_len,
-    "micro_batch_size": args.micro_batch_size,
-    "microbatches": args.microbatches,
+    "micro_batch_size": micro_batch_size,
+    "microbatches": microbatches,
     "loader_tokens_per_s": round(loader_rate),
     "forward_backward_us_per_token": round(forward_backward / micro_batch_tokens * 1e6, 2),
     "forward_backward_gflops_per_s": round(flops / 1e9, 1),
@@ -141,8 +146,8 @@ def main(argv=None) -> dict:
     "jax": jax.__version__,
   }
   print(
-    f"\n{args.preset}: {non_embedding / 1e6:.2f}M non-embedding parameters, "
-    f"sequences of {seq_len}, K = {args.microbatches} x {args.micro_batch_size}"
+    f"\n{preset}: {non_embedding / 1e6:.2f}M non-embedding parameters, "
+    f"sequences of {seq_len}, K = {microbatches} x {micro_batch_size}"
   )
   print(
     f"forward + backward: {report['forward_backward_us_per_token']} us/token "
@@ -150,9 +155,16 @@ def main(argv=None) -> dict:
   )
   print(f"AdamW + Nexus outer step: {outer_step:.3f} s = {model_rate:,.0f} tokens/s")
   print(f"grain loader: {loader_rate:,.0f} tokens/s = {report['loader_over_model']}x the model")
-  args.out.mkdir(parents=True, exist_ok=True)
-  (args.out / "data_pipeline.json").write_text(json.dumps(report, indent=1) + "\n")
-  print(json.dumps({k: v for k, v in report.items() if k != "corpus"}))
+  return report
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  cache = TokenCache(args.data) if args.data else ensure_default_cache()
+  report = measure(
+    cache, args.preset, args.micro_batch_size, args.microbatches, args.steps, args.repeats
+  )
+  write_report(args.out / "data_pipeline.json", report, print_without=("corpus",))
   return report
 
 

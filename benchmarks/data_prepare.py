@@ -11,28 +11,40 @@ Stages (each writes its part of ``--out``/results.json, so stages can run separa
             with a byte-level BPE trained on the built-in corpus: MB/s of text and the peak
             RSS of the whole process tree (sampled from /proc every 50 ms);
   format    the two on-disk layouts the issue allows, on the same windows: memory-mapped
-            token parts (what the cache uses) against ArrayRecord read through
+            token parts (what the cache uses) against ArrayRecord (one record per group,
+            uncompressed, as the parts are) read through
             ``grain.sources.ArrayRecordDataSource``: random windows per second and bytes;
   loader    the grain mixture's tokens/s from the prepared cache against the demo
             model's AdamW + Nexus step (``benchmarks.data_pipeline``);
   main      the demo main job's Nexus run (``train.pretrain --preset demo``) on the
             built-in corpus with bytes and with the BPE: tokens per byte, and validation
             bpb at the same training wall time (evaluation time excluded); a PNG and a table.
+
+``--out`` defaults to ``benchmarks/out/data_prepare``; the committed tables in
+``benchmarks/data_prepare/`` are written with ``--out benchmarks/data_prepare``.
 """
 
 import argparse
 import json
 import os
 import pathlib
+import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 
 import numpy as np
 
+from benchmarks.common import out_dir, write_json, write_report
+from train.data import TokenCache
+from train.data.corpus import SPEC_FILE, ensure_corpus, ensure_default_cache
+from train.data.prepare import prepare
+from train.data.spec import load_spec
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-OUT = REPO / "benchmarks" / "data_prepare"
 DOMAINS = {
   "python": (".py", ".pyi"),
   "native": (".h", ".hpp", ".c", ".cc", ".cpp", ".cuh"),
@@ -42,9 +54,6 @@ SHARD_BYTES = 32 << 20
 
 
 def text_roots() -> list[pathlib.Path]:
-  import site
-  import sysconfig
-
   roots = [pathlib.Path(p) for p in site.getsitepackages()]
   roots += [
     pathlib.Path(sysconfig.get_paths()["stdlib"]),
@@ -178,8 +187,6 @@ def timed_command(command: list[str], env=None) -> tuple[float, int, str]:
 
 def builtin_bpe(out: pathlib.Path, vocab_size: int) -> dict:
   """A byte-level BPE trained on the built-in corpus's training text, through the CLI."""
-  from train.data.corpus import SPEC_FILE, ensure_corpus
-
   corpus = ensure_corpus()
   path = out / f"bpe-{vocab_size}.json"
   seconds, peak, _ = timed_command(
@@ -205,8 +212,6 @@ def builtin_bpe(out: pathlib.Path, vocab_size: int) -> dict:
 
 
 def measure_prepare(spec: pathlib.Path, tokenizer: str, cache: pathlib.Path, workers: int) -> dict:
-  import shutil
-
   shutil.rmtree(cache, ignore_errors=True)
   seconds, peak, _ = timed_command(
     [
@@ -248,16 +253,17 @@ def compare_formats(
   reads: int = 20_000,
 ) -> dict:
   """Random window reads: the cache's memory-mapped parts against ArrayRecord."""
+  # grain and array_record load only for this stage, which alone reads ArrayRecord.
   import grain
   from array_record.python import array_record_module
-
-  from train.data import TokenCache
 
   cache = TokenCache(cache_dir)
   source = cache.windows("train", cache.names("train")[0], seq_len)
   count = min(windows, len(source))
   path = work / "windows.array_record"
-  writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+  # One record per group and no compression (the default is zstd): a random read then
+  # costs one seek and one copy, as it does from the memory-mapped parts.
+  writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1,uncompressed")
   for index in range(count):
     writer.write(source[index].astype(np.uint16).tobytes())
   writer.close()
@@ -280,6 +286,9 @@ def compare_formats(
   part_bytes = count * seq_len * cache.dtype.itemsize  # the windows overlap by one token
   results["memmap"]["bytes"] = part_bytes
   results["array_record"]["bytes"] = path.stat().st_size
+  reader = array_record_module.ArrayRecordReader(str(path))
+  results["array_record"]["options"] = reader.writer_options_string()
+  reader.close()
   results["windows"], results["seq_len"] = count, seq_len
   results["array_record_over_memmap"] = round(
     results["array_record"]["windows_per_s"] / results["memmap"]["windows_per_s"], 3
@@ -288,11 +297,12 @@ def compare_formats(
 
 
 def measure_loader(cache_dir: pathlib.Path, out: pathlib.Path) -> dict:
+  """``benchmarks.data_pipeline`` on ``cache_dir``: 100 loader steps, 3 model steps."""
+  # JAX and Flax load only for the loader stage.
   from benchmarks import data_pipeline
 
-  report = data_pipeline.main(
-    ["--data", str(cache_dir), "--steps", "100", "--repeats", "3", "--out", str(out)]
-  )
+  report = data_pipeline.measure(TokenCache(cache_dir), steps=100, repeats=3)
+  write_report(out / "data_pipeline.json", report, print_without=("corpus",))
   return {
     k: report[k]
     for k in (
@@ -306,18 +316,12 @@ def measure_loader(cache_dir: pathlib.Path, out: pathlib.Path) -> dict:
 
 def main_job(out: pathlib.Path, report_dir: pathlib.Path, bpe: dict, steps: int) -> dict:
   """The demo Nexus run on bytes and on the BPE: bpb at the same training wall time."""
-  from train.data.corpus import SPEC_FILE, ensure_corpus, ensure_default_cache
-  from train.data.prepare import prepare
-  from train.data.spec import load_spec
-
   corpus = ensure_corpus()
   bytes_cache = ensure_default_cache()
   bpe_cache = prepare(load_spec(corpus.root / SPEC_FILE), bpe["path"], out / "builtin-bpe-cache")
   arms = {}
   for name, cache in (("bytes", bytes_cache), ("bpe", bpe_cache)):
     run = out / f"main-{name}"
-    import shutil
-
     shutil.rmtree(run, ignore_errors=True)
     command = [
       sys.executable,
@@ -382,7 +386,7 @@ def main_job(out: pathlib.Path, report_dir: pathlib.Path, bpe: dict, steps: int)
 
 
 def plot_main_job(arms: dict, out: pathlib.Path) -> None:
-  import matplotlib
+  import matplotlib  # loads only for the main stage's plot
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -511,14 +515,14 @@ def main(argv=None) -> int:
     default="generate,prepare,format,loader,main",
     help="any of generate,prepare,format,loader,main; 'report' only rewrites results.md",
   )
-  parser.add_argument("--out", type=pathlib.Path, default=OUT)
+  parser.add_argument("--out", type=pathlib.Path, default=out_dir("data_prepare"))
   args = parser.parse_args(argv)
   stages = args.stages.split(",")
   args.out.mkdir(parents=True, exist_ok=True)
   args.work.mkdir(parents=True, exist_ok=True)
   results_path = args.out / "results.json"
   results = json.loads(results_path.read_text()) if results_path.exists() else {}
-  save = lambda: results_path.write_text(json.dumps(results, indent=1) + "\n")
+  save = lambda: write_json(results_path, results)
   spec = args.work / "text" / "spec.yaml"
   if "generate" in stages:
     start = time.perf_counter()

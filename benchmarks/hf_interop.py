@@ -1,13 +1,14 @@
 """Hugging Face export at the paper's sizes: exactness, time and size.
 
   python -m benchmarks.hf_interop [--presets demo,130m,520m] [--seq-len 256] \
-      [--out benchmarks/hf_interop]
+      [--out benchmarks/out/hf_interop]
 
 For each preset: random weights (every tensor, norm scales included), exported with
 ``train.hf.write_checkpoint`` (float32 and bfloat16), loaded by transformers'
 ``LlamaForCausalLM`` on the CPU, and compared with the Flax model's float32 logits on the
 same tokens; then read back (``train.hf.read_checkpoint``) and written again, which must
-reproduce every tensor bit for bit. Writes ``results.json`` and ``results.md``.
+reproduce every tensor bit for bit. Writes ``results.json`` and ``results.md`` to ``--out``
+(the committed ones in ``benchmarks/hf_interop/`` with ``--out benchmarks/hf_interop``).
 """
 
 import argparse
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.common import add_out_flag, write_json
 from models import Llama, get_preset
 from train.data.tokenizer import ByteTokenizer
 from train.hf import read_checkpoint, write_checkpoint
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
   )
   parser.add_argument("--presets", default="demo,130m,520m")
   parser.add_argument("--seq-len", type=int, default=256)
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/hf_interop"))
+  add_out_flag(parser, "hf_interop")
   args = parser.parse_args(argv)
   flags = sys.argv[1:] if argv is None else argv
   command = " ".join(["python -m benchmarks.hf_interop", *flags])
@@ -130,12 +132,9 @@ def main(argv=None) -> int:
     for preset in args.presets.split(","):
       results.append(measure(preset, args.seq_len, pathlib.Path(work)))
       print(json.dumps(results[-1]), flush=True)
-  args.out.mkdir(parents=True, exist_ok=True)
-  (args.out / "results.json").write_text(
-    json.dumps(
-      {"command": command, "date": time.strftime("%Y-%m-%d"), "results": results}, indent=1
-    )
-    + "\n"
+  write_json(
+    args.out / "results.json",
+    {"command": command, "date": time.strftime("%Y-%m-%d"), "results": results},
   )
   text = markdown(results, command)
   (args.out / "results.md").write_text(text)

@@ -3,7 +3,8 @@
 One outer step over the same K micro-batches, on a small plain-JAX transformer,
 each followed by the same AdamW update:
   - nexus:        optax.chain(nexus(gamma), adamw), one jitted call (lax.scan inside);
-  - accumulation: a lax.scan summing float32 gradients, then adamw, one jitted call;
+  - accumulation: ``train.step.accumulated_gradient`` (a lax.scan summing float32
+                  gradients, the training stack's own), then adamw, one jitted call;
   - multisteps:   optax.MultiSteps(adamw, K), K jitted calls of grad + update.
 The three are timed interleaved, round after round, so machine noise hits them alike;
 the report gives medians and the ratios against accumulation. Memory is XLA's
@@ -16,17 +17,16 @@ The last line of output is one JSON object.
 """
 
 import argparse
-import json
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
 import nexus_optax as nx
-from examples.tiny_transformer import TransformerConfig, count_params, init_params, next_byte_loss
+from benchmarks.common import print_report, print_rounds, summarize, time_rounds
+from models.tiny_transformer import TransformerConfig, count_params, init_params, next_byte_loss
+from train.step import accumulated_gradient
 
 
 def parse_args():
@@ -66,13 +66,7 @@ def build_steps(loss_fn, k):
     return optax.apply_updates(params, updates), state
 
   def accumulation_step(params, state, microbatches):
-    def add_grad(total, microbatch):
-      grads = jax.grad(loss_fn)(params, microbatch)
-      return jax.tree.map(lambda t, g: t + g.astype(jnp.float32), total, grads), None
-
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    total, _ = jax.lax.scan(add_grad, zeros, microbatches)
-    grads = jax.tree.map(lambda t, p: (t / k).astype(p.dtype), total, params)
+    _, grads = accumulated_gradient(loss_fn, params, microbatches)
     updates, state = accumulation_tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
@@ -116,36 +110,26 @@ def main():
     batch = tokens if name != "multisteps" else tokens[0]
     memory[name] = temp_bytes(jitted, params, state, batch)
 
-  def one_outer_step(name, params, state):
+  carried = {
+    name: (jax.tree.map(jnp.copy, params), tx.init(params)) for name, (tx, _) in steps.items()
+  }
+
+  def one_outer_step(name):
     _, jitted = steps[name]
+    params, state = carried[name]
     if name == "multisteps":
       for m in range(args.k):
         params, state = jitted(params, state, tokens[m])
     else:
       params, state = jitted(params, state, tokens)
-    jax.block_until_ready((params, state))
-    return params, state
+    carried[name] = jax.block_until_ready((params, state))
 
-  carried = {
-    name: (jax.tree.map(jnp.copy, params), tx.init(params)) for name, (tx, _) in steps.items()
-  }
-  times = {name: [] for name in steps}
-  for round_index in range(args.rounds + 2):  # two warm-up rounds compile and settle
-    for name in steps:
-      start = time.perf_counter()
-      carried[name] = one_outer_step(name, *carried[name])
-      if round_index >= 2:
-        times[name].append(time.perf_counter() - start)
-    if round_index >= 2:
-      print(
-        f"round {round_index - 1}/{args.rounds}: "
-        + ", ".join(f"{name} {times[name][-1] * 1e3:.1f} ms" for name in steps),
-        flush=True,
-      )
-
-  median = {name: statistics.median(values) for name, values in times.items()}
+  # Two warm-up rounds compile and settle.
+  times = time_rounds(one_outer_step, list(steps), args.rounds, log=print_rounds(args.rounds))
+  median = {name: summarize(values).median for name, values in times.items()}
   # Per-round ratios pair each Nexus step with the accumulation step next to it in time.
-  paired = [n / a for n, a in zip(times["nexus"], times["accumulation"])]
+  ratios = [n / a for n, a in zip(times["nexus"], times["accumulation"])]
+  paired = summarize(ratios)
   print(
     "\n| method | median step (ms) | time / accumulation | XLA temp (MiB) | temp / accumulation |"
   )
@@ -156,12 +140,12 @@ def main():
       f"{memory[name] / 2**20:.2f} | {memory[name] / memory['accumulation']:.3f} |"
     )
   print(
-    f"\npaired per-round nexus/accumulation ratio: median {statistics.median(paired):.3f}, "
-    f"min {min(paired):.3f}, max {max(paired):.3f}"
+    f"\npaired per-round nexus/accumulation ratio: median {paired.median:.3f}, "
+    f"min {paired.min:.3f}, max {max(ratios):.3f}"
   )
   result = {
     "time_ratio": round(median["nexus"] / median["accumulation"], 4),
-    "paired_time_ratio": round(statistics.median(paired), 4),
+    "paired_time_ratio": round(paired.median, 4),
     "memory_ratio": round(memory["nexus"] / memory["accumulation"], 4),
     "multisteps_time_ratio": round(median["multisteps"] / median["accumulation"], 4),
     "multisteps_memory_ratio": round(memory["multisteps"] / memory["accumulation"], 4),
@@ -175,7 +159,7 @@ def main():
     "jax": jax.__version__,
     "backend": jax.default_backend(),
   }
-  print(json.dumps(result))
+  print_report(result)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,12 @@ This script measures, in one process on the same weights and tokens:
 Run from the repository root (PyTorch comes with the ``bench`` extra):
   python -m benchmarks.torch_reference [--preset demo] [--rounds 8] [--no-compile]
 The last line printed is a JSON object with every figure; it is also written to
-``benchmarks/out/torch_reference-<preset>.json``.
+``benchmarks/out/torch_reference/torch_reference-<preset>.json``.
 """
 
 import argparse
 import copy
-import pathlib
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +40,15 @@ import torch.nn.functional as F
 from flax import nnx
 
 import nexus_optax as nx
-from benchmarks import write_report
+from benchmarks.common import (
+  add_out_flag,
+  paired_ratio,
+  print_rounds,
+  summarize,
+  time_calls,
+  time_rounds,
+  write_report,
+)
 from models import LlamaConfig, next_token_loss
 from train import parallel
 from train.build import build_training
@@ -330,17 +335,6 @@ def compare_pseudo_gradients(
   return result
 
 
-def best_seconds(fn, repeats: int) -> float:
-  """Best wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
-  fn()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
-
-
 def time_breakdown(
   model_config: LlamaConfig, graphdef, params: dict, microbatch: np.ndarray, repeats: int = 5
 ) -> dict:
@@ -364,24 +358,20 @@ def time_breakdown(
   matmul = jax.jit(jnp.matmul)
   torch_a, torch_b = torch.ones(2048, 768), torch.ones(768, 768)
   flops = 2 * 2048 * 768 * 768
-  seconds = {
-    "jax_forward_ms": best_seconds(
-      lambda: jax.block_until_ready(forward(params, microbatch)), repeats
-    ),
-    "jax_forward_backward_ms": best_seconds(
-      lambda: jax.block_until_ready(forward_backward(params, microbatch)), repeats
-    ),
-    "torch_forward_ms": best_seconds(torch_forward, repeats),
-    "torch_forward_backward_ms": best_seconds(
-      lambda: torch.autograd.grad(next_token_loss_torch(model, tokens), weights), repeats
+  # Each figure is the best of its timed calls, after one untimed call.
+  calls = {
+    "jax_forward_ms": lambda: jax.block_until_ready(forward(params, microbatch)),
+    "jax_forward_backward_ms": lambda: jax.block_until_ready(forward_backward(params, microbatch)),
+    "torch_forward_ms": torch_forward,
+    "torch_forward_backward_ms": lambda: torch.autograd.grad(
+      next_token_loss_torch(model, tokens), weights
     ),
   }
-  result = {name: round(value * 1e3, 1) for name, value in seconds.items()}
-  result["jax_matmul_gflops"] = round(
-    flops / best_seconds(lambda: jax.block_until_ready(matmul(a, b)), 10) / 1e9, 1
-  )
+  result = {name: round(time_calls(fn, repeats).min * 1e3, 1) for name, fn in calls.items()}
+  jax_matmul = time_calls(lambda: jax.block_until_ready(matmul(a, b)), 10).min
+  result["jax_matmul_gflops"] = round(flops / jax_matmul / 1e9, 1)
   result["torch_matmul_gflops"] = round(
-    flops / best_seconds(lambda: torch_a @ torch_b, 10) / 1e9, 1
+    flops / time_calls(lambda: torch_a @ torch_b, 10).min / 1e9, 1
   )
   return result
 
@@ -391,12 +381,7 @@ def parse_args():
   parser.add_argument("--preset", default="demo")
   parser.add_argument("--rounds", type=int, default=8)
   parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-  parser.add_argument(
-    "--out",
-    type=pathlib.Path,
-    default=pathlib.Path(__file__).parent / "out",
-    help="folder for the JSON report",
-  )
+  add_out_flag(parser, "torch_reference")
   return parser.parse_args()
 
 
@@ -458,38 +443,29 @@ def main():
 
   def run(name):
     nonlocal state
-    start = time.perf_counter()
     if name == "nexus-optax":
       state, metrics = training.step(state, jax_tokens)
       jax.block_until_ready(metrics)
     else:
       steppers[name].step(torch_tokens)
-    return time.perf_counter() - start
 
-  times = {name: [] for name in steppers}
-  for round_index in range(args.rounds + 2):  # two warm-up rounds compile and settle
-    for name in steppers:
-      elapsed = run(name)
-      if round_index >= 2:
-        times[name].append(elapsed)
-      elif round_index == 0:
-        print(f"warm-up {name}: {elapsed:.1f} s", flush=True)
-    if round_index >= 2:
-      print(
-        f"round {round_index - 1}/{args.rounds}: "
-        + ", ".join(f"{name} {times[name][-1] * 1e3:.0f} ms" for name in steppers),
-        flush=True,
-      )
+  print_timed_round = print_rounds(args.rounds, digits=0)
 
+  def log(number, elapsed):
+    if number == -1:  # the first warm-up round compiles
+      for name, seconds in elapsed.items():
+        print(f"warm-up {name}: {seconds:.1f} s", flush=True)
+    print_timed_round(number, elapsed)
+
+  # Two warm-up rounds compile and settle.
+  times = time_rounds(run, list(steppers), args.rounds, log=log)
   rows = {}
   for name, values in times.items():
-    median = statistics.median(values)
+    median = summarize(values).median
     rows[name] = {
       "median_step_ms": round(median * 1e3, 1),
       "tokens_per_s": round(config.tokens_per_step / median, 1),
-      "nexus_optax_speedup": round(
-        statistics.median([t / j for t, j in zip(values, times["nexus-optax"])]), 3
-      ),
+      "nexus_optax_speedup": round(paired_ratio(values, times["nexus-optax"]), 3),
     }
   print("\n| implementation | median outer step (ms) | tokens/s | nexus-optax speed-up |")
   print("|---|---:|---:|---:|")

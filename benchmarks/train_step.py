@@ -15,20 +15,27 @@ Run from the repository root:
   python -m benchmarks.train_step [--preset demo] [--rounds 10]
 On a GPU, ``--preset 130m --micro-batch-size 16`` measures the paper's smallest size in
 bf16. The last line printed is a JSON object with every figure; it is also written to
-``benchmarks/out/train_step-<preset>-<backend>.json``.
+``benchmarks/out/train_step/train_step-<preset>-<backend>.json``.
 """
 
 import argparse
-import pathlib
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import write_report
+from benchmarks.common import (
+  add_batch_flags,
+  add_out_flag,
+  batch_overrides,
+  paired_ratio,
+  print_rounds,
+  summarize,
+  time_calls,
+  time_rounds,
+  write_report,
+)
 from train import parallel
 from train.build import build_training
 from train.presets import get_run_preset
@@ -39,16 +46,9 @@ OPTIMIZERS = ("adamw", "nexus", "nexus-multisteps")
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--preset", default="demo")
-  parser.add_argument("--micro-batch-size", type=int, default=None)
-  parser.add_argument("--microbatches", type=int, default=None)
-  parser.add_argument("--seq-len", type=int, default=None)
+  add_batch_flags(parser)
   parser.add_argument("--rounds", type=int, default=10)
-  parser.add_argument(
-    "--out",
-    type=pathlib.Path,
-    default=pathlib.Path(__file__).parent / "out",
-    help="folder for the JSON report",
-  )
+  add_out_flag(parser, "train_step")
   parser.add_argument(
     "--matmul-size",
     type=int,
@@ -63,26 +63,13 @@ def matmul_peak_flops(size: int, dtype, repeats: int = 10) -> float:
   a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   b = jax.random.normal(jax.random.key(1), (size, size), dtype)
   matmul = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(matmul(a, b))
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(matmul(a, b))
-    best = min(best, time.perf_counter() - start)
+  best = time_calls(lambda: jax.block_until_ready(matmul(a, b)), repeats).min
   return 2 * size**3 / best
 
 
 def main():
   args = parse_args()
-  overrides = {
-    k: v
-    for k, v in (
-      ("micro_batch_size", args.micro_batch_size),
-      ("microbatches", args.microbatches),
-      ("seq_len", args.seq_len),
-    )
-    if v is not None
-  }
+  overrides = batch_overrides(args)
   mesh = parallel.make_mesh(parallel.parse_mesh("data=1", jax.device_count()), False)
   configs = {name: get_run_preset(args.preset, optimizer=name, **overrides) for name in OPTIMIZERS}
   config = configs["adamw"]
@@ -109,30 +96,19 @@ def main():
     compiled = training.step.lower(states[name], tokens).compile()
     memory[name] = int(compiled.memory_analysis().temp_size_in_bytes)
 
-  times = {name: [] for name in OPTIMIZERS}
-  for round_index in range(args.rounds + 2):  # two warm-up rounds compile and settle
-    for name, training in trainings.items():
-      start = time.perf_counter()
-      states[name], metrics = training.step(states[name], tokens)
-      jax.block_until_ready(metrics)
-      if round_index >= 2:
-        times[name].append(time.perf_counter() - start)
-    if round_index >= 2:
-      print(
-        f"round {round_index - 1}/{args.rounds}: "
-        + ", ".join(f"{name} {times[name][-1] * 1e3:.1f} ms" for name in OPTIMIZERS),
-        flush=True,
-      )
+  def one_step(name):
+    states[name], metrics = trainings[name].step(states[name], tokens)
+    jax.block_until_ready(metrics)
+
+  # Two warm-up rounds compile and settle.
+  times = time_rounds(one_step, OPTIMIZERS, args.rounds, log=print_rounds(args.rounds))
 
   dtype = jnp.dtype(model_config.compute_dtype)
   size = args.matmul_size or (2048 if backend == "cpu" else 8192)
   peak = matmul_peak_flops(size, dtype)
   flops_per_step = model_config.flops_per_token(config.seq_len) * config.tokens_per_step
-  median = {name: statistics.median(values) for name, values in times.items()}
-  paired = {
-    name: statistics.median([t / a for t, a in zip(times[name], times["adamw"])])
-    for name in OPTIMIZERS
-  }
+  median = {name: summarize(values).median for name, values in times.items()}
+  paired = {name: paired_ratio(times[name], times["adamw"]) for name in OPTIMIZERS}
   rows = {
     name: {
       "median_step_ms": round(median[name] * 1e3, 2),

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 import nexus_optax as nx
-from examples.tiny_transformer import TransformerConfig, count_params, init_params, next_byte_loss
+from models.tiny_transformer import TransformerConfig, count_params, init_params, next_byte_loss
 
 HELD_OUT_PACKAGES = ("json", "email")
 SKIPPED_DIRS = {

@@ -88,8 +88,16 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def _accumulated_gradient(loss_fn, params, tokens):
-  """Mean loss and float32 mean gradient of the K micro-batches at ``params``."""
+def accumulated_gradient(loss_fn, params, tokens):
+  """Gradient accumulation: the K micro-batch losses and their mean gradient at ``params``.
+
+  ``g = (1/K) sum_k grad loss_fn(params, tokens[k])``, summed in a ``lax.scan`` in at least
+  float32 (one running total the size of the params, whatever K) and cast back to each
+  parameter's dtype. The baselines' step runs it, and ``benchmarks.overhead`` times it.
+
+  Returns:
+    ``(losses [K], g)``.
+  """
   grad_fn = jax.value_and_grad(loss_fn)
   zeros = jax.tree.map(
     lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params
@@ -124,7 +132,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, kind: s
   """
 
   def accumulate(state, tokens):
-    losses, grads = _accumulated_gradient(loss_fn, state.params, tokens)
+    losses, grads = accumulated_gradient(loss_fn, state.params, tokens)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return (
       jnp.mean(losses),

@@ -1,6 +1,6 @@
 """The main job as a new user meets it: a fresh clone, `bash scripts/main.sh`, timed by part.
 
-  python -m benchmarks.main_job [--warm-data] [--out benchmarks/main_job] [-- COMPARE FLAGS]
+  python -m scripts.main_job [--warm-data] [--out scripts/main_job] [-- COMPARE FLAGS]
 
 Clones this repository's committed HEAD into a temporary directory and runs the README's
 command there, `bash scripts/main.sh` (a new ``.venv``, then ``python -m train.compare``),
@@ -31,8 +31,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks import write_report
-from benchmarks.fresh_clone import REPO, clean_env, clone_head, run_streamed
+from benchmarks.common import write_report
+from scripts.fresh_clone import REPO, clean_env, clone_head, run_streamed
 
 PARTS = ("data", "setup", "first_step", "train", "eval", "total")
 
@@ -44,7 +44,7 @@ def parse_args():
     action="store_true",
     help="use this machine's ~/.cache/nexus-optax (corpus, tokenizer, token and XLA caches)",
   )
-  parser.add_argument("--out", type=pathlib.Path, default=REPO / "benchmarks" / "main_job")
+  parser.add_argument("--out", type=pathlib.Path, default=REPO / "scripts" / "main_job")
   parser.add_argument(
     "--results-to",
     type=pathlib.Path,
@@ -83,7 +83,7 @@ def main():
     ).stdout.strip()
 
   result = {
-    "command": "python -m benchmarks.main_job"
+    "command": "python -m scripts.main_job"
     + (" --warm-data" if args.warm_data else "")
     + (f" --results-to {args.results_to}" if args.results_to else "")
     + "".join(f" {flag}" for flag in args.compare_flags),

@@ -2,7 +2,9 @@
 
 Pre-norm blocks (RMSNorm, causal multi-head attention, GELU MLP) with tied input and
 output embeddings. The Flax NNX Llama of ``models/`` is the full-size model; this one
-keeps the library's examples free of any framework but JAX.
+is written in JAX alone, so the quickstart (``examples/quickstart.py``) and the overhead
+benchmark (``benchmarks/overhead.py``) time the optimizer on a model with no framework
+around it.
 """
 
 import dataclasses
