@@ -18,7 +18,9 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m studies.bf16_fidelity", description=__doc__.split("\n\n")[0]
+  )
   parser.add_argument("--sizes", default="tiny,mini,demo,130m")
   parser.add_argument("--batch", type=int, default=4, help="sequences per micro-batch")
   parser.add_argument("--seq-len", type=int, default=128)

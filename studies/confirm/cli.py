@@ -33,7 +33,9 @@ RESULTS = pathlib.Path("studies/confirm/results")
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m studies.confirm", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--quick", action="store_true", help="tiny preset, 2 seeds, 24 steps")
   parser.add_argument(
     "--out",

@@ -72,7 +72,9 @@ def train(size, out: pathlib.Path) -> tuple[dict, float, float]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m studies.replication", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--quick", action="store_true", help="every arm, smaller and fewer seeds")
   parser.add_argument(
     "--out",

@@ -18,7 +18,9 @@ DEFAULT_SEEDS = 25
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m studies.second_order", description=__doc__.splitlines()[0]
+  )
   parser.add_argument(
     "--seeds",
     type=int,
