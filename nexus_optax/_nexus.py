@@ -186,7 +186,7 @@ def inner_loop(
     inner_rounding: how the inner point reaches a parameter dtype narrower than
       float32. ``"nearest"`` rounds to nearest, which erases every inner step smaller
       than half a bfloat16 spacing; ``"stochastic"`` rounds up or down at random, so
-      that the inner point is exact in expectation (benchmarks/bf16_fidelity.py
+      that the inner point is exact in expectation (studies/bf16_fidelity
       measures what either keeps). Float32 parameters are never rounded.
     rounding_key: a PRNG key, required with ``inner_rounding="stochastic"``. Prefer
       ``jax.random.key(seed, impl="rbg")``: XLA's bit generator draws the per-weight

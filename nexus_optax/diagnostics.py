@@ -107,7 +107,7 @@ def first_order_pseudo_gradient(
   This is :func:`nexus_optax.inner_loop`'s displacement without the inner steps'
   feedback: ``inner_loop(...).displacement - F`` is the Hessian-coupling term
   ``-gamma^2 sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3)`` (docs/math.md), the part that
-  numerics such as a bfloat16 forward pass can erase (benchmarks/bf16_fidelity.py).
+  numerics such as a bfloat16 forward pass can erase (studies/bf16_fidelity).
 
   Args:
     loss_fn: ``loss_fn(params, microbatch) -> scalar``.

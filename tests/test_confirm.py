@@ -4,13 +4,16 @@ pre-registered design, and a --quick run of its command end to end."""
 import json
 import math
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from benchmarks.confirm import (
+from studies.confirm import cli
+from studies.confirm.study import (
   ARMS,
   EXPLORATORY,
   FULL,
@@ -212,7 +215,7 @@ def test_quick_study_runs_end_to_end(small_cache, tmp_path):
   """The study's command on the tiny preset: every arm, both seeds, side by side on two
   workers where the machine allows it, then the report and its plots."""
   out = tmp_path / "confirm"
-  study = [sys.executable, "-m", "benchmarks.confirm", "--quick", "--data", str(small_cache.root)]
+  study = [sys.executable, "-m", "studies.confirm", "--quick", "--data", str(small_cache.root)]
   run = subprocess.run(
     [*study, "--out", str(out)],
     capture_output=True,
@@ -262,3 +265,16 @@ def test_quick_study_runs_end_to_end(small_cache, tmp_path):
   assert partial.returncode == 0, partial.stderr[-3000:]
   assert "INCOMPLETE: 5 of 8 runs" in partial.stdout
   assert "incomplete (1 of 2 seeds)" in partial.stdout
+
+
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "studies" / "confirm" / "results"
+
+
+def test_report_only_regenerates_the_committed_report_byte_for_byte(tmp_path):
+  out = tmp_path / "confirm"
+  shutil.copytree(RESULTS, out)
+  for generated in ("results.md", "same_loss.png", "paired_differences.png"):
+    (out / generated).unlink()
+  assert cli.main(["--report-only", "--out", str(out)]) == 0
+  assert (out / "results.md").read_bytes() == (RESULTS / "results.md").read_bytes()
+  assert (out / "paired_differences.png").stat().st_size > 10_000

@@ -1,8 +1,11 @@
 """The replication study's pieces against independent math: the Sec. 5 inner-step
 ablations against NumPy loops, the cosine statistics against explicit gradients, and the
-paired statistics against hand-computed values."""
+paired statistics against hand-computed values and NumPy, and the report regenerated
+from the committed runs."""
 
 import math
+import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -10,15 +13,21 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks.ablations import nexus_ablation
-from benchmarks.replicate import (
+from studies.replication import cli
+from studies.replication.ablations import nexus_ablation
+from studies.replication.study import (
+  CONTRASTS,
   CONTROL_GAMMA,
+  FULL,
+  PAIRED_METRICS,
   ablation_arms,
+  add_matched_heldout,
   choose_large_gamma,
   cosine_statistics,
   data_settings,
   markdown_table,
   paired,
+  read_results,
 )
 from tests.conftest import SoftmaxRegression, numpy_global_norm
 
@@ -98,6 +107,39 @@ def test_paired_difference_statistics_by_hand():
   assert paired(results, "a", "missing", "m") is None
 
 
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "studies" / "replication" / "results"
+
+
+def test_paired_t_on_the_committed_runs_is_the_mean_over_its_standard_error():
+  results, _ = read_results(RESULTS, FULL)
+  add_matched_heldout(results)
+  checked = 0
+  for arm, baseline in CONTRASTS:
+    seeds = sorted(set(results[arm]) & set(results[baseline]))
+    for metric in PAIRED_METRICS:
+      final = lambda name, seed, metric=metric: results[name][seed]["final"][metric]
+      d = np.array([final(arm, s) - final(baseline, s) for s in seeds], np.float64)
+      d = d[~np.isnan(d)]
+      row = paired(results, arm, baseline, metric)
+      if len(d) == 0:
+        assert row is None, (arm, baseline, metric)
+        continue
+      assert row["n"] == len(d)
+      np.testing.assert_allclose(row["t"], d.mean() / (d.std(ddof=1) / np.sqrt(len(d))), 1e-10)
+      checked += 1
+  assert checked >= len(CONTRASTS) * len(PAIRED_METRICS) - 5
+
+
+def test_report_only_regenerates_the_committed_report_byte_for_byte(tmp_path):
+  out = tmp_path / "replication"
+  shutil.copytree(RESULTS, out)
+  for generated in ("results.md", "same_loss.png", "paired_differences.png"):
+    (out / generated).unlink()
+  assert cli.main(["--report-only", "--out", str(out)]) == 0
+  assert (out / "results.md").read_bytes() == (RESULTS / "results.md").read_bytes()
+  assert (out / "same_loss.png").stat().st_size > 10_000
+
+
 def test_large_gamma_is_the_largest_within_tolerance_of_the_control():
   run = lambda loss: {"final": {"pretrain_loss": loss}}
   control = run(2.00)
@@ -109,8 +151,6 @@ def test_large_gamma_is_the_largest_within_tolerance_of_the_control():
 
 
 def test_matched_heldout_is_the_gap_to_adamws_line_inside_its_range():
-  from benchmarks.replicate import add_matched_heldout
-
   point = lambda x, y: {"pretrain_loss": x, "heldout_mean": y}
   run = lambda *points: {"points": list(points), "final": {}}
   results = {

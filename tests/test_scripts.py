@@ -133,27 +133,11 @@ def test_compiled_memory_benchmark_shards_the_state_over_the_mesh(tmp_path):
 
 
 def test_bf16_fidelity_benchmark_reports_each_mode(tmp_path, small_cache, monkeypatch):
-  from benchmarks import bf16_fidelity  # pylint: disable=import-outside-toplevel
+  from studies.bf16_fidelity import cli, fidelity  # pylint: disable=import-outside-toplevel
 
-  monkeypatch.setattr(bf16_fidelity.corpus_lib, "ensure_default_cache", lambda: small_cache)
-  monkeypatch.setattr(
-    sys,
-    "argv",
-    [
-      "bf16_fidelity",
-      "--sizes",
-      "tiny",
-      "--batch",
-      "2",
-      "--seq-len",
-      "32",
-      "--gamma-scales",
-      "10",
-      "--out",
-      str(tmp_path),
-    ],
-  )
-  bf16_fidelity.main()
+  monkeypatch.setattr(fidelity.corpus_lib, "ensure_default_cache", lambda: small_cache)
+  argv = ["--sizes", "tiny", "--batch", "2", "--seq-len", "32", "--gamma-scales", "10"]
+  assert cli.main([*argv, "--out", str(tmp_path)]) == 0
   report = json.loads((tmp_path / "results.json").read_text())
   (size,) = report["sizes"]
   assert set(size["modes"]) == {
@@ -167,6 +151,17 @@ def test_bf16_fidelity_benchmark_reports_each_mode(tmp_path, small_cache, monkey
     assert all(math.isfinite(row[key]) for key in ("survival", "cosine", "to_fp32", "first_err"))
   assert (tmp_path / "fidelity.png").stat().st_size > 10_000
   assert "| tiny |" in (tmp_path / "results.md").read_text()
+
+
+def test_bf16_fidelity_report_only_regenerates_the_committed_table(tmp_path):
+  from studies.bf16_fidelity import cli  # pylint: disable=import-outside-toplevel
+
+  committed = ROOT / "studies" / "bf16_fidelity" / "results"
+  (tmp_path / "results.json").write_bytes((committed / "results.json").read_bytes())
+  assert cli.main(["--report-only", "--out", str(tmp_path)]) == 0
+  for name in ("results.md", "results.json"):
+    assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
+  assert (tmp_path / "fidelity.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow
@@ -191,8 +186,8 @@ def test_torch_reference_benchmark_quick(tmp_path):
   assert report["breakdown"]["jax_forward_backward_ms"] > report["breakdown"]["jax_forward_ms"] > 0
 
 
-def test_second_order_check_prints_the_table_in_docs_math():
-  stdout = _run("benchmarks.second_order_check", "--seeds", "0")
+def test_second_order_check_prints_the_table_in_docs_math(tmp_path):
+  stdout = _run("studies.second_order", "--seeds", "0", "--out", str(tmp_path))
   rows = [line for line in stdout.splitlines() if line.startswith("| 0.")]
   assert len(rows) == 3, stdout
   document = (ROOT / "docs" / "math.md").read_text()
@@ -203,6 +198,23 @@ def test_second_order_check_prints_the_table_in_docs_math():
   ratios = [a / b for a, b in zip(table["orders_expansion"], table["orders_expansion"][1:])]
   assert all(1.8 < ratio < 2.2 for ratio in ratios), table
   assert min(table["iid_eq12_autodiff"]) > 0.3, table
+  assert json.loads((tmp_path / "results.json").read_text()) == json.loads(
+    stdout.strip().splitlines()[-1]
+  )
+
+
+def test_second_order_report_only_regenerates_the_committed_table(tmp_path):
+  from studies.second_order import cli  # pylint: disable=import-outside-toplevel
+
+  committed = ROOT / "studies" / "second_order" / "results"
+  (tmp_path / "results.json").write_bytes((committed / "results.json").read_bytes())
+  assert cli.main(["--report-only", "--out", str(tmp_path)]) == 0
+  assert (tmp_path / "results.md").read_bytes() == (committed / "results.md").read_bytes()
+  # The committed sweep is the one docs/math.md quotes.
+  document = (ROOT / "docs" / "math.md").read_text()
+  report = (committed / "results.md").read_text()
+  for row in (line for line in report.splitlines() if line.startswith("| 0.")):
+    assert row in document, row
 
 
 def _fake_python(path: pathlib.Path, version: str, log: pathlib.Path) -> pathlib.Path:

@@ -1,7 +1,9 @@
 """The second-order expansion of g_hat, as docs/math.md states it (not the paper's Eq. 12).
 
-The theory side is built here, independently of the library, from the unit-gradient
-map u_i(theta) = grad L_i / ||grad L_i||: J_i v is a jax.jvp of u_i along v.
+The theory side (studies/second_order/theory.py, which the doc's numerical check also
+uses) is built independently of the library from the unit-gradient map
+u_i(theta) = grad L_i / ||grad L_i||: J_i v is a jax.jvp of u_i along v. It is checked
+here against the hand-written NumPy gradients and central differences.
 """
 
 import itertools
@@ -14,62 +16,20 @@ from conftest import SoftmaxRegression
 from jax.flatten_util import ravel_pytree
 
 import nexus_optax as nx
+from studies.second_order.theory import (
+  SoftmaxSources,
+  Theory,
+  coefficient_errors,
+  g_hat,
+  pseudo_gradient,
+)
 
 GAMMAS = [0.04, 0.02, 0.01, 0.005]
-
-
-class Theory:
-  """u_i and J_i u_j at theta for the sources of a SoftmaxRegression, in float64."""
-
-  def __init__(self, problem):
-    self.problem = problem
-    flat, self.unravel = ravel_pytree(jax.tree.map(jnp.asarray, problem.params))
-    self.theta = flat
-    self.k = len(problem.xs)
-
-  def loss(self, i, flat):
-    batch = {"x": jnp.asarray(self.problem.xs[i]), "y": jnp.asarray(self.problem.ys[i])}
-    return SoftmaxRegression.loss(self.unravel(flat), batch)
-
-  def unit(self, i, flat=None):
-    g = jax.grad(lambda f: self.loss(i, f))(self.theta if flat is None else flat)
-    return g / jnp.linalg.norm(g)
-
-  def jvp(self, i, v):
-    """J_i v = d/de u_i(theta + e v) at e = 0."""
-    return jax.jit(lambda t, v: jax.jvp(lambda f: self.unit(i, f), (t,), (v,))[1])(self.theta, v)
-
-  def vjp(self, i, v):
-    """J_i^T v."""
-    _, pullback = jax.vjp(lambda f: self.unit(i, f), self.theta)
-    return pullback(v)[0]
-
-  def cosine_sum(self, flat):
-    units = [self.unit(i, flat) for i in range(self.k)]
-    return sum(units[i] @ units[j] for i in range(self.k) for j in range(self.k) if i != j)
 
 
 @pytest.fixture(params=[3, 4], ids=["K=3", "K=4"])
 def theory(x64, request):
   return Theory(SoftmaxRegression(num_sources=request.param, seed=1))
-
-
-@jax.jit
-def _pseudo_gradient(params, microbatches, gamma):
-  tx = nx.nexus(gamma)
-  return tx.update(
-    None, tx.init(params), params, loss_fn=SoftmaxRegression.loss, microbatches=microbatches
-  )
-
-
-def _g_hat(problem, sequence, gamma):
-  params = jax.tree.map(jnp.asarray, problem.params)
-  g_hat, _ = _pseudo_gradient(params, problem.microbatches(sequence), gamma)
-  return ravel_pytree(g_hat)[0]
-
-
-def _mean_g_hat(problem, sequences, gamma):
-  return sum(_g_hat(problem, s, gamma) for s in sequences) / len(sequences)
 
 
 def _loglog_slope(xs, ys):
@@ -85,19 +45,14 @@ def test_fixed_order_residual_is_third_order(theory):
     for m, s in enumerate(order)
   )
   residuals = [
-    float(jnp.linalg.norm(_g_hat(theory.problem, order, g) - (g * first - g**2 * second)))
+    float(jnp.linalg.norm(g_hat(theory.problem, order, g) - (g * first - g**2 * second)))
     for g in GAMMAS
   ]
   assert abs(_loglog_slope(GAMMAS, residuals) - 3.0) < 0.3, residuals
 
 
 def _coefficient_errors(theory, sequences, target):
-  first = sum(theory.unit(i) for i in range(theory.k)) * len(sequences[0]) / theory.k
-  errors = []
-  for g in GAMMAS:
-    coefficient = (_mean_g_hat(theory.problem, sequences, g) - g * first) / g**2
-    errors.append(float(jnp.linalg.norm(coefficient - target) / jnp.linalg.norm(target)))
-  return errors
+  return coefficient_errors(theory, sequences, target, GAMMAS)
 
 
 def test_permutation_average_couples_distinct_sources(theory):
@@ -165,7 +120,33 @@ def test_consensus_estimate_tracks_exact_cosine(x64):
   params = jax.tree.map(jnp.asarray, problem.params)
   errors = []
   for gamma in GAMMAS:
-    _, state = _pseudo_gradient(params, problem.microbatches([0, 1, 2]), gamma)
+    _, state = pseudo_gradient(problem.loss, params, problem.microbatches([0, 1, 2]), gamma)
     errors.append(abs(float(nx.nexus_metrics(state)["consensus"]) - exact))
   assert errors[-1] < 0.01, errors
   assert _loglog_slope(GAMMAS, errors) == pytest.approx(1.0, abs=0.25), errors
+
+
+def test_theory_matches_numpy_gradients_and_central_differences(theory):
+  problem = theory.problem
+  for i in range(theory.k):
+    flat = ravel_pytree(problem.numpy_grad(problem.params, i))[0]
+    np.testing.assert_allclose(theory.unit(i), flat / np.linalg.norm(flat), rtol=1e-12)
+  v = np.random.default_rng(0).normal(size=theory.theta.shape)
+  h = 1e-6
+  for i in range(theory.k):
+    fd = (theory.unit(i, theory.theta + h * v) - theory.unit(i, theory.theta - h * v)) / (2 * h)
+    np.testing.assert_allclose(theory.jvp(i, jnp.asarray(v)), fd, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_the_checks_problem_is_the_tests_problem(x64, seed):
+  ours = SoftmaxSources(num_sources=3, seed=seed)
+  tests = SoftmaxRegression(num_sources=3, seed=seed)
+  for key in ("w", "b"):
+    np.testing.assert_array_equal(ours.params[key], tests.params[key])
+  for a, b in zip(ours.xs + ours.ys, tests.xs + tests.ys):
+    np.testing.assert_array_equal(a, b)
+  batch = ours.microbatches([0, 1])
+  assert float(ours.loss(ours.params, {k: v[0] for k, v in batch.items()})) == pytest.approx(
+    tests.numpy_loss(tests.params, 0), rel=1e-12
+  )

@@ -11,7 +11,7 @@ differs. Arms (``ARMS``):
                   minus this control measures the second-order effect;
   nexus-large     Nexus at the gamma a short sweep picks (``choose_large_gamma``);
   k1              Nexus with K = 1 over the whole batch: the paper's NSGD ablation;
-  momentum, dot   the inner-step ablations of ``benchmarks/ablations.py`` at that gamma;
+  momentum, dot   the inner-step ablations of ``studies/replication/ablations.py`` at that gamma;
   and the AdamW / nexus-large / control trio again at K = 2 and 8 (same global batch),
   with ``source`` micro-batches, and under Math10 / Math70 mixtures.
 
@@ -21,16 +21,13 @@ run's own mixture), each validation domain and held-out set, and the mean cross-
 gradient cosine with its split-half reliability (each domain's gradient from two
 disjoint halves of its validation windows; their cosine tells how much of the
 gradient is signal). Tables give mean +- std over seeds and paired differences
-(same seed) with t = mean / (sd / sqrt(n)).
+(same seed) with t = mean / (sd / sqrt(n)) (``scipy.stats.ttest_rel``).
 
 Each run's result is a JSON file under ``OUT/runs``; a rerun skips finished runs, so an
-interrupted study resumes where it stopped.
-
-  python -m benchmarks.replicate            # the full study (under 80 min on 2 cores)
-  python -m benchmarks.replicate --quick    # every arm, smaller and fewer seeds (~5 min)
+interrupted study resumes where it stopped. The command is ``python -m studies.replication``
+(``studies/replication/cli.py``; README.md beside this file).
 """
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -38,7 +35,6 @@ import math
 import os
 import pathlib
 import statistics
-import sys
 import time
 from collections.abc import Iterable, Sequence
 
@@ -47,10 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
+from scipy import stats
 
-from benchmarks.ablations import nexus_ablation
 from models import next_token_loss
+from studies.replication.ablations import nexus_ablation
 from train import parallel
 from train.build import build_training
 from train.config import TrainConfig
@@ -477,17 +473,44 @@ def final_set_means(runs: Iterable[dict], sets: Sequence[str]) -> list[str]:
   return [f"{statistics.fmean(r['final'][s] for r in runs):.4f}" for s in sets]
 
 
+def paired_test(
+  treatment: Sequence[float], baseline: Sequence[float], confidence: float = 0.95
+) -> dict:
+  """Two-sided paired t-test of ``treatment - baseline`` (``scipy.stats.ttest_rel``).
+
+  With differences d_1..d_n: t = mean(d) / (sd(d) / sqrt(n)) on n - 1 degrees of freedom,
+  sd with Bessel's correction, and the ``confidence`` interval mean(d) +- t_q sd / sqrt(n).
+  Fewer than two pairs, or differences without spread, give no test: t and p are NaN.
+  """
+  treatment, baseline = np.asarray(treatment, float), np.asarray(baseline, float)
+  differences = treatment - baseline
+  n = len(differences)
+  result = {"n": n, "mean": float(differences.mean()) if n else math.nan}
+  if n < 2:
+    return result | {"sd": math.nan, "t": math.nan, "df": n - 1, "p": math.nan}
+  if np.all(differences == differences[0]):  # no spread: t is infinite, not evidence
+    return result | {"sd": 0.0, "t": math.nan, "df": n - 1, "p": math.nan}
+  test = stats.ttest_rel(treatment, baseline)
+  interval = test.confidence_interval(confidence)
+  return result | {
+    "sd": float(differences.std(ddof=1)),
+    "t": float(test.statistic),
+    "df": int(test.df),
+    "p": float(test.pvalue),
+    "ci_low": float(interval.low),
+    "ci_high": float(interval.high),
+  }
+
+
 def paired(results: dict, arm: str, baseline: str, metric: str) -> dict | None:
-  """Mean, sd and t of ``arm - baseline`` over the seeds both ran."""
+  """:func:`paired_test` of ``arm - baseline`` over the seeds both ran, NaNs left out;
+  None without a pair."""
   seeds = sorted(set(results.get(arm, {})) & set(results.get(baseline, {})))
-  diffs = [results[arm][s]["final"][metric] - results[baseline][s]["final"][metric] for s in seeds]
-  diffs = [d for d in diffs if not math.isnan(d)]
-  if not diffs:
+  pairs = [(results[arm][s]["final"][metric], results[baseline][s]["final"][metric]) for s in seeds]
+  pairs = [(a, b) for a, b in pairs if not math.isnan(a - b)]
+  if not pairs:
     return None
-  mean = statistics.fmean(diffs)
-  sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
-  t = mean / (sd / math.sqrt(len(diffs))) if len(diffs) > 1 and sd > 0 else float("nan")
-  return {"mean": mean, "sd": sd, "t": t, "n": len(diffs)}
+  return paired_test(*zip(*pairs))
 
 
 def format_paired(p: dict | None) -> str:
@@ -526,7 +549,10 @@ def report(
   out: pathlib.Path,
   command: str,
   seconds: float,
+  provenance: dict,
 ) -> str:
+  """Writes ``out/results.md`` and returns its text; ``provenance`` (:func:`provenance`)
+  says when and with what the runs were made, ``seconds`` how long this invocation took."""
   add_matched_heldout(results)
   arms = list(results)
   first = next(iter(results[arms[0]].values()))
@@ -536,10 +562,10 @@ def report(
     f"# Replication study results ({size.model}, generated)",
     "",
     f"Command: `{command}`  ",
-    f"Date: {datetime.date.today().isoformat()}, "
+    f"Date: {provenance['date']}, "
     f"{run_minutes:.1f} min of training and evaluation summed over the runs "
     f"({seconds / 60:.1f} min in this invocation; finished runs are read from disk), "
-    f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s).",
+    f"jax {provenance['jax']}, {provenance['devices']} {provenance['platform']} device(s).",
     "",
     f"Model `{size.model}`, {size.steps} outer steps of {size.global_batch} x "
     f"{size.seq_len} tokens ({size.steps * size.global_batch * size.seq_len:,} tokens "
@@ -627,6 +653,7 @@ def report(
 
 
 def plots(results: dict, out: pathlib.Path) -> None:
+  # matplotlib (the bench extra) loads only where a study draws.
   import matplotlib
 
   matplotlib.use("Agg")
@@ -695,57 +722,56 @@ def plots(results: dict, out: pathlib.Path) -> None:
   plt.close("all")
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="every arm, smaller and fewer seeds")
-  parser.add_argument(
-    "--out",
-    type=pathlib.Path,
-    default=None,
-    help="results directory (default benchmarks/replication[-quick])",
-  )
-  args = parser.parse_args(argv)
-  size = QUICK if args.quick else FULL
-  out = args.out or pathlib.Path("benchmarks/replication" + ("-quick" if args.quick else ""))
-  command = "python -m benchmarks.replicate" + (" --quick" if args.quick else "")
-  study = Study(size, out)
-  results: dict[str, dict[int, dict]] = {}
-  started = time.perf_counter()
+# ---------------------------------------------------------------------------- the study
 
-  def run_all(arms, progress):
+
+def provenance() -> dict:
+  """When and with what this process trains: today's date, the jax version, the devices."""
+  return {
+    "date": datetime.date.today().isoformat(),
+    "jax": jax.__version__,
+    "devices": jax.device_count(),
+    "platform": jax.devices()[0].platform,
+  }
+
+
+def write_provenance(out: pathlib.Path, record: dict) -> None:
+  (out / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def read_provenance(out: pathlib.Path) -> dict:
+  """The provenance a training invocation wrote to ``out``, else this process's: a
+  report regenerated from finished runs keeps the date and versions they were made with."""
+  path = out / "provenance.json"
+  return json.loads(path.read_text()) if path.exists() else provenance()
+
+
+def large_gamma_of(results: dict, size: StudySize) -> float:
+  """:func:`choose_large_gamma` over the sweep's and the control's seed-0 runs."""
+  missing = [f"sweep-{g:g}" for g in size.sweep_gammas if 0 not in results.get(f"sweep-{g:g}", {})]
+  missing += [] if 0 in results.get("control", {}) else ["control"]
+  if missing:
+    raise SystemExit(
+      f"error: no finished seed-0 run of {', '.join(missing)}; run the study (without "
+      "--report-only) first."
+    )
+  sweep = {gamma: results[f"sweep-{gamma:g}"][0] for gamma in size.sweep_gammas}
+  return choose_large_gamma(sweep, results["control"][0])
+
+
+def read_results(out: pathlib.Path, size: StudySize) -> tuple[dict, float]:
+  """Every finished run under ``out/runs`` in the order the study trains them, and the
+  large gamma its sweep chose."""
+  results: dict[str, dict[int, dict]] = {}
+
+  def read(arms):
     for arm in arms:
       for seed in seeds_for(arm, size):
-        progress.set_postfix_str(f"{arm.name} seed {seed}")
-        result = study.run(arm, seed)
-        results.setdefault(arm.name, {})[seed] = result
-        progress.update(1)
-        final = result["final"]
-        progress.write(
-          f"{arm.name:<20} seed {seed}: train {final['train_loss']:.4f} "
-          f"pretrain {final['pretrain_loss']:.4f} held-out "
-          f"{final['heldout_mean']:.4f} cosine {final['cosine']:+.4f} "
-          f"(split-half min {final['split_half_min']:.2f}) {result['seconds']}s"
-        )
+        path = out / "runs" / f"{arm.name}-seed{seed}.json"
+        if path.exists():
+          results.setdefault(arm.name, {})[seed] = json.loads(path.read_text())
 
-  first_phase = main_arms() + sweep_arms(size)
-  total = sum(len(seeds_for(a, size)) for a in first_phase + ablation_arms(1.0)) - 1
-  with tqdm(total=total, unit="run", dynamic_ncols=True) as progress:
-    run_all(first_phase, progress)
-    sweep = {gamma: results[f"sweep-{gamma:g}"][0] for gamma in size.sweep_gammas}
-    large_gamma = choose_large_gamma(sweep, results["control"][0])
-    progress.write(f"sweep: large gamma = {large_gamma:g}")
-    # The sweep's seed-0 run at that gamma is nexus-large's seed 0.
-    seed0 = out / "runs" / "nexus-large-seed0.json"
-    if not seed0.exists():
-      reused = dict(sweep[large_gamma], arm=dataclasses.asdict(ablation_arms(large_gamma)[0]))
-      seed0.write_text(json.dumps(reused, indent=1) + "\n")
-    run_all(ablation_arms(large_gamma), progress)
-  seconds = time.perf_counter() - started
-  print(report(results, size, large_gamma, out, command, seconds))
-  plots(results, out)
-  print(f"\nwrote {out / 'results.md'} and its plots in {seconds / 60:.1f} min")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
+  read(main_arms() + sweep_arms(size))
+  large_gamma = large_gamma_of(results, size)
+  read(ablation_arms(large_gamma))
+  return results, large_gamma

@@ -11,8 +11,8 @@ handed on as the pseudo-gradient) and change only the inner step:
                   built once (Algorithm 3, line 3) would carry it. Sec. 3.2 says the
                   inner step must be momentum-free for Nexus to seek gradient agreement.
 
-They exist to be measured against :func:`nexus_optax.nexus` in
-``benchmarks/replicate.py``; they are not part of the library.
+They exist to be measured against :func:`nexus_optax.nexus` in the replication study
+(``studies/replication/study.py``); they are not part of the library.
 """
 
 from typing import Any, NamedTuple
@@ -21,10 +21,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nexus_optax._inner_step import to_accumulation_dtype
-from nexus_optax._metrics import NexusMetrics
+from nexus_optax import NexusMetrics
 
 INNER_STEPS = ("dot", "momentum")
+
+
+def to_accumulation_dtype(tree):
+  """Each leaf in at least float32, the dtype in which ``nexus`` accumulates its
+  displacement (float64 stays float64), so the ablations differ from it only in the step."""
+  widen = lambda x: jnp.asarray(x).astype(jnp.promote_types(x.dtype, jnp.float32))
+  return jax.tree.map(widen, tree)
 
 
 class AblationState(NamedTuple):

@@ -1,12 +1,12 @@
 """The confirmatory study: does Nexus's second-order term lower held-out loss at matched
-pretraining loss, at compute-optimal length? Pre-registered in benchmarks/CONFIRM.md.
+pretraining loss, at compute-optimal length? Pre-registered in studies/confirm/README.md.
 
 Four arms (``ARMS``) train the ``mini`` Llama on the built-in corpus's prose, code and
 math domains at equal weights, K = 4 ``mixed`` micro-batches, for 20 tokens per
 parameter (embeddings included), with seeds 1000-1007 shared by every arm (the same
 initialisation and data order). Runs are trained and measured by
-:class:`benchmarks.replicate.Study`, so each run's JSON has the replication study's
-format.
+:class:`studies.replication.study.Study`, so each run's JSON has the replication
+study's format.
 
 Endpoints (``PRIMARY``, ``SECONDARY``), all paired over seeds and tested with
 ``scipy.stats.ttest_rel`` (two-sided, 95 % CI):
@@ -23,15 +23,10 @@ an interrupted study resumes where it stopped (an unfinished run starts over). W
 ``--jobs 2`` two worker processes, each pinned to a CPU core, take the next unfinished
 run in that order.
 
-  python -m benchmarks.confirm                 # the study (32 runs) and its report
-  python -m benchmarks.confirm --runs 1 --jobs 1   # one run alone, to time it
-  python -m benchmarks.confirm --report-only   # tables and plots from finished runs
-  python -m benchmarks.confirm --quick         # the same on the tiny preset, ~2 min
+The command is ``python -m studies.confirm`` (``studies/confirm/cli.py``).
 """
 
-import argparse
 import dataclasses
-import datetime
 import json
 import math
 import os
@@ -42,20 +37,29 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
+import jax
 import numpy as np
+from flax import nnx
 from scipy import stats
+from tqdm import tqdm
 
-from benchmarks.replicate import (
+from models import Llama
+from models.presets import get_preset
+from studies.replication.study import (
   CONTROL_GAMMA,
   Arm,
+  Study,
   StudySize,
   add_matched_heldout,
   final_set_means,
   heldout_line,
   markdown_table,
   mean_std,
+  paired_test,
 )
-from train.data.corpus import HELDOUT_SETS
+from train.data.cache import TokenCache
+from train.data.corpus import HELDOUT_SETS, ensure_default_cache
+from train.data.mixture import LoaderConfig, epochs_per_source, source_sequences
 from train.data.roles import HELDOUT, VALIDATION
 from train.processes import core_shares, start_pinned
 
@@ -139,12 +143,6 @@ QUICK = dataclasses.replace(
 
 def parameter_count(model: str) -> int:
   """Every parameter of the preset, embeddings and output head included."""
-  import jax
-  from flax import nnx
-
-  from models import Llama
-  from models.presets import get_preset
-
   abstract = nnx.eval_shape(lambda: Llama(get_preset(model), rngs=nnx.Rngs(0)))
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
@@ -171,28 +169,6 @@ def run_path(out: pathlib.Path, arm: Arm, seed: int) -> pathlib.Path:
 
 
 # -------------------------------------------------------------------------- statistics
-
-
-def paired_test(treatment: Sequence[float], baseline: Sequence[float]) -> dict:
-  """Two-sided paired t-test of ``treatment - baseline`` with its 95 % CI (scipy)."""
-  treatment, baseline = np.asarray(treatment, float), np.asarray(baseline, float)
-  differences = treatment - baseline
-  n = len(differences)
-  result = {"n": n, "mean": float(differences.mean()) if n else math.nan}
-  if n < 2:
-    return result | {"sd": math.nan, "t": math.nan, "df": n - 1, "p": math.nan}
-  if np.all(differences == differences[0]):  # no spread: t is infinite, not evidence
-    return result | {"sd": 0.0, "t": math.nan, "df": n - 1, "p": math.nan}
-  test = stats.ttest_rel(treatment, baseline)
-  interval = test.confidence_interval(1 - ALPHA)
-  return result | {
-    "sd": float(differences.std(ddof=1)),
-    "t": float(test.statistic),
-    "df": int(test.df),
-    "p": float(test.pvalue),
-    "ci_low": float(interval.low),
-    "ci_high": float(interval.high),
-  }
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -228,7 +204,8 @@ def test_endpoint(results: dict, endpoint: Endpoint) -> dict:
     if not (math.isnan(treatment[s]) or math.isnan(baseline[s]))
   ]
   finished = sorted(set(results.get(endpoint.arm, {})) & set(results.get(endpoint.baseline, {})))
-  return paired_test([treatment[s] for s in seeds], [baseline[s] for s in seeds]) | {
+  pairs = [treatment[s] for s in seeds], [baseline[s] for s in seeds]
+  return paired_test(*pairs, confidence=1 - ALPHA) | {
     "seeds": seeds,
     "excluded": [s for s in finished if s not in seeds],  # no matched point
     "finished": len(finished),
@@ -310,8 +287,10 @@ def matched_range(runs: Iterable[dict]) -> str:
 
 
 def report(
-  results: dict, size: StudySize, parameters: int, out: pathlib.Path, command: str
+  results: dict, size: StudySize, parameters: int, out: pathlib.Path, command: str, date: str
 ) -> tuple[str, dict]:
+  """Writes ``out/results.md``; its text and the analysis. ``date``: when the runs were
+  last trained (the provenance of the replication study's helpers)."""
   analysis = analyse(results, size.steps)
   runs = [r for by_seed in results.values() for r in by_seed.values()]
   tokens = size.steps * size.global_batch * size.seq_len
@@ -332,7 +311,7 @@ def report(
       else []
     ),
     f"Command: `{command}`  ",
-    f"Written {datetime.date.today().isoformat()} from {len(runs)} finished runs "
+    f"Written {date} from {len(runs)} finished runs "
     f"({sum(r['seconds'] for r in runs) / 3600:.2f} h of training and evaluation summed).",
     "",
     f"Model `{size.model}`: {parameters:,} parameters (embeddings and output head "
@@ -464,6 +443,7 @@ ARM_COLORS = {
 
 
 def plots(results: dict, analysis: dict, out: pathlib.Path) -> None:
+  # matplotlib (the bench extra) loads only where a study draws.
   import matplotlib
 
   matplotlib.use("Agg")
@@ -587,9 +567,6 @@ def status_path(out: pathlib.Path, worker: int) -> pathlib.Path:
 def token_cache(data: pathlib.Path | None):
   """The token cache at ``data`` (``python -m train.data.prepare``), or the built-in
   corpus's, built on first use."""
-  from train.data.cache import TokenCache
-  from train.data.corpus import ensure_default_cache
-
   return TokenCache(data) if data else ensure_default_cache(show_progress=True)
 
 
@@ -604,8 +581,6 @@ def work(
   """Trains the next unclaimed unfinished run in ``order`` until none is left (or
   ``max_runs`` are done). A run is claimed by creating its lock file, which holds the
   worker's process id."""
-  from benchmarks.replicate import Study
-
   study = None
   (out / "logs").mkdir(exist_ok=True)
   done = 0
@@ -661,8 +636,6 @@ def work(
 def run_workers(args, order, size: StudySize, out: pathlib.Path) -> int:
   """``args.jobs`` workers, each pinned to its share of the CPU cores, with one progress
   bar over the study; a worker's output goes to ``OUT/logs/worker<i>.txt``."""
-  from tqdm import tqdm
-
   (out / "logs").mkdir(parents=True, exist_ok=True)
   flags = ["--quick"] if args.quick else []
   flags += ["--out", str(out)] + (["--runs", str(args.runs)] if args.runs else [])
@@ -673,7 +646,7 @@ def run_workers(args, order, size: StudySize, out: pathlib.Path) -> int:
     for worker, cores in enumerate(core_shares(args.jobs)):
       with (out / "logs" / f"worker{worker}.txt").open("a") as log:
         processes.append(
-          start_pinned("benchmarks.confirm", [*flags, "--worker", str(worker)], cores, log)
+          start_pinned("studies.confirm", [*flags, "--worker", str(worker)], cores, log)
         )
     finished = lambda: sum(run_path(out, a, s).exists() for a, s in order)
     with tqdm(total=len(order), initial=finished(), unit="run", dynamic_ncols=True) as bar:
@@ -728,8 +701,6 @@ def remove_stale_locks(out: pathlib.Path) -> None:
 
 def check_no_repeats(size: StudySize, data: pathlib.Path | None) -> dict[str, float]:
   """Epochs per domain over a whole run; an error if any domain would be read twice."""
-  from train.data.mixture import LoaderConfig, epochs_per_source, source_sequences
-
   cache = token_cache(data)
   sequences = {d: source_sequences(cache, d, size.seq_len) for d in DOMAINS}
   loader = LoaderConfig(size.seq_len, size.global_batch // 4, 4)
@@ -741,71 +712,4 @@ def check_no_repeats(size: StudySize, data: pathlib.Path | None) -> dict[str, fl
 
 
 def default_jobs(cores: int) -> int:
-  import jax
-
   return 2 if cores >= 2 and jax.default_backend() == "cpu" else 1
-
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny preset, 2 seeds, 24 steps")
-  parser.add_argument(
-    "--out", type=pathlib.Path, help="results directory (default benchmarks/confirm[-quick])"
-  )
-  parser.add_argument(
-    "--jobs", type=int, help="runs trained side by side (default 2 on a CPU with 2+ cores)"
-  )
-  parser.add_argument("--runs", type=int, help="stop each worker after this many new runs")
-  parser.add_argument(
-    "--data",
-    type=pathlib.Path,
-    help="a token cache with prose, code and math (python -m train.data.prepare); "
-    "default: the built-in corpus",
-  )
-  parser.add_argument("--report-only", action="store_true", help="no training")
-  parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
-  if args.jobs is not None and args.jobs < 1 or args.runs is not None and args.runs < 1:
-    parser.error("--jobs and --runs take an integer >= 1")
-  out = args.out or pathlib.Path("benchmarks/confirm" + ("-quick" if args.quick else ""))
-  size, parameters = chinchilla_size(FULL) if not args.quick else (QUICK, parameter_count("tiny"))
-  order = run_order(QUICK_SEEDS if args.quick else SEEDS)
-  (out / "runs").mkdir(parents=True, exist_ok=True)
-  if args.worker is not None:
-    return work(size, out, order, args.worker, args.runs, args.data)
-  if not args.report_only:
-    epochs = check_no_repeats(size, args.data)
-    print(
-      f"{size.model}: {parameters:,} parameters, {size.steps} steps, "
-      f"{size.steps * size.global_batch * size.seq_len:,} tokens; epochs "
-      + ", ".join(f"{d} {e:.3f}" for d, e in epochs.items())
-    )
-    remove_stale_locks(out)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    args.jobs = args.jobs or default_jobs(cores)
-    if args.jobs > cores:
-      parser.error(f"--jobs {args.jobs} needs that many CPU cores; this process may use {cores}")
-    status = (
-      run_workers(args, order, size, out)
-      if args.jobs > 1
-      else work(size, out, order, 0, args.runs, args.data)
-    )
-    if status:
-      return status
-  results = read_results(out, order)
-  if "adamw" not in results:
-    print("no AdamW run finished yet: nothing to report")
-    return 0
-  command = " ".join(
-    ["python -m benchmarks.confirm"]
-    + (["--quick"] if args.quick else [])
-    + ([f"--data {args.data}"] if args.data else [])
-  )
-  text, analysis = report(results, size, parameters, out, command)
-  plots(results, analysis, out)
-  print(text)
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

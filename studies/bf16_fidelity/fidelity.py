@@ -32,13 +32,12 @@ The three bf16-params modes are compared with float32 at the bfloat16-rounded we
 ``bf16-compute`` is also run with gamma scaled up (``--gamma-scales``), each against
 float32 at the same gamma.
 
-Run from the repository root:
-  python -m benchmarks.bf16_fidelity [--sizes tiny,mini,demo,130m] [--batch 4 --seq-len 128]
 Presets above ``demo`` run the full model on a slice of data (K micro-batches of
-batch x seq-len tokens). Writes ``benchmarks/bf16_fidelity/{results.json,results.md,fidelity.png}``.
+batch x seq-len tokens). The command is ``python -m studies.bf16_fidelity``
+(``studies/bf16_fidelity/cli.py``), which writes ``results.json``, ``results.md`` and
+``fidelity.png`` to ``studies/bf16_fidelity/results/``.
 """
 
-import argparse
 import json
 import pathlib
 import time
@@ -55,21 +54,6 @@ from train.data import corpus as corpus_lib
 from train.data.mixture import source_sequences
 
 MODES = ("bf16-compute", "bf16-params", "bf16-params+fp32", "bf16-params+sr")
-OUT = pathlib.Path(__file__).parent / "bf16_fidelity"
-
-
-def parse_args():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--sizes", default="tiny,mini,demo,130m")
-  parser.add_argument("--batch", type=int, default=4, help="sequences per micro-batch")
-  parser.add_argument("--seq-len", type=int, default=128)
-  parser.add_argument("--inner-lr", type=float, default=0.01)
-  parser.add_argument(
-    "--gamma-scales", default="3,10", help="extra multiples of --inner-lr for the bf16-compute mode"
-  )
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", type=pathlib.Path, default=OUT)
-  return parser.parse_args()
 
 
 def domain_microbatches(batch: int, seq_len: int, seed: int) -> np.ndarray:
@@ -226,6 +210,7 @@ def markdown_table(sizes: list[dict]) -> str:
 
 
 def plot(sizes: list[dict], path: pathlib.Path) -> None:
+  # matplotlib (the bench extra) loads only where a study draws.
   import matplotlib  # pylint: disable=import-outside-toplevel
 
   matplotlib.use("Agg")
@@ -258,59 +243,13 @@ def plot(sizes: list[dict], path: pathlib.Path) -> None:
   plt.close(figure)
 
 
-def main():
-  args = parse_args()
-  names = [name.strip() for name in args.sizes.split(",") if name.strip()]
-  try:
-    for name in names:
-      get_preset(name)
-    gammas = [args.inner_lr] + [args.inner_lr * float(x) for x in args.gamma_scales.split(",") if x]
-  except ValueError as error:
-    raise SystemExit(
-      f"error: {error} (--sizes takes preset names, --gamma-scales numbers)"
-    ) from None
-  tokens = domain_microbatches(args.batch, args.seq_len, args.seed)
-  print(
-    f"jax {jax.__version__} on {jax.default_backend()}; K = {tokens.shape[0]} micro-batches "
-    f"(one per domain) of {args.batch} x {args.seq_len} tokens; gamma {gammas}",
-    flush=True,
+def write_results(out: pathlib.Path, result: dict) -> str:
+  """Writes ``result`` (command, jax, backend, sizes) as ``results.json``, its table as
+  ``results.md`` and its plot as ``fidelity.png``; returns the table."""
+  table = markdown_table(result["sizes"])
+  (out / "results.md").write_text(
+    f"Command: `{result['command']}` (jax {result['jax']}, {result['backend']}).\n\n{table}\n"
   )
-  args.out.mkdir(parents=True, exist_ok=True)
-  command = "python -m benchmarks.bf16_fidelity " + " ".join(
-    f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"
-  )
-  sizes = []
-  for name in names:
-    started = time.perf_counter()
-    print(f"{name}:", flush=True)
-    sizes.append(measure_size(name, tokens, args, gammas))
-    print(
-      f"  {sizes[-1]['params'] / 1e6:.2f}M params, gamma/sqrt(N) = "
-      f"{sizes[-1]['per_element_step']:.2e} against a median bf16 spacing of "
-      f"{sizes[-1]['median_bf16_spacing']:.2e} ({time.perf_counter() - started:.0f} s)",
-      flush=True,
-    )
-    # Written after every size, so that a larger size running out of memory keeps the rest.
-    table = markdown_table(sizes)
-    (args.out / "results.md").write_text(
-      f"Command: `{command}` (jax {jax.__version__}, {jax.default_backend()}).\n\n{table}\n"
-    )
-    (args.out / "results.json").write_text(
-      json.dumps(
-        {
-          "command": command,
-          "jax": jax.__version__,
-          "backend": jax.default_backend(),
-          "sizes": sizes,
-        },
-        indent=1,
-      )
-      + "\n"
-    )
-    plot(sizes, args.out / "fidelity.png")
-  print("\n" + table)
-  print(f"\nwrote {args.out}/results.md, results.json, fidelity.png")
-
-
-if __name__ == "__main__":
-  main()
+  (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+  plot(result["sizes"], out / "fidelity.png")
+  return table

@@ -1,0 +1,1 @@
+"""The confirmatory study: does Nexus lower held-out loss at matched pretraining loss?"""
