@@ -164,6 +164,23 @@ def test_a_failing_run_stops_the_job_with_its_log(small_cache, tmp_path, capsys)
   assert "run failed; its log.txt ends:" in err and "data=3" in err, err[-2000:]
 
 
+def test_runs_in_turn_train_the_same_steps_in_this_process(small_cache, tmp_path, capsys):
+  """--jobs 1: both runs through train.pretrain in this process, one after the other; a
+  run's bad flag is its one-line error and stops the job."""
+  from train import compare
+
+  flags = ["--preset", "tiny", "--data", str(small_cache.root), "--steps", "2", "--jobs", "1"]
+  flags += ["--eval-every", "2", "--no-progress"]
+  assert compare.main([*flags, "--out", str(tmp_path / "good")]) == 0
+  (run_dir,) = (tmp_path / "good").iterdir()
+  for optimizer in ("adamw", "nexus"):
+    assert [record["step"] for record in metrics_of(run_dir / optimizer)][-1] == 2
+  assert '"jobs": 1' in (run_dir / "time.json").read_text()
+  capsys.readouterr()
+  assert compare.main([*flags, "--mesh", "data=3", "--out", str(tmp_path / "bad")]) == 2
+  assert capsys.readouterr().err.strip().startswith("error: ")
+
+
 def test_sigterm_stops_both_side_by_side_runs_at_a_checkpoint(small_cache, tmp_path):
   from tests.test_pretrain import wait_for
 

@@ -35,7 +35,7 @@ import time
 import jax
 from tqdm import tqdm
 
-from train import pretrain
+from train import flags, pretrain
 from train.data.mixture import parse_mixture
 from train.data.roles import HELDOUT, TRAIN, VALIDATION
 from train.processes import core_shares, start_pinned
@@ -203,14 +203,14 @@ def run_side_by_side(argv: dict[str, list[str]], out: pathlib.Path) -> tuple[int
 def prepare_data_once(run_argv: list[str]) -> tuple[int, bool] | None:
   """Prepares the runs' data before they start, as two runs must not both build the same
   cache. Returns their steps and ``--no-progress``, or None once it printed why not."""
-  flags = pretrain.build_parser().parse_args(run_argv)
+  run_args = flags.build_parser().parse_args(run_argv)
   try:
-    config = pretrain.config_from_args(flags)
+    config = flags.config_from_args(run_args)
     load_data(config, True, pretrain.read_init_checkpoint(config))
-  except pretrain.USER_ERRORS as error:
+  except flags.USER_ERRORS as error:
     print(f"error: {error}", file=sys.stderr)
     return None
-  return config.steps, flags.no_progress
+  return config.steps, run_args.no_progress
 
 
 def start_run(optimizer: str, run_argv: list[str], cores: list[int]) -> subprocess.Popen:
@@ -407,7 +407,7 @@ def run_in_turn(argv: dict[str, list[str]], out: pathlib.Path) -> int:
   the first non-zero exit status (or 0)."""
   for optimizer, run_argv in argv.items():
     print(f"\n=== {LABELS[optimizer]} -> {out / optimizer}", flush=True)
-    status = pretrain.main(run_argv)
+    status = pretrain.train(flags.build_parser().parse_args(run_argv))
     if status != 0:
       return status
   return 0

@@ -32,71 +32,20 @@ import jax
 from tqdm import tqdm
 
 from models import get_preset
-from models.hf_llama import HFCheckpointError
 from train import parallel
 from train.build import Training, build_training
 from train.checkpoints import CheckpointStore, Restored
 from train.config import ConfigError, TrainConfig
-from train.data import sources
 from train.data.cache import TokenCache
 from train.data.corpus import default_cache_root
-from train.data.mixture import MixtureError
 from train.data.roles import HELDOUT, TRAIN, VALIDATION
-from train.data.spec import DataError
-from train.data.tokenizer import TokenizerError
 from train.evaluation import Evaluator, cache_eval_sets, domain_batches
+from train.flags import USER_ERRORS, build_parser, config_from_args
 from train.hf import HFCheckpoint, read_checkpoint
 from train.metrics_log import MetricsLog, summary_table
 from train.optimizers import learning_rate_schedule
 from train.preemption import StopRequest
-from train.presets import RUN_PRESETS, get_run_preset
 from train.training_data import check_resumed_data, load_data, training_iterator
-
-USER_ERRORS = (
-  ConfigError,
-  MixtureError,
-  DataError,
-  TokenizerError,
-  HFCheckpointError,
-  sources.SourceUnavailable,
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-    prog="python -m train.pretrain",
-    description=__doc__.split("\n\n")[0],
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-  )
-  parser.add_argument("--preset", default="demo", help=f"run preset: {', '.join(RUN_PRESETS)}")
-  for field in dataclasses.fields(TrainConfig):
-    kind = float if field.type == (float | None) else field.type
-    parser.add_argument(
-      "--" + field.name.replace("_", "-"),
-      type=kind,
-      default=None,
-      help=f"(preset's value if not given; TrainConfig.{field.name})",
-    )
-  parser.add_argument(
-    "--resume", action="store_true", help="continue from the newest readable checkpoint in --out"
-  )
-  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-  parser.add_argument(
-    "--compilation-cache",
-    default=None,
-    help="XLA's persistent compilation cache: a directory, or 'none' (default: "
-    "$JAX_COMPILATION_CACHE_DIR, else xla/ in $NEXUS_CORPUS_DIR or ~/.cache/nexus-optax)",
-  )
-  group = parser.add_argument_group("multi-host")
-  group.add_argument("--coordinator-address", default=None, help="HOST:PORT of process 0")
-  group.add_argument("--num-processes", type=int, default=None)
-  group.add_argument("--process-id", type=int, default=None)
-  group.add_argument(
-    "--distributed",
-    action="store_true",
-    help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM)",
-  )
-  return parser
 
 
 def use_compilation_cache(directory: str | None) -> None:
@@ -113,19 +62,6 @@ def use_compilation_cache(directory: str | None) -> None:
     if jax.config.jax_compilation_cache_max_size == -1:  # unbounded otherwise; evicts LRU
       jax.config.update("jax_compilation_cache_max_size", 2 << 30)
   jax.config.update("jax_compilation_cache_dir", directory)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-  overrides = {
-    field.name: getattr(args, field.name)
-    for field in dataclasses.fields(TrainConfig)
-    if getattr(args, field.name) is not None
-  }
-  if (overrides.get("data") or overrides.get("init_from_hf")) and "tokenizer" not in overrides:
-    overrides["tokenizer"] = ""  # the cache's or the checkpoint's, not the preset's
-  if overrides.get("init_from_hf"):  # resumable from any working directory
-    overrides["init_from_hf"] = str(pathlib.Path(overrides["init_from_hf"]).absolute())
-  return get_run_preset(args.preset, **overrides)
 
 
 def prepare_out_dir(out: pathlib.Path, resume: bool) -> None:
@@ -462,10 +398,10 @@ def run(args: argparse.Namespace) -> int:
   return 0
 
 
-def main(argv=None) -> int:
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  previous_handler = signal.getsignal(signal.SIGTERM)  # a caller's own, when run in-process
+def train(args: argparse.Namespace) -> int:
+  """``run(args)`` for a caller in this process (``main``, ``train.compare --jobs 1``): a
+  user error prints one line and returns 2; the caller's SIGTERM handler is restored."""
+  previous_handler = signal.getsignal(signal.SIGTERM)
   try:
     return run(args)
   except USER_ERRORS as error:
@@ -473,6 +409,10 @@ def main(argv=None) -> int:
     return 2
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
+
+
+def main(argv=None) -> int:
+  return train(build_parser(__doc__.split("\n\n")[0]).parse_args(argv))
 
 
 if __name__ == "__main__":
