@@ -29,7 +29,7 @@ Engineering choices, all set in :class:`LlamaConfig`:
 """
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +61,8 @@ _REMAT_POLICIES = {
   "full": jax.checkpoint_policies.nothing_saveable,
   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-_DTYPES = ("float32", "bfloat16", "float16")
+DType = Literal["float32", "bfloat16", "float16"]
+_DTYPES = get_args(DType)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +155,8 @@ class LlamaConfig:
   tie_embeddings: bool = False
   scan_layers: bool = True
   remat: RematPolicy = "none"
-  param_dtype: str = "float32"
-  compute_dtype: str = "float32"
+  param_dtype: DType = "float32"
+  compute_dtype: DType = "float32"
   init_std: float = 0.02
   attention_impl: str | None = None
 
@@ -186,7 +187,7 @@ class LlamaConfig:
       )
     if self.resolved_head_dim < 2 or self.resolved_head_dim % 2:
       raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.resolved_head_dim}.")
-    if self.remat not in ("none", *_REMAT_POLICIES):
+    if self.remat not in get_args(RematPolicy):
       raise ValueError(f"LlamaConfig.remat must be 'none', 'full' or 'dots', got {self.remat!r}.")
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in _DTYPES:

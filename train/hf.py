@@ -24,6 +24,7 @@ import dataclasses
 import json
 import pathlib
 import shutil
+from typing import Literal, get_args
 
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -63,7 +64,8 @@ EXPORT_FILES = (
   SPECIAL_TOKENS,
   "generation_config.json",
 )
-EXPORT_DTYPES = ("float32", "bfloat16")
+ExportDType = Literal["float32", "bfloat16"]
+EXPORT_DTYPES = get_args(ExportDType)
 
 
 @dataclasses.dataclass
@@ -219,7 +221,7 @@ def write_checkpoint(
   params: dict,
   model_config: LlamaConfig,
   tokenizer: Tokenizer,
-  dtype: str = "float32",
+  dtype: ExportDType = "float32",
   metadata: dict | None = None,
 ) -> pathlib.Path:
   """Writes our params (a pure dict of arrays) as a transformers Llama folder."""

@@ -31,6 +31,7 @@ import pathlib
 import shutil
 import sys
 import time
+from typing import Literal
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from train.data import spec as spec_lib
 
 END_OF_DOCUMENT = 256
 VOCAB_SIZE = 257
+TokenizerKind = Literal["bytes", "huggingface", "sentencepiece"]
 BYTES = "bytes"
 END_OF_TEXT = "<|endoftext|>"
 # End-of-document tokens of common tokenizer files, in order of preference.
@@ -111,7 +113,7 @@ class Tokenizer:
     hash: sha256 of what defines it (the file's bytes).
   """
 
-  kind: str
+  kind: TokenizerKind
   source: str
   vocab_size: int
   eod_id: int
