@@ -204,6 +204,7 @@ class HuggingFaceTokenizer(Tokenizer):
   kind = "huggingface"
 
   def __init__(self, path: pathlib.Path):
+    # optional: only Hugging Face tokenizer files need it
     from tokenizers import Tokenizer as HFTokenizer
 
     self.source = str(pathlib.Path(path).absolute())
@@ -270,7 +271,7 @@ class SentencePieceTokenizer(Tokenizer):
   kind = "sentencepiece"
 
   def __init__(self, path: pathlib.Path):
-    import sentencepiece
+    import sentencepiece  # optional: only SentencePiece models need it
 
     self.source = str(pathlib.Path(path).absolute())
     try:
@@ -417,6 +418,7 @@ def train_bpe(texts, vocab_size: int, out: pathlib.Path, show_progress: bool = T
   Byte-level, without an added prefix space: every text round-trips exactly and the
   tokens' bytes add up to the text's UTF-8 bytes.
   """
+  # optional: only BPE training needs tokenizers (kept out of the data workers' imports).
   from tokenizers import Tokenizer as HFTokenizer
   from tokenizers import decoders, models, pre_tokenizers, trainers
 
