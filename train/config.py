@@ -13,9 +13,11 @@ from typing import Literal, get_args
 
 from models.presets import PRESETS as MODEL_PRESETS
 from train.data.corpus import builtin_bpe_size
-from train.data.mixture import MODES, BatchMode
+from train.data.mixture import MODES
 from train.data.tokenizer import TokenizerError
 
+# The string fields' values. The fields are annotated ``str`` (naming these in a comment):
+# train.pretrain's parser takes each field's annotation as its argparse type.
 Optimizer = Literal["adamw", "nexus", "nexus-multisteps", "muon", "nexus-muon", "sgd"]
 Schedule = Literal["wsd", "cosine"]
 OPTIMIZERS = get_args(Optimizer)
@@ -106,12 +108,12 @@ class TrainConfig:
   micro_batch_size: int = 8
   microbatches: int = 4
   mixture: str = ""
-  batch_mode: BatchMode = "mixed"
+  batch_mode: str = "mixed"  # BatchMode
   seed: int = 0
-  optimizer: Optimizer = "nexus"
+  optimizer: str = "nexus"  # Optimizer
   lr: float = 2e-3
   inner_lr: float = 0.01
-  schedule: Schedule = "wsd"
+  schedule: str = "wsd"  # Schedule
   warmup_fraction: float = 0.01
   decay_fraction: float = 0.1
   final_lr_fraction: float = 0.0
