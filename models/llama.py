@@ -33,6 +33,7 @@ from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from models.sharding import (
@@ -495,7 +496,6 @@ class Llama(nnx.Module):
 def next_token_loss(model: Llama, tokens, displacement=None):
   """Mean next-token cross-entropy (nats) of int tokens [B, T + 1], at ``theta -
   displacement`` when one is given (see :meth:`Llama.__call__`)."""
-  logits = model(tokens[:, :-1], displacement=displacement)
-  targets = tokens[:, 1:]
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], axis=-1))
+  logits = model(tokens[:, :-1], displacement=displacement)  # float32 (the unembedding's output)
+  nats = optax.losses.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+  return jnp.mean(nats)
