@@ -33,14 +33,20 @@ and compute ``x W``, hence the transposes. The rest needs no permutation:
   * the vocabulary is the embedding's rows, which may exceed the tokenizer's (padding):
     ``vocab_size`` is the rows, the tokenizer keeps its own size.
 
-This module needs no torch and no transformers: it maps configs and NumPy tensors, and
-raises :class:`HFCheckpointError` with the fix when a checkpoint does not fit.
+This module needs no torch and no transformers, and reads and writes no files: it maps
+configs and NumPy tensors, and raises :class:`HFCheckpointError` with the fix when a
+checkpoint does not fit. ``train.hf`` reads and writes the folders. Reading a folder
+meets this module's functions in its order: :func:`from_hf_config` (config.json), then
+:func:`check_hf_tensors` (the tensors' names and shapes), then :func:`lazy_hf_params` or
+:func:`from_hf_tensors` (the weights); writing one calls :func:`to_hf` (config.json and
+the tensors, through :func:`to_hf_config` and :func:`to_hf_tensors`).
 """
 
 import dataclasses
 from collections.abc import Callable
 
 import jax
+import ml_dtypes
 import numpy as np
 
 from models.llama import Llama3RopeScaling, LlamaConfig
@@ -53,6 +59,145 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 class HFCheckpointError(ValueError):
   """A Hugging Face checkpoint that cannot be read as a Llama; the message names the fix."""
+
+
+def numpy_dtype(name: str) -> np.dtype:
+  """The NumPy dtype of a dtype name, bfloat16 included (``ml_dtypes``, as JAX's)."""
+  return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+# config.json
+
+
+def from_hf_config(hf: dict, base: LlamaConfig, where: str = "config.json") -> LlamaConfig:
+  """Our config of a transformers Llama ``config.json`` dict.
+
+  The shape (vocabulary, widths, heads, layers, RoPE base, RMSNorm epsilon, tying, maximum
+  positions, initialiser scale) comes from ``hf``; how it is computed (``scan_layers``,
+  ``remat``, dtypes, attention implementation) from ``base``, a preset.
+  """
+  if not isinstance(hf, dict):
+    raise HFCheckpointError(f"{where} is not a JSON object; write the checkpoint's config again.")
+  model_type = hf.get("model_type")
+  architectures = hf.get("architectures") or []
+  if model_type != "llama" or any(a != "LlamaForCausalLM" for a in architectures):
+    named = f"model_type {model_type!r}" + (
+      f" ({', '.join(architectures)})" if architectures else ""
+    )
+    raise HFCheckpointError(
+      f"{where}: {named} is not a Llama; nexus-optax reads "
+      "LlamaForCausalLM checkpoints (model_type 'llama')."
+    )
+  # transformers 5 reads rope_scaling first when both are there.
+  rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+  if not isinstance(rope, dict):
+    raise HFCheckpointError(
+      f"{where}: rope_scaling / rope_parameters is not an object; write "
+      "the checkpoint's config again."
+    )
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+  unsupported = {
+    "partial_rotary_factor": (float(partial or 1.0), 1.0),
+    "hidden_act": (hf.get("hidden_act", "silu"), "silu"),
+    "attention_bias": (bool(hf.get("attention_bias", False)), False),
+    "mlp_bias": (bool(hf.get("mlp_bias", False)), False),
+  }
+  for name, (value, wanted) in unsupported.items():
+    if value != wanted:
+      raise HFCheckpointError(
+        f"{where}: {name} {value!r} is not supported (this Llama has "
+        f"{name} {wanted!r}); use a checkpoint without it."
+      )
+  if rope_type not in SUPPORTED_ROPE_TYPES:
+    raise HFCheckpointError(
+      f"{where}: rope type {rope_type!r} is not supported (this Llama "
+      f"computes {' and '.join(SUPPORTED_ROPE_TYPES)}); use a checkpoint "
+      "with one of those."
+    )
+  try:
+    heads = int(hf["num_attention_heads"])
+    hidden = int(hf["hidden_size"])
+    return dataclasses.replace(
+      base,
+      vocab_size=int(hf["vocab_size"]),
+      hidden_dim=hidden,
+      mlp_dim=int(hf["intermediate_size"]),
+      num_layers=int(hf["num_hidden_layers"]),
+      num_heads=heads,
+      num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+      head_dim=int(hf.get("head_dim") or hidden // heads),
+      max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+      rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
+      rope_scaling=None
+      if rope_type == "default"
+      else Llama3RopeScaling(
+        factor=float(rope["factor"]),
+        low_freq_factor=float(rope["low_freq_factor"]),
+        high_freq_factor=float(rope["high_freq_factor"]),
+        original_max_position_embeddings=int(
+          rope.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
+        ),
+      ),
+      norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      init_std=float(hf.get("initializer_range", 0.02)),
+    )
+  except KeyError as error:
+    raise HFCheckpointError(
+      f"{where} has no {error.args[0]!r}, which a Llama config.json of "
+      "this kind needs; write the checkpoint's config again."
+    ) from None
+  except (TypeError, AttributeError) as error:  # a null or non-numeric field
+    raise HFCheckpointError(
+      f"{where}: a size or RoPE field is not a number ({error}); write "
+      "the checkpoint's config again."
+    ) from None
+  except ValueError as error:  # LlamaConfig's own checks (a head count that does not divide)
+    raise HFCheckpointError(f"{where}: {error}") from None
+
+
+def to_hf_config(config: LlamaConfig, eod_id: int, dtype: str = "float32") -> dict:
+  """transformers' ``LlamaConfig`` of ``config``, as the ``config.json`` dict.
+
+  RoPE is written both ways transformers has read it (``rope_theta`` and ``rope_scaling``
+  up to 4.x, ``rope_parameters`` from 5.0), so either major version loads the file. The
+  end-of-document token is the begin and end token: training puts one before every
+  document.
+  """
+  rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+  if config.rope_scaling is not None:
+    rope = {**rope, "rope_type": "llama3", **dataclasses.asdict(config.rope_scaling)}
+  return {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": config.vocab_size,
+    "hidden_size": config.hidden_dim,
+    "intermediate_size": config.mlp_dim,
+    "num_hidden_layers": config.num_layers,
+    "num_attention_heads": config.num_heads,
+    "num_key_value_heads": config.num_kv_heads,
+    "head_dim": config.resolved_head_dim,
+    "hidden_act": "silu",
+    "max_position_embeddings": config.max_seq_len,
+    "rms_norm_eps": config.norm_eps,
+    "rope_theta": config.rope_theta,
+    "rope_parameters": rope,
+    "rope_scaling": rope if config.rope_scaling is not None else None,
+    "tie_word_embeddings": config.tie_embeddings,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "mlp_bias": False,
+    "initializer_range": config.init_std,
+    "bos_token_id": eod_id,
+    "eos_token_id": eod_id,
+    "pretraining_tp": 1,
+    "use_cache": True,
+    "torch_dtype": dtype,
+  }
+
+
+# The tensors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,161 +322,6 @@ def hf_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def to_hf_config(config: LlamaConfig, eod_id: int, dtype: str = "float32") -> dict:
-  """transformers' ``LlamaConfig`` of ``config``, as the ``config.json`` dict.
-
-  RoPE is written both ways transformers has read it (``rope_theta`` and ``rope_scaling``
-  up to 4.x, ``rope_parameters`` from 5.0), so either major version loads the file. The
-  end-of-document token is the begin and end token: training puts one before every
-  document.
-  """
-  rope = {"rope_type": "default", "rope_theta": config.rope_theta}
-  if config.rope_scaling is not None:
-    rope = {**rope, "rope_type": "llama3", **dataclasses.asdict(config.rope_scaling)}
-  return {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": config.vocab_size,
-    "hidden_size": config.hidden_dim,
-    "intermediate_size": config.mlp_dim,
-    "num_hidden_layers": config.num_layers,
-    "num_attention_heads": config.num_heads,
-    "num_key_value_heads": config.num_kv_heads,
-    "head_dim": config.resolved_head_dim,
-    "hidden_act": "silu",
-    "max_position_embeddings": config.max_seq_len,
-    "rms_norm_eps": config.norm_eps,
-    "rope_theta": config.rope_theta,
-    "rope_parameters": rope,
-    "rope_scaling": rope if config.rope_scaling is not None else None,
-    "tie_word_embeddings": config.tie_embeddings,
-    "attention_bias": False,
-    "attention_dropout": 0.0,
-    "mlp_bias": False,
-    "initializer_range": config.init_std,
-    "bos_token_id": eod_id,
-    "eos_token_id": eod_id,
-    "pretraining_tp": 1,
-    "use_cache": True,
-    "torch_dtype": dtype,
-  }
-
-
-def from_hf_config(hf: dict, base: LlamaConfig, where: str = "config.json") -> LlamaConfig:
-  """Our config of a transformers Llama ``config.json`` dict.
-
-  The shape (vocabulary, widths, heads, layers, RoPE base, RMSNorm epsilon, tying, maximum
-  positions, initialiser scale) comes from ``hf``; how it is computed (``scan_layers``,
-  ``remat``, dtypes, attention implementation) from ``base``, a preset.
-  """
-  if not isinstance(hf, dict):
-    raise HFCheckpointError(f"{where} is not a JSON object; write the checkpoint's config again.")
-  model_type = hf.get("model_type")
-  architectures = hf.get("architectures") or []
-  if model_type != "llama" or any(a != "LlamaForCausalLM" for a in architectures):
-    named = f"model_type {model_type!r}" + (
-      f" ({', '.join(architectures)})" if architectures else ""
-    )
-    raise HFCheckpointError(
-      f"{where}: {named} is not a Llama; nexus-optax reads "
-      "LlamaForCausalLM checkpoints (model_type 'llama')."
-    )
-  # transformers 5 reads rope_scaling first when both are there.
-  rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
-  if not isinstance(rope, dict):
-    raise HFCheckpointError(
-      f"{where}: rope_scaling / rope_parameters is not an object; write "
-      "the checkpoint's config again."
-    )
-  rope_type = rope.get("rope_type", rope.get("type", "default"))
-  partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-  unsupported = {
-    "partial_rotary_factor": (float(partial or 1.0), 1.0),
-    "hidden_act": (hf.get("hidden_act", "silu"), "silu"),
-    "attention_bias": (bool(hf.get("attention_bias", False)), False),
-    "mlp_bias": (bool(hf.get("mlp_bias", False)), False),
-  }
-  for name, (value, wanted) in unsupported.items():
-    if value != wanted:
-      raise HFCheckpointError(
-        f"{where}: {name} {value!r} is not supported (this Llama has "
-        f"{name} {wanted!r}); use a checkpoint without it."
-      )
-  if rope_type not in SUPPORTED_ROPE_TYPES:
-    raise HFCheckpointError(
-      f"{where}: rope type {rope_type!r} is not supported (this Llama "
-      f"computes {' and '.join(SUPPORTED_ROPE_TYPES)}); use a checkpoint "
-      "with one of those."
-    )
-  try:
-    heads = int(hf["num_attention_heads"])
-    hidden = int(hf["hidden_size"])
-    return dataclasses.replace(
-      base,
-      vocab_size=int(hf["vocab_size"]),
-      hidden_dim=hidden,
-      mlp_dim=int(hf["intermediate_size"]),
-      num_layers=int(hf["num_hidden_layers"]),
-      num_heads=heads,
-      num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-      head_dim=int(hf.get("head_dim") or hidden // heads),
-      max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-      rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))),
-      rope_scaling=None
-      if rope_type == "default"
-      else Llama3RopeScaling(
-        factor=float(rope["factor"]),
-        low_freq_factor=float(rope["low_freq_factor"]),
-        high_freq_factor=float(rope["high_freq_factor"]),
-        original_max_position_embeddings=int(
-          rope.get("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
-        ),
-      ),
-      norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      init_std=float(hf.get("initializer_range", 0.02)),
-    )
-  except KeyError as error:
-    raise HFCheckpointError(
-      f"{where} has no {error.args[0]!r}, which a Llama config.json of "
-      "this kind needs; write the checkpoint's config again."
-    ) from None
-  except (TypeError, AttributeError) as error:  # a null or non-numeric field
-    raise HFCheckpointError(
-      f"{where}: a size or RoPE field is not a number ({error}); write "
-      "the checkpoint's config again."
-    ) from None
-  except ValueError as error:  # LlamaConfig's own checks (a head count that does not divide)
-    raise HFCheckpointError(f"{where}: {error}") from None
-
-
-def _get(tree: dict, path: tuple[str, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def to_hf_tensors(params: dict, config: LlamaConfig) -> dict[str, np.ndarray]:
-  """transformers' ``state_dict`` (NumPy, C-contiguous) of our params (a pure dict)."""
-  tensors = {}
-  for tensor in _tensors(config):
-    array = np.asarray(_get(params, tensor.path))
-    if tensor.per_layer:
-      for layer in range(config.num_layers):
-        tensors[tensor.name.format(layer=layer)] = np.ascontiguousarray(
-          tensor.to_hf(array[layer], config)
-        )
-    else:
-      tensors[tensor.name] = np.ascontiguousarray(tensor.to_hf(array, config))
-  return tensors
-
-
 def check_hf_tensors(
   shapes: dict[str, tuple[int, ...]], config: LlamaConfig, where: str = "the checkpoint"
 ) -> None:
@@ -364,6 +354,18 @@ def check_hf_tensors(
     )
 
 
+def _get(tree: dict, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
 class LazyParam:
   """One of our params, read from transformers tensors when indexed: ``param[index]`` (a
   tuple of slices, as ``jax.make_array_from_callback`` asks for one device's shard)
@@ -385,15 +387,45 @@ class LazyParam:
     )
 
 
-def lazy_hf_params(read, config: LlamaConfig, dtype) -> dict:
-  """Our params tree of :class:`LazyParam`, from ``read(name) -> np.ndarray``."""
+def lazy_hf_params(read, config: LlamaConfig, dtype=None) -> dict:
+  """Our params tree of :class:`LazyParam`, from ``read(name) -> np.ndarray``, in ``dtype``
+  (default: ``config.param_dtype``)."""
+  dtype = numpy_dtype(config.param_dtype) if dtype is None else dtype
   params: dict = {}
   for tensor in _tensors(config):
     _set(params, tensor.path, LazyParam(tensor, read, config, dtype))
   return params
 
 
-def from_hf_tensors(read, config: LlamaConfig, dtype) -> dict:
-  """Our params (pure dict of NumPy ``dtype`` arrays) from ``read(name) -> np.ndarray``,
-  per-layer tensors stacked along the leading ``layers`` axis."""
+def from_hf_tensors(read, config: LlamaConfig, dtype=None) -> dict:
+  """Our params (pure dict of NumPy ``dtype`` arrays, default ``config.param_dtype``) from
+  ``read(name) -> np.ndarray``, per-layer tensors stacked along the leading ``layers`` axis."""
   return jax.tree.map(lambda param: param[:], lazy_hf_params(read, config, dtype))
+
+
+def to_hf_tensors(params: dict, config: LlamaConfig) -> dict[str, np.ndarray]:
+  """transformers' ``state_dict`` (NumPy, C-contiguous) of our params (a pure dict)."""
+  tensors = {}
+  for tensor in _tensors(config):
+    array = np.asarray(_get(params, tensor.path))
+    if tensor.per_layer:
+      for layer in range(config.num_layers):
+        tensors[tensor.name.format(layer=layer)] = np.ascontiguousarray(
+          tensor.to_hf(array[layer], config)
+        )
+    else:
+      tensors[tensor.name] = np.ascontiguousarray(tensor.to_hf(array, config))
+  return tensors
+
+
+def to_hf(
+  params: dict, config: LlamaConfig, eod_id: int, dtype: str = "float32"
+) -> tuple[dict, dict[str, np.ndarray]]:
+  """transformers' ``config.json`` dict (:func:`to_hf_config`) and ``state_dict``
+  (:func:`to_hf_tensors`, cast to ``dtype``) of our params (a pure dict)."""
+  numpy_type = numpy_dtype(dtype)
+  tensors = {
+    name: array.astype(numpy_type, copy=False)
+    for name, array in to_hf_tensors(params, config).items()
+  }
+  return to_hf_config(config, eod_id, dtype), tensors

@@ -29,10 +29,11 @@ Engineering choices, all set in :class:`LlamaConfig`:
 """
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from models.sharding import (
@@ -61,7 +62,8 @@ _REMAT_POLICIES = {
   "full": jax.checkpoint_policies.nothing_saveable,
   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-_DTYPES = ("float32", "bfloat16", "float16")
+DType = Literal["float32", "bfloat16", "float16"]
+_DTYPES = get_args(DType)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +156,8 @@ class LlamaConfig:
   tie_embeddings: bool = False
   scan_layers: bool = True
   remat: RematPolicy = "none"
-  param_dtype: str = "float32"
-  compute_dtype: str = "float32"
+  param_dtype: DType = "float32"
+  compute_dtype: DType = "float32"
   init_std: float = 0.02
   attention_impl: str | None = None
 
@@ -186,7 +188,7 @@ class LlamaConfig:
       )
     if self.resolved_head_dim < 2 or self.resolved_head_dim % 2:
       raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.resolved_head_dim}.")
-    if self.remat not in ("none", *_REMAT_POLICIES):
+    if self.remat not in get_args(RematPolicy):
       raise ValueError(f"LlamaConfig.remat must be 'none', 'full' or 'dots', got {self.remat!r}.")
     for name in ("param_dtype", "compute_dtype"):
       if getattr(self, name) not in _DTYPES:
@@ -494,7 +496,6 @@ class Llama(nnx.Module):
 def next_token_loss(model: Llama, tokens, displacement=None):
   """Mean next-token cross-entropy (nats) of int tokens [B, T + 1], at ``theta -
   displacement`` when one is given (see :meth:`Llama.__call__`)."""
-  logits = model(tokens[:, :-1], displacement=displacement)
-  targets = tokens[:, 1:]
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], axis=-1))
+  logits = model(tokens[:, :-1], displacement=displacement)  # float32 (the unembedding's output)
+  nats = optax.losses.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+  return jnp.mean(nats)

@@ -30,7 +30,10 @@ compute in float32 for the CPU.
 
 import dataclasses
 
-from models.llama import LlamaConfig
+import jax
+from flax import nnx
+
+from models.llama import Llama, LlamaConfig
 
 BYTE_VOCAB_SIZE = 384
 
@@ -111,11 +114,6 @@ def get_preset(name: str, **overrides) -> LlamaConfig:
 def preset_table() -> str:
   """Markdown table of every preset's shape and its non-embedding size from ``nnx.eval_shape``
   (nothing is allocated), against the paper's figure."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
-  from models.llama import Llama  # pylint: disable=import-outside-toplevel
-
   lines = [
     "| preset | layers | hidden | mlp | heads / kv | non-embedding (eval_shape) | paper | diff |",
     "|---|---:|---:|---:|---:|---:|---:|---:|",

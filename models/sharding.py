@@ -11,12 +11,10 @@ axes follow the usual pretraining split:
 """
 
 import contextlib
-import contextvars
 from collections.abc import Sequence
 
 import jax
-from flax import nnx
-from flax.core import spmd
+from flax import linen, nnx
 
 EMBED = "embed"
 MLP = "mlp"
@@ -60,10 +58,6 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   (ACTIVATION_VOCAB, "tensor"),
 )
 
-_ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar(
-  "activation_sharding", default=None
-)
-
 
 def logical_partition_specs(state, rules: Sequence = DEFAULT_RULES):
   """Maps a model state's logical axis annotations to mesh ``PartitionSpec``s.
@@ -84,7 +78,7 @@ def logical_partition_specs(state, rules: Sequence = DEFAULT_RULES):
     >>> tuple(specs["blocks"]["mlp"]["gate"].get_value())
     (None, 'fsdp', 'tensor')
   """
-  with spmd.logical_axis_rules(tuple(rules)):
+  with nnx.logical_axis_rules(tuple(rules)):
     return nnx.get_partition_spec(state)
 
 
@@ -97,18 +91,15 @@ def named_shardings(state, mesh: jax.sharding.Mesh, rules: Sequence = DEFAULT_RU
 def logical_to_mesh(
   logical_axes: Sequence[str | None], rules: Sequence = DEFAULT_RULES
 ) -> jax.sharding.PartitionSpec:
-  """The ``PartitionSpec`` of a tensor whose axes carry ``logical_axes`` (first rule wins).
+  """The ``PartitionSpec`` of a tensor whose axes carry ``logical_axes``: flax's reading of
+  ``rules``, the one :func:`logical_partition_specs` and :func:`constrain` use (the first
+  rule for a name wins; a mesh axis shards one tensor axis at most).
 
   Example:
     >>> tuple(logical_to_mesh((BATCH, LENGTH, ACTIVATION_MLP)))
     (('data', 'fsdp'), None, 'tensor')
   """
-  table = {}
-  for name, mesh_axis in rules:
-    table.setdefault(name, mesh_axis)
-  return jax.sharding.PartitionSpec(
-    *(None if name is None else table.get(name) for name in logical_axes)
-  )
+  return linen.logical_to_mesh_axes(tuple(logical_axes), tuple(rules))
 
 
 @contextlib.contextmanager
@@ -116,21 +107,17 @@ def activation_sharding(mesh: jax.sharding.Mesh, rules: Sequence = DEFAULT_RULES
   """While tracing inside this context, :func:`constrain` pins activations to ``mesh``.
 
   Enter it inside the function that ``jax.jit`` traces (the loss), so that every trace
-  sees it. Outside it the model places nothing and XLA propagates shardings freely.
+  sees it. Outside it the model places nothing and XLA propagates shardings freely. The
+  constraints name ``mesh``'s axes (its abstract mesh: ``jax.set_mesh`` cannot be entered
+  under ``jax.jit``); the devices are those of the traced function's arrays, which
+  therefore live on ``mesh``.
   """
-  token = _ACTIVATION_SHARDING.set((mesh, tuple(rules)))
-  try:
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nnx.logical_axis_rules(tuple(rules)):
     yield
-  finally:
-    _ACTIVATION_SHARDING.reset(token)
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   """``x`` with a sharding constraint from ``logical_axes``, under :func:`activation_sharding`;
-  ``x`` itself otherwise."""
-  context = _ACTIVATION_SHARDING.get()
-  if context is None:
-    return x
-  mesh, rules = context
-  sharding = jax.sharding.NamedSharding(mesh, logical_to_mesh(logical_axes, rules))
-  return jax.lax.with_sharding_constraint(x, sharding)
+  ``x`` itself otherwise (flax's ``with_logical_constraint`` is the identity outside a
+  rules context and a mesh)."""
+  return linen.with_logical_constraint(x, tuple(logical_axes))

@@ -7,6 +7,7 @@ feed one micro-batch per call.
 """
 
 from nexus_optax import diagnostics
+from nexus_optax._inner_step import InnerRounding, Normalize
 from nexus_optax._metrics import InnerStepSums, NexusMetrics, nexus_metrics
 from nexus_optax._multisteps import NexusMultiStepsState, nexus_multisteps
 from nexus_optax._nexus import InnerLoopResult, NexusState, inner_loop, nexus
@@ -15,10 +16,12 @@ __version__ = "0.1.0"
 
 __all__ = [
   "InnerLoopResult",
+  "InnerRounding",
   "InnerStepSums",
   "NexusMetrics",
   "NexusMultiStepsState",
   "NexusState",
+  "Normalize",
   "diagnostics",
   "inner_loop",
   "nexus",

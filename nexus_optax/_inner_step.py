@@ -7,7 +7,7 @@ gradient, in at least float32, and the per-step statistics that
 """
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import chex
 import jax
@@ -15,8 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-NORMALIZE_MODES = ("global", "per_leaf")
-INNER_ROUNDINGS = ("nearest", "stochastic")
+# How the micro-batch gradient is normalized: one L2 norm over the pytree, or one per leaf.
+Normalize = Literal["global", "per_leaf"]
+# How the inner point reaches a parameter dtype narrower than float32.
+InnerRounding = Literal["nearest", "stochastic"]
+NORMALIZE_MODES = get_args(Normalize)
+INNER_ROUNDINGS = get_args(InnerRounding)
 
 
 class InnerStep(NamedTuple):
@@ -54,7 +58,7 @@ def to_accumulation_dtype(tree):
   return jax.tree.map(lambda x: jnp.asarray(x).astype(accumulation_dtype(x.dtype)), tree)
 
 
-def check_normalize(normalize: str) -> None:
+def check_normalize(normalize: Normalize) -> None:
   if normalize not in NORMALIZE_MODES:
     raise ValueError(
       f"normalize={normalize!r} is not a normalization mode; use 'global' "
@@ -62,7 +66,7 @@ def check_normalize(normalize: str) -> None:
     )
 
 
-def check_inner_rounding(inner_rounding: str) -> None:
+def check_inner_rounding(inner_rounding: InnerRounding) -> None:
   if inner_rounding not in INNER_ROUNDINGS:
     raise ValueError(
       f"inner_rounding={inner_rounding!r} is not a rounding mode; use 'nearest' (the "

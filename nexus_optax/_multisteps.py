@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from nexus_optax import _inner_step
+from nexus_optax._inner_step import Normalize
 from nexus_optax._metrics import InnerStepSums, NexusMetrics, summarize_outer_step
 
 
@@ -54,7 +55,7 @@ def nexus_multisteps(
   every_k: int,
   inner_lr: float | optax.Schedule = 0.01,
   *,
-  normalize: str = "global",
+  normalize: Normalize = "global",
   skip_nonfinite: bool = True,
   batch_axis_name: str | None = None,
   mask: Any = None,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from nexus_optax import _inner_step
+from nexus_optax._inner_step import InnerRounding, Normalize
 from nexus_optax._metrics import InnerStepSums, NexusMetrics, summarize_outer_step
 
 
@@ -94,7 +95,9 @@ def _zero_displacement(params):
   )
 
 
-def _check_loss_takes_displacement(loss_takes_displacement: bool, inner_rounding: str) -> None:
+def _check_loss_takes_displacement(
+  loss_takes_displacement: bool, inner_rounding: InnerRounding
+) -> None:
   if loss_takes_displacement and inner_rounding == "stochastic":
     raise ValueError(
       "inner_rounding='stochastic' rounds an inner point that nexus forms itself; with "
@@ -144,10 +147,10 @@ def inner_loop(
   microbatches: Any,
   inner_lr: chex.Numeric,
   *,
-  normalize: str = "global",
+  normalize: Normalize = "global",
   has_aux: bool = False,
   skip_nonfinite: bool = True,
-  inner_rounding: str = "nearest",
+  inner_rounding: InnerRounding = "nearest",
   rounding_key: jax.Array | None = None,
   batch_axis_name: str | None = None,
   mask: Any = None,
@@ -321,10 +324,10 @@ class NexusState(NamedTuple):
 def nexus(
   inner_lr: float | optax.Schedule = 0.01,
   *,
-  normalize: str = "global",
+  normalize: Normalize = "global",
   has_aux: bool = False,
   skip_nonfinite: bool = True,
-  inner_rounding: str = "nearest",
+  inner_rounding: InnerRounding = "nearest",
   rounding_seed: int = 0,
   batch_axis_name: str | None = None,
   mask: Any = None,

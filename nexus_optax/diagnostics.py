@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from nexus_optax import _inner_step
+from nexus_optax._inner_step import Normalize
 
 
 def _per_source_grads(loss_fn, params, batches_by_source, has_aux):
@@ -96,7 +97,7 @@ def first_order_pseudo_gradient(
   microbatches: Any,
   inner_lr: float,
   *,
-  normalize: str = "global",
+  normalize: Normalize = "global",
 ) -> Any:
   r"""Nexus's pseudo-gradient with every unit gradient taken at the start point.
 

@@ -10,6 +10,7 @@ from flax import nnx
 
 from models import PAPER_SIZES, PRESETS, Llama, LlamaConfig, get_preset, next_token_loss
 from models.llama import apply_rope, rope_angles
+from train.evaluation import target_sums
 
 TINY = PRESETS["tiny"]
 
@@ -161,6 +162,20 @@ def test_next_token_loss_is_the_numpy_cross_entropy():
   )
   # An untrained model sits near the uniform distribution's loss.
   assert abs(expected - np.log(TINY.vocab_size)) < 0.1
+
+
+def test_eval_target_sums_are_the_numpy_cross_entropy():
+  model = Llama(TINY, rngs=nnx.Rngs(0))
+  tokens = random_tokens(7, (3, 13))
+  mask = (np.arange(12)[None, :] < np.array([[12], [5], [9]])).astype(np.float32)
+  target_bytes = np.random.default_rng(8).integers(1, 4, (3, 12)).astype(np.float32)
+  logits = numpy_llama_logits(numpy_params(model), tokens[:, :-1], TINY)
+  log_normalizers = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1))
+  log_normalizers += logits.max(-1)
+  nats = log_normalizers - np.take_along_axis(logits, tokens[:, 1:, None], -1)[..., 0]
+  total, count, total_bytes = target_sums(model, jnp.asarray(tokens), mask, target_bytes)
+  np.testing.assert_allclose(float(total), np.sum(nats * mask), rtol=1e-5)
+  assert float(count) == mask.sum() and float(total_bytes) == np.sum(mask * target_bytes)
 
 
 def test_bfloat16_compute_stays_close_to_float32():

@@ -5,6 +5,8 @@ import textwrap
 
 from conftest import run_on_cpu_devices
 
+from models.sharding import DEFAULT_RULES
+
 SCRIPT = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np
@@ -92,3 +94,59 @@ def test_activation_sharding_keeps_attention_split_by_batch_under_fsdp():
   per_sequence_scores = 4 * 512 * 512 * 4
   assert report["False"]["temp"] > 4 * per_sequence_scores
   assert report["True"]["temp"] < report["False"]["temp"] / 3
+
+
+CONSTRAINT_SCRIPT = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from models import sharding
+    from models.llama import RESIDUAL
+
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    S = sharding
+    placements = {
+      "residual": RESIDUAL,
+      "heads": (S.BATCH, S.ACTIVATION_HEADS, S.LENGTH, None),
+      "kv_heads": (S.BATCH, S.LENGTH, S.ACTIVATION_KV_HEADS, None),
+      "mlp": (S.BATCH, S.LENGTH, S.ACTIVATION_MLP),
+      "logits": (S.BATCH, S.LENGTH, S.ACTIVATION_VOCAB),
+    }
+    report = {}
+    for name, axes in placements.items():
+      def place(x, axes=axes):
+        with sharding.activation_sharding(mesh):
+          return sharding.constrain(x * 2, axes)
+      x = jax.device_put(jnp.ones((8, 4, 4, 4)[: len(axes)]), NamedSharding(mesh, P()))
+      placed = jax.jit(place)(x).sharding
+      free = jax.jit(lambda x, axes=axes: sharding.constrain(x * 2, axes))(x).sharding
+      report[name] = {"placed": [placed.spec[i] if i < len(placed.spec) else None
+                                 for i in range(len(axes))],
+                      "free_is_replicated": free.is_fully_replicated}
+    print(json.dumps(report))
+""")
+
+
+def test_activation_constraint_follows_the_first_matching_rule():
+  """Inside ``activation_sharding`` each activation gets the mesh axis of the first rule
+  naming its logical axis (a plain first-match reading of DEFAULT_RULES, written out here);
+  outside it nothing is placed."""
+  first = {}
+  for name, mesh_axis in DEFAULT_RULES:
+    first.setdefault(name, mesh_axis)
+
+  def expected(*names):
+    return [list(a) if isinstance(a, tuple) else a for a in (first.get(n) for n in names)]
+
+  report = run_on_cpu_devices(CONSTRAINT_SCRIPT, timeout=300)
+  wanted = {
+    "residual": expected("activation_batch", "activation_length", "activation_embed"),
+    "heads": expected("activation_batch", "activation_heads", "activation_length", None),
+    "kv_heads": expected("activation_batch", "activation_length", "activation_kv_heads", None),
+    "mlp": expected("activation_batch", "activation_length", "activation_mlp"),
+    "logits": expected("activation_batch", "activation_length", "activation_vocab"),
+  }
+  assert wanted["mlp"] == [["data", "fsdp"], None, "tensor"]
+  for name, spec in wanted.items():
+    assert report[name]["placed"] == spec, name
+    assert report[name]["free_is_replicated"], name

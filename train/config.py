@@ -9,14 +9,19 @@ paper's 1,000 and 10,000 of its roughly 100,000 steps, i.e. 1 % and 10 % of the 
 
 import dataclasses
 import math
+from typing import Literal, get_args
 
 from models.presets import PRESETS as MODEL_PRESETS
 from train.data.corpus import builtin_bpe_size
 from train.data.mixture import MODES
 from train.data.tokenizer import TokenizerError
 
-OPTIMIZERS = ("adamw", "nexus", "nexus-multisteps", "muon", "nexus-muon", "sgd")
-SCHEDULES = ("wsd", "cosine")
+# The string fields' values. The fields are annotated ``str`` (naming these in a comment):
+# train.pretrain's parser takes each field's annotation as its argparse type.
+Optimizer = Literal["adamw", "nexus", "nexus-multisteps", "muon", "nexus-muon", "sgd"]
+Schedule = Literal["wsd", "cosine"]
+OPTIMIZERS = get_args(Optimizer)
+SCHEDULES = get_args(Schedule)
 
 # Fields that shape the training trajectory: a resumed run must agree on every one.
 TRAJECTORY_FIELDS = (
@@ -103,12 +108,12 @@ class TrainConfig:
   micro_batch_size: int = 8
   microbatches: int = 4
   mixture: str = ""
-  batch_mode: str = "mixed"
+  batch_mode: str = "mixed"  # BatchMode
   seed: int = 0
-  optimizer: str = "nexus"
+  optimizer: str = "nexus"  # Optimizer
   lr: float = 2e-3
   inner_lr: float = 0.01
-  schedule: str = "wsd"
+  schedule: str = "wsd"  # Schedule
   warmup_fraction: float = 0.01
   decay_fraction: float = 0.1
   final_lr_fraction: float = 0.0

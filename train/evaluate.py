@@ -138,7 +138,7 @@ def evaluate_hf(args) -> dict:
   text = read_text(args.text_file)
   directory = args.hf.absolute()
   checkpoint = read_checkpoint(directory, get_preset("tiny"))  # one-line errors for a bad folder
-  try:
+  try:  # optional: only --hf scores through transformers and PyTorch
     import torch
     import transformers
   except ImportError as error:

@@ -16,6 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 import nexus_optax as nx
@@ -102,10 +103,8 @@ def text_eval_set(text: str, seq_len: int, name: str, tokenizer: Tokenizer) -> E
 
 def target_sums(model, tokens, mask, target_bytes):
   """(sum of target nats, target count, target bytes) of one batch."""
-  logits = model(tokens[:, :-1])
-  targets = tokens[:, 1:]
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nats = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  logits = model(tokens[:, :-1]).astype(jnp.float32)
+  nats = optax.losses.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
   return jnp.sum(nats * mask), jnp.sum(mask), jnp.sum(mask * target_bytes)
 
 

@@ -13,14 +13,21 @@ A folder holds what ``transformers.AutoModelForCausalLM.from_pretrained`` and
 
 Writing needs NumPy and ``safetensors`` only (no torch). Exported folders also carry
 ``nexus_optax`` in config.json: the run, step and sequence length they come from.
+
+This module holds the folder: its files, read by :func:`read_checkpoint` and written by
+:func:`write_checkpoint`, each followed by its helpers in the order it calls them. What
+the files mean (transformers' config and tensor names, and their conversion to
+:mod:`models.llama`'s) is :mod:`models.hf_llama`'s; nothing there reads or writes a file.
 """
 
 import dataclasses
 import json
 import pathlib
 import shutil
+from typing import Literal, get_args
 
-import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from models.hf_llama import (
   HFCheckpointError,
@@ -28,8 +35,7 @@ from models.hf_llama import (
   from_hf_config,
   from_hf_tensors,
   lazy_hf_params,
-  to_hf_config,
-  to_hf_tensors,
+  to_hf,
 )
 from models.llama import LlamaConfig
 from train.data.tokenizer import (
@@ -58,15 +64,8 @@ EXPORT_FILES = (
   SPECIAL_TOKENS,
   "generation_config.json",
 )
-EXPORT_DTYPES = ("float32", "bfloat16")
-
-
-def _numpy_dtype(name: str):
-  if name == "bfloat16":
-    import ml_dtypes  # pylint: disable=import-outside-toplevel  (a JAX dependency)
-
-    return np.dtype(ml_dtypes.bfloat16)
-  return np.dtype(name)
+ExportDType = Literal["float32", "bfloat16"]
+EXPORT_DTYPES = get_args(ExportDType)
 
 
 @dataclasses.dataclass
@@ -87,8 +86,6 @@ class HFCheckpoint:
   _files: dict[str, pathlib.Path]
 
   def _reader(self):
-    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-
     handles = {file: safe_open(str(file), "np") for file in set(self._files.values())}
 
     def read(name):
@@ -103,16 +100,12 @@ class HFCheckpoint:
 
   def params(self) -> dict:
     """The weights as our params: a pure dict of NumPy arrays in ``model_config.param_dtype``."""
-    return from_hf_tensors(
-      self._reader(), self.model_config, _numpy_dtype(self.model_config.param_dtype)
-    )
+    return from_hf_tensors(self._reader(), self.model_config)
 
   def lazy_params(self) -> dict:
     """The same tree of :class:`models.hf_llama.LazyParam`: indexing one reads only the
     layers its slice selects, so each process reads what its shards need."""
-    return lazy_hf_params(
-      self._reader(), self.model_config, _numpy_dtype(self.model_config.param_dtype)
-    )
+    return lazy_hf_params(self._reader(), self.model_config)
 
   @property
   def metadata(self) -> dict:
@@ -120,17 +113,36 @@ class HFCheckpoint:
     return self.hf_config.get("nexus_optax", {})
 
 
-def _safetensors_keys(file: pathlib.Path) -> dict[str, tuple[int, ...]]:
-  """Tensor name -> shape of one safetensors file (its header only)."""
-  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-
-  try:
-    with safe_open(str(file), "np") as handle:
-      return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-  except Exception as error:  # safetensors raises its own SafetensorError
+def read_checkpoint(directory, base: LlamaConfig) -> HFCheckpoint:
+  """Reads and checks a Llama checkpoint folder; ``base`` gives how the model computes
+  (:func:`models.hf_llama.from_hf_config`). Raises :class:`HFCheckpointError`."""
+  directory = pathlib.Path(directory).absolute()
+  if not directory.is_dir():
     raise HFCheckpointError(
-      f"{file} is not a readable safetensors file ({error}); copy the checkpoint again."
-    ) from None
+      f"{directory} is not a folder; point at a Hugging Face checkpoint "
+      "folder (config.json, model.safetensors, tokenizer.json)."
+    )
+  path = directory / CONFIG
+  if not path.exists():
+    raise HFCheckpointError(
+      f"{directory} has no {CONFIG}; point at a Hugging Face checkpoint "
+      "folder (save_pretrained or train.export_hf writes one)."
+    )
+  try:
+    hf_config = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise HFCheckpointError(f"{path} is not JSON ({error}); write the checkpoint again.") from None
+  model_config = from_hf_config(hf_config, base, where=str(path))
+  files, shapes = _weight_files(directory)
+  check_hf_tensors(shapes, model_config, where=str(directory))
+  tokenizer = checkpoint_tokenizer(directory, hf_config.get("nexus_optax"))
+  if tokenizer.vocab_size > model_config.vocab_size:
+    raise HFCheckpointError(
+      f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
+      f"model only {model_config.vocab_size} embedding rows; use the "
+      "model's own tokenizer."
+    )
+  return HFCheckpoint(directory, hf_config, model_config, tokenizer, files)
 
 
 def _weight_files(directory: pathlib.Path) -> tuple[dict[str, pathlib.Path], dict]:
@@ -172,6 +184,17 @@ def _weight_files(directory: pathlib.Path) -> tuple[dict[str, pathlib.Path], dic
   )
 
 
+def _safetensors_keys(file: pathlib.Path) -> dict[str, tuple[int, ...]]:
+  """Tensor name -> shape of one safetensors file (its header only)."""
+  try:
+    with safe_open(str(file), "np") as handle:
+      return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+  except Exception as error:  # safetensors raises its own SafetensorError
+    raise HFCheckpointError(
+      f"{file} is not a readable safetensors file ({error}); copy the checkpoint again."
+    ) from None
+
+
 def checkpoint_tokenizer(directory: pathlib.Path, metadata: dict | None = None) -> Tokenizer:
   """The folder's tokenizer: ``tokenizer.json``, what transformers reads, else
   ``tokenizer.model``. An export of a SentencePiece run (``metadata``, its config.json's
@@ -193,82 +216,48 @@ def checkpoint_tokenizer(directory: pathlib.Path, metadata: dict | None = None) 
   )
 
 
-def read_checkpoint(directory, base: LlamaConfig) -> HFCheckpoint:
-  """Reads and checks a Llama checkpoint folder; ``base`` gives how the model computes
-  (:func:`models.hf_llama.from_hf_config`). Raises :class:`HFCheckpointError`."""
-  directory = pathlib.Path(directory).absolute()
-  if not directory.is_dir():
-    raise HFCheckpointError(
-      f"{directory} is not a folder; point at a Hugging Face checkpoint "
-      "folder (config.json, model.safetensors, tokenizer.json)."
-    )
-  path = directory / CONFIG
-  if not path.exists():
-    raise HFCheckpointError(
-      f"{directory} has no {CONFIG}; point at a Hugging Face checkpoint "
-      "folder (save_pretrained or train.export_hf writes one)."
-    )
-  try:
-    hf_config = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as error:
-    raise HFCheckpointError(f"{path} is not JSON ({error}); write the checkpoint again.") from None
-  model_config = from_hf_config(hf_config, base, where=str(path))
-  files, shapes = _weight_files(directory)
-  check_hf_tensors(shapes, model_config, where=str(directory))
-  tokenizer = checkpoint_tokenizer(directory, hf_config.get("nexus_optax"))
-  if tokenizer.vocab_size > model_config.vocab_size:
-    raise HFCheckpointError(
-      f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens but the "
-      f"model only {model_config.vocab_size} embedding rows; use the "
-      "model's own tokenizer."
-    )
-  return HFCheckpoint(directory, hf_config, model_config, tokenizer, files)
+def write_checkpoint(
+  directory,
+  params: dict,
+  model_config: LlamaConfig,
+  tokenizer: Tokenizer,
+  dtype: ExportDType = "float32",
+  metadata: dict | None = None,
+) -> pathlib.Path:
+  """Writes our params (a pure dict of arrays) as a transformers Llama folder."""
+  if dtype not in EXPORT_DTYPES:
+    raise HFCheckpointError(f"--dtype {dtype!r} is not one of {', '.join(EXPORT_DTYPES)}.")
+  directory = pathlib.Path(directory)
+  _clear_earlier_export(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  config, tensors = to_hf(params, model_config, tokenizer.eod_id, dtype)
+  if metadata:
+    config["nexus_optax"] = metadata
+  # Weights first, config last: a folder with a config.json is complete.
+  save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt"})
+  write_tokenizer(directory, tokenizer, model_config.max_seq_len)
+  (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+  return directory
 
 
-def sentencepiece_tokenizer_json(model_file) -> str:
-  """A SentencePiece model as a ``tokenizers`` JSON that encodes as
-  ``SentencePieceProcessor.encode`` does (its normalizer spec, merges by piece score,
-  byte fallback), built by transformers' converter; its control and unknown pieces are
-  special tokens."""
+def _clear_earlier_export(directory: pathlib.Path) -> None:
+  """Empties ``directory`` of an earlier export's files; any other content is refused, so
+  that no stale file (a shard index, a tokenizer.model) outranks the new ones."""
+  if not directory.exists() or not any(directory.iterdir()):
+    return
   try:
-    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
-    from tokenizers import AddedToken  # pylint: disable=import-outside-toplevel
-    from transformers.convert_slow_tokenizer import SpmConverter  # pylint: disable=import-outside-toplevel
-  except ImportError as error:
+    earlier = "nexus_optax" in json.loads((directory / CONFIG).read_text())
+  except (OSError, ValueError, TypeError):
+    earlier = False
+  others = [p.name for p in directory.iterdir() if p.name not in EXPORT_FILES]
+  if not earlier or others:
     raise HFCheckpointError(
-      f"exporting a SentencePiece tokenizer as {TOKENIZER_JSON} uses "
-      f"transformers' converter and protobuf ({error.name} is not "
-      "installed); pip install transformers protobuf."
-    ) from None
-  proto = sentencepiece_model_pb2.ModelProto()
-  proto.ParseFromString(pathlib.Path(model_file).read_bytes())
-  unigram, bpe = 1, 2  # ModelProto.TrainerSpec.ModelType
-  if proto.trainer_spec.model_type == bpe:
-    vocab = {piece.piece: index for index, piece in enumerate(proto.pieces)}
-  elif proto.trainer_spec.model_type == unigram:
-    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
-  else:
-    raise HFCheckpointError(
-      f"{model_file}: only BPE and unigram SentencePiece models export "
-      f"(this one is model type {proto.trainer_spec.model_type})."
+      f"--out {directory} is not empty and is not an earlier export "
+      f"(it holds {', '.join(sorted(p.name for p in directory.iterdir())[:3])}"
+      "); choose a new or empty folder."
     )
-  if not hasattr(SpmConverter, "build_tokenizer_from_spm_proto"):
-    raise HFCheckpointError(
-      "exporting a SentencePiece tokenizer needs a transformers with "
-      "SpmConverter.build_tokenizer_from_spm_proto (5.24 has it); "
-      "upgrade transformers."
-    )
-  # legacy=True: the dummy prefix and extra-whitespace rules exactly as SentencePiece applies them.
-  tokenizer = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
-  unknown, control = 2, 3  # ModelProto.SentencePiece.Type
-  tokenizer.add_special_tokens(
-    [
-      AddedToken(piece.piece, special=True, normalized=False)
-      for piece in proto.pieces
-      if piece.type in (unknown, control)
-    ]
-  )
-  return tokenizer.to_str(pretty=True)
+  for path in directory.iterdir():
+    path.unlink()
 
 
 def write_tokenizer(directory: pathlib.Path, tokenizer: Tokenizer, max_length: int) -> None:
@@ -308,52 +297,48 @@ def write_tokenizer(directory: pathlib.Path, tokenizer: Tokenizer, max_length: i
   (directory / SPECIAL_TOKENS).write_text(json.dumps(special, indent=1) + "\n")
 
 
-def _clear_earlier_export(directory: pathlib.Path) -> None:
-  """Empties ``directory`` of an earlier export's files; any other content is refused, so
-  that no stale file (a shard index, a tokenizer.model) outranks the new ones."""
-  if not directory.exists() or not any(directory.iterdir()):
-    return
+def sentencepiece_tokenizer_json(model_file) -> str:
+  """A SentencePiece model as a ``tokenizers`` JSON that encodes as
+  ``SentencePieceProcessor.encode`` does (its normalizer spec, merges by piece score,
+  byte fallback), built by transformers' converter; its control and unknown pieces are
+  special tokens."""
+  # optional: only exporting a SentencePiece run needs protobuf and transformers' converter.
   try:
-    earlier = "nexus_optax" in json.loads((directory / CONFIG).read_text())
-  except (OSError, ValueError, TypeError):
-    earlier = False
-  others = [p.name for p in directory.iterdir() if p.name not in EXPORT_FILES]
-  if not earlier or others:
+    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+    from tokenizers import AddedToken  # pylint: disable=import-outside-toplevel
+    from transformers.convert_slow_tokenizer import SpmConverter  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
     raise HFCheckpointError(
-      f"--out {directory} is not empty and is not an earlier export "
-      f"(it holds {', '.join(sorted(p.name for p in directory.iterdir())[:3])}"
-      "); choose a new or empty folder."
+      f"exporting a SentencePiece tokenizer as {TOKENIZER_JSON} uses "
+      f"transformers' converter and protobuf ({error.name} is not "
+      "installed); pip install transformers protobuf."
+    ) from None
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(pathlib.Path(model_file).read_bytes())
+  unigram, bpe = 1, 2  # ModelProto.TrainerSpec.ModelType
+  if proto.trainer_spec.model_type == bpe:
+    vocab = {piece.piece: index for index, piece in enumerate(proto.pieces)}
+  elif proto.trainer_spec.model_type == unigram:
+    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
+  else:
+    raise HFCheckpointError(
+      f"{model_file}: only BPE and unigram SentencePiece models export "
+      f"(this one is model type {proto.trainer_spec.model_type})."
     )
-  for path in directory.iterdir():
-    path.unlink()
-
-
-def write_checkpoint(
-  directory,
-  params: dict,
-  model_config: LlamaConfig,
-  tokenizer: Tokenizer,
-  dtype: str = "float32",
-  metadata: dict | None = None,
-) -> pathlib.Path:
-  """Writes our params (a pure dict of arrays) as a transformers Llama folder."""
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-
-  if dtype not in EXPORT_DTYPES:
-    raise HFCheckpointError(f"--dtype {dtype!r} is not one of {', '.join(EXPORT_DTYPES)}.")
-  directory = pathlib.Path(directory)
-  _clear_earlier_export(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  numpy_dtype = _numpy_dtype(dtype)
-  tensors = {
-    name: array.astype(numpy_dtype, copy=False)
-    for name, array in to_hf_tensors(params, model_config).items()
-  }
-  config = to_hf_config(model_config, tokenizer.eod_id, dtype)
-  if metadata:
-    config["nexus_optax"] = metadata
-  # Weights first, config last: a folder with a config.json is complete.
-  save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt"})
-  write_tokenizer(directory, tokenizer, model_config.max_seq_len)
-  (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
-  return directory
+  if not hasattr(SpmConverter, "build_tokenizer_from_spm_proto"):
+    raise HFCheckpointError(
+      "exporting a SentencePiece tokenizer needs a transformers with "
+      "SpmConverter.build_tokenizer_from_spm_proto (5.24 has it); "
+      "upgrade transformers."
+    )
+  # legacy=True: the dummy prefix and extra-whitespace rules exactly as SentencePiece applies them.
+  tokenizer = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
+  unknown, control = 2, 3  # ModelProto.SentencePiece.Type
+  tokenizer.add_special_tokens(
+    [
+      AddedToken(piece.piece, special=True, normalized=False)
+      for piece in proto.pieces
+      if piece.type in (unknown, control)
+    ]
+  )
+  return tokenizer.to_str(pretty=True)

@@ -11,17 +11,20 @@ then the same ``clip_by_global_norm(clip)`` and the same outer optimizer with th
 schedule, betas, eps and weight decay.
 """
 
+from typing import Literal, get_args
+
 import jax
 import optax
 
 import nexus_optax as nx
-from train.config import TrainConfig
+from train.config import Optimizer, TrainConfig
 
 # How the step consumes the K micro-batches.
-ACCUMULATE, NEXUS_SCAN, NEXUS_MULTISTEPS = "accumulate", "nexus", "nexus-multisteps"
+StepKind = Literal["accumulate", "nexus", "nexus-multisteps"]
+ACCUMULATE, NEXUS_SCAN, NEXUS_MULTISTEPS = get_args(StepKind)
 
 
-def step_kind(optimizer: str) -> str:
+def step_kind(optimizer: Optimizer) -> StepKind:
   return {"nexus": NEXUS_SCAN, "nexus-muon": NEXUS_SCAN, "nexus-multisteps": NEXUS_MULTISTEPS}.get(
     optimizer, ACCUMULATE
   )

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 import nexus_optax as nx
-from train.optimizers import ACCUMULATE, NEXUS_MULTISTEPS, NEXUS_SCAN
+from train.optimizers import ACCUMULATE, NEXUS_MULTISTEPS, NEXUS_SCAN, StepKind
 
 
 class TrainState(NamedTuple):
@@ -112,7 +112,7 @@ def accumulated_gradient(loss_fn, params, tokens):
   return losses, jax.tree.map(lambda t, p: (t / count).astype(p.dtype), total, params)
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, kind: str):
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, kind: StepKind):
   """``step(state, tokens) -> (state, metrics)`` for one outer step.
 
   Args:

@@ -25,7 +25,7 @@ def _open_binary(path: pathlib.Path, compression: str):
   if compression == ".gz":
     return gzip.open(path, "rb")
   if compression == ".zst":
-    import zstandard
+    import zstandard  # optional: only .zst input needs it
 
     return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
   return open(path, "rb")
@@ -87,7 +87,7 @@ def _jsonl(path: pathlib.Path, compression: str, text_key: str) -> Iterator[str]
 
 
 def _parquet(path: pathlib.Path, compression: str, text_key: str) -> Iterator[str]:
-  import pyarrow.parquet as pq
+  import pyarrow.parquet as pq  # heavy: only Parquet input pays for loading Arrow
 
   with tempfile.TemporaryDirectory() as scratch:
     if compression:  # Parquet needs seeks: decompress to disk first, not into memory
@@ -144,6 +144,6 @@ def read_documents(path: pathlib.Path, text_key: str = "text") -> Iterator[str]:
 
 
 def _stream_errors() -> tuple[type[Exception], ...]:
-  import zstandard
+  import zstandard  # optional: only .zst input needs it
 
   return (OSError, EOFError, zlib.error, ValueError, zstandard.ZstdError)

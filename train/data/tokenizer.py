@@ -31,6 +31,7 @@ import pathlib
 import shutil
 import sys
 import time
+from typing import Literal
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from train.data import spec as spec_lib
 
 END_OF_DOCUMENT = 256
 VOCAB_SIZE = 257
+TokenizerKind = Literal["bytes", "huggingface", "sentencepiece"]
 BYTES = "bytes"
 END_OF_TEXT = "<|endoftext|>"
 # End-of-document tokens of common tokenizer files, in order of preference.
@@ -111,7 +113,7 @@ class Tokenizer:
     hash: sha256 of what defines it (the file's bytes).
   """
 
-  kind: str
+  kind: TokenizerKind
   source: str
   vocab_size: int
   eod_id: int
@@ -202,6 +204,7 @@ class HuggingFaceTokenizer(Tokenizer):
   kind = "huggingface"
 
   def __init__(self, path: pathlib.Path):
+    # optional: only Hugging Face tokenizer files need it
     from tokenizers import Tokenizer as HFTokenizer
 
     self.source = str(pathlib.Path(path).absolute())
@@ -268,7 +271,7 @@ class SentencePieceTokenizer(Tokenizer):
   kind = "sentencepiece"
 
   def __init__(self, path: pathlib.Path):
-    import sentencepiece
+    import sentencepiece  # optional: only SentencePiece models need it
 
     self.source = str(pathlib.Path(path).absolute())
     try:
@@ -415,6 +418,7 @@ def train_bpe(texts, vocab_size: int, out: pathlib.Path, show_progress: bool = T
   Byte-level, without an added prefix space: every text round-trips exactly and the
   tokens' bytes add up to the text's UTF-8 bytes.
   """
+  # optional: only BPE training needs tokenizers (kept out of the data workers' imports).
   from tokenizers import Tokenizer as HFTokenizer
   from tokenizers import decoders, models, pre_tokenizers, trainers
 
