@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 from models.presets import PRESETS as MODEL_PRESETS
 from train.data.corpus import builtin_bpe_size
-from train.data.mixture import MODES
+from train.data.mixture import MODES, BatchMode
 from train.data.tokenizer import TokenizerError
 
 # The string fields' values. The fields are annotated ``str`` (naming these in a comment):
@@ -108,12 +108,12 @@ class TrainConfig:
   micro_batch_size: int = 8
   microbatches: int = 4
   mixture: str = ""
-  batch_mode: str = "mixed"  # BatchMode
+  batch_mode: BatchMode = "mixed"
   seed: int = 0
-  optimizer: str = "nexus"  # Optimizer
+  optimizer: Optimizer = "nexus"
   lr: float = 2e-3
   inner_lr: float = 0.01
-  schedule: str = "wsd"  # Schedule
+  schedule: Schedule = "wsd"
   warmup_fraction: float = 0.01
   decay_fraction: float = 0.1
   final_lr_fraction: float = 0.0

@@ -8,6 +8,7 @@ command line. One flag per ``TrainConfig`` field, then the run's own flags.
 import argparse
 import dataclasses
 import pathlib
+import typing
 
 from models.hf_llama import HFCheckpointError
 from train.config import ConfigError, TrainConfig
@@ -35,7 +36,11 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
   )
   parser.add_argument("--preset", default="demo", help=f"run preset: {', '.join(RUN_PRESETS)}")
   for field in dataclasses.fields(TrainConfig):
-    kind = float if field.type == (float | None) else field.type
+    kind = field.type
+    if kind == (float | None):
+      kind = float
+    elif typing.get_origin(kind) is typing.Literal:  # checked by TrainConfig, one-line errors
+      kind = str
     parser.add_argument(
       "--" + field.name.replace("_", "-"),
       type=kind,
