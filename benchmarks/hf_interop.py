@@ -45,6 +45,7 @@ def random_params(config, seed: int = 0) -> dict:
 
 
 def measure(preset: str, seq_len: int, work: pathlib.Path) -> dict:
+  # optional: PyTorch (the bench extra, absent on Python 3.12) loads only when measuring.
   import torch
   import transformers
   from safetensors.numpy import load_file

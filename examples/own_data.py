@@ -48,6 +48,7 @@ def write_jsonl(path: pathlib.Path, documents, key: str = "text") -> None:
 
 
 def main(argv=None) -> int:
+  # pyarrow takes a second to import, and only the Parquet file of the example needs it.
   import pyarrow as pa
   import pyarrow.parquet as pq
 

@@ -79,7 +79,7 @@ PRESETS: dict[str, LlamaConfig] = {
     max_seq_len=256,
     scan_layers=False,
   ),
-  # The replication study (benchmarks/replicate.py): ~70 runs must fit in 80 minutes on
+  # The replication study (studies/replication/): ~70 runs must fit in 80 minutes on
   # 2 CPU cores, so a run of 600k tokens takes under a minute (about 25k tokens/s).
   "mini": LlamaConfig(
     vocab_size=BYTE_VOCAB_SIZE,

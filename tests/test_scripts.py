@@ -247,7 +247,7 @@ def test_env_sh_makes_venv_with_the_named_python_and_only_then(tmp_path, venv_ve
   assert run.returncode == 3  # the first call env.sh makes to a stand-in ends it
   first_call = log.read_text().splitlines()[0]
   if venv_version == "3.12":
-    pip = "-m pip install --quiet --disable-pip-version-check"
+    pip = "-m pip install --quiet --disable-pip-version-check --no-compile"
     assert first_call == f"{root}/.venv/bin/python {pip} -e {root}[test]"
   else:
     assert first_call == f"{python} -m venv --clear {root}/.venv"
