@@ -13,8 +13,10 @@ import pytest
 
 from tests.test_pretrain import REPO, checked, run_cli
 
-# The job trains its two runs side by side, each pinned to its share of the cores.
-pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.serial]
+pytestmark = pytest.mark.filterwarnings("ignore")
+# The job trains its two runs side by side, each pinned to its share of the cores: such
+# tests run in the suite's serial pass (tests/conftest.py), where every core is free.
+side_by_side = pytest.mark.serial
 
 
 def table_rows(summary: str) -> tuple[list[str], dict[str, list[float]]]:
@@ -69,6 +71,7 @@ def final_eval(run: pathlib.Path) -> dict:
   return [r for r in records if "gradient_cosine/mean" in r][-1]
 
 
+@side_by_side
 def test_summary_table_holds_both_runs_measured_losses(comparison):
   run_dir, stdout = comparison
   summary = (run_dir / "summary.md").read_text()
@@ -93,6 +96,7 @@ def test_summary_table_holds_both_runs_measured_losses(comparison):
     assert math.isclose(difference, nexus - adamw, abs_tol=2e-4), column
 
 
+@side_by_side
 def test_both_runs_share_everything_but_the_optimizer(comparison):
   run_dir, _ = comparison
   configs = {
@@ -103,6 +107,7 @@ def test_both_runs_share_everything_but_the_optimizer(comparison):
   assert differing == {"optimizer", "out"}
 
 
+@side_by_side
 def test_plots_are_pngs_and_checkpoints_load_in_train_evaluate(comparison, tmp_path):
   run_dir, _ = comparison
   for name in ("curves.png", "same_loss.png"):
@@ -124,6 +129,7 @@ def test_flags_that_the_job_sets_are_refused(tmp_path):
   assert not any(tmp_path.iterdir())
 
 
+@side_by_side
 def test_summary_header_names_the_command_and_date(comparison):
   run_dir, _ = comparison
   summary = (run_dir / "summary.md").read_text()
@@ -131,6 +137,7 @@ def test_summary_header_names_the_command_and_date(comparison):
   assert re.search(r"Date: \d{4}-\d{2}-\d{2} \d{2}:\d{2}", summary)
 
 
+@side_by_side
 def test_time_breakdown_accounts_for_each_run(comparison):
   run_dir, stdout = comparison
   times = json.loads((run_dir / "time.json").read_text())
@@ -155,6 +162,7 @@ def test_time_breakdown_accounts_for_each_run(comparison):
   assert (run_dir / "time.md").read_text().strip() in stdout
 
 
+@side_by_side
 def test_a_failing_run_stops_the_job_with_its_log(small_cache, tmp_path, capsys):
   from train import compare
 
@@ -181,6 +189,7 @@ def test_runs_in_turn_train_the_same_steps_in_this_process(small_cache, tmp_path
   assert capsys.readouterr().err.strip().startswith("error: ")
 
 
+@side_by_side
 def test_sigterm_stops_both_side_by_side_runs_at_a_checkpoint(small_cache, tmp_path):
   from tests.test_pretrain import wait_for
 

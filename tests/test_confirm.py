@@ -210,6 +210,9 @@ def test_stale_locks_are_removed_and_live_ones_refused(tmp_path):
     remove_stale_locks(tmp_path)
 
 
+# Opt-in: a finished study's 8 training runs take 80 s of the default suite's 8 minutes;
+# its report and plots are checked byte for byte from the committed runs by default.
+@pytest.mark.slow
 @pytest.mark.serial  # its workers train side by side, one per core
 def test_quick_study_runs_end_to_end(small_cache, tmp_path):
   """The study's command on the tiny preset: every arm, both seeds, side by side on two

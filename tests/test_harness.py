@@ -12,7 +12,7 @@ import jax
 from conftest import built_once, xdist_worker_index
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SERIAL_FILES = ["tests/test_compare.py", "tests/test_pretrain.py", "tests/test_confirm.py"]
+SERIAL_FILES = ["tests/test_compare.py", "tests/test_pretrain.py"]
 
 
 def collected(*flags) -> set[str]:
@@ -36,8 +36,8 @@ def test_the_two_passes_split_the_suite_by_the_serial_mark():
   )
   assert parallel | serial == everything and not parallel & serial
   assert "tests/test_pretrain.py::test_two_processes_train_together_and_resume_in_one" in serial
-  assert any(test.startswith("tests/test_compare.py::") for test in serial)
-  assert not any(test.startswith("tests/test_compare.py::") for test in parallel)
+  assert "tests/test_compare.py::test_summary_table_holds_both_runs_measured_losses" in serial
+  assert "tests/test_compare.py::test_flags_that_the_job_sets_are_refused" in parallel
   assert "tests/test_pretrain.py::test_config_rejects_bad_values_when_built" in parallel
 
 
