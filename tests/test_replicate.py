@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from studies.replication import cli
+from studies.replication import cli, study
 from studies.replication.ablations import nexus_ablation
 from studies.replication.study import (
   CONTRASTS,
@@ -188,3 +188,10 @@ def test_markdown_table_and_data_settings():
     (("equal", "mixed"), {"prose": 0.5}),
     (("math10", "mixed"), {"prose": 0.7}),
   ]
+
+
+def test_a_mean_that_rounds_to_zero_reads_the_same_on_either_side_of_it():
+  assert study.mean_std([-1e-17, 1e-17 - 2e-17]) == "0.0000 ± 0.0000"
+  assert study.mean_std([1e-17]) == "0.0000"
+  assert study.mean_std([-0.00005001, -0.00005001]) == "-0.0001 ± 0.0000"
+  assert study.mean_std([1.23456, 1.23444]) == "1.2345 ± 0.0001"

@@ -440,13 +440,19 @@ def add_matched_heldout(
       run["matched_points"] = len(gaps)
 
 
+def four_places(value: float) -> str:
+  """``value`` to four decimals, a figure that rounds to zero as 0.0000 whatever its sign: a
+  mean of residuals about zero lands on either side by the last bits of the NumPy in use."""
+  return f"{round(value, 4) or 0.0:.4f}"
+
+
 def mean_std(values) -> str:
   values = list(values)
   if not values:
     return ""
   if len(values) < 2:
-    return f"{values[0]:.4f}"
-  return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+    return four_places(values[0])
+  return f"{four_places(statistics.fmean(values))} ± {four_places(statistics.stdev(values))}"
 
 
 def data_settings(results: dict) -> dict[tuple[str, str], dict[str, float]]:
