@@ -143,7 +143,7 @@ def test_scan_over_layers_equals_the_unrolled_model_in_value_and_gradient():
     model = Llama(get_preset("tiny", scan_layers=scan), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     loss = lambda p, graphdef=graphdef: next_token_loss(nnx.merge(graphdef, p), tokens)
-    results.append(jax.value_and_grad(loss)(params))
+    results.append(jax.jit(jax.value_and_grad(loss))(params))  # eager NNX dispatch is slow
   (loss_scan, grad_scan), (loss_loop, grad_loop) = results
   np.testing.assert_allclose(loss_scan, loss_loop, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(grad_scan), jax.tree.leaves(grad_loop)):
@@ -182,12 +182,13 @@ def test_bfloat16_compute_stays_close_to_float32():
   tokens = jnp.asarray(random_tokens(7, (2, 64)))
   fp32 = Llama(get_preset("demo"), rngs=nnx.Rngs(0))
   bf16 = Llama(get_preset("demo", compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
-  logits32, logits16 = np.asarray(fp32(tokens)), np.asarray(bf16(tokens))
+  logits_and_loss = nnx.jit(lambda model: (model(tokens[:, :-1]), next_token_loss(model, tokens)))
+  (logits32, loss32), (logits16, loss16) = logits_and_loss(fp32), logits_and_loss(bf16)
+  logits32, logits16 = np.asarray(logits32), np.asarray(logits16)
   assert logits16.dtype == np.float32
   relative = np.linalg.norm(logits16 - logits32) / np.linalg.norm(logits32)
   assert relative < 2e-2, relative
-  loss32 = float(next_token_loss(fp32, tokens))
-  loss16 = float(next_token_loss(bf16, tokens))
+  loss32, loss16 = float(loss32), float(loss16)
   assert abs(loss16 - loss32) / loss32 < 2e-3, (loss16, loss32)
   assert relative > 1e-5  # bf16 really ran
 
@@ -270,14 +271,18 @@ def test_heads_first_attention_is_jax_s_causal_attention(kv_heads):
   batch, heads, length, head_dim = 2, 4, 7, 8
   q = rng.normal(size=(batch, length, heads, head_dim)).astype(np.float32)
   k, v = (rng.normal(size=(batch, length, kv_heads, head_dim)).astype(np.float32) for _ in "kv")
-  want = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
   first = lambda a: jnp.swapaxes(a, 1, 2)
-  got = first(causal_attention(first(q), first(k), first(v)))
+
+  @jax.jit  # one compiled program instead of dozens of eagerly dispatched ones
+  def both_layouts(q, k, v):
+    want = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+    got = first(causal_attention(first(q), first(k), first(v)))
+    cos, sin = rope_angles(jnp.arange(length), head_dim, 10000.0)
+    return got, want, first(apply_rope(first(q), cos, sin, heads_first=True)), apply_rope(q, cos, sin)
+
+  got, want, rope_heads_first, rope_heads_last = both_layouts(q, k, v)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  cos, sin = rope_angles(jnp.arange(length), head_dim, 10000.0)
-  np.testing.assert_allclose(
-    first(apply_rope(first(q), cos, sin, heads_first=True)), apply_rope(q, cos, sin), atol=1e-6
-  )
+  np.testing.assert_allclose(rope_heads_first, rope_heads_last, atol=1e-6)
 
 
 def test_the_default_attention_path_equals_jax_s_kernel_path_in_loss_and_gradients():
@@ -288,7 +293,7 @@ def test_the_default_attention_path_equals_jax_s_kernel_path_in_loss_and_gradien
     model = Llama(dataclasses.replace(config, attention_impl=attention_impl), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     loss = lambda p: next_token_loss(nnx.merge(graphdef, p), tokens)
-    return jax.value_and_grad(loss)(params)
+    return jax.jit(jax.value_and_grad(loss))(params)
 
   (loss, grads), (kernel_loss, kernel_grads) = value_and_grads(None), value_and_grads("xla")
   np.testing.assert_allclose(loss, kernel_loss, rtol=1e-6)
