@@ -16,6 +16,7 @@ Run from the repository root: ``python -m examples.quickstart [--steps 300]``.
 
 import argparse
 import ast
+import collections
 import math
 import pathlib
 import sysconfig
@@ -51,6 +52,24 @@ def _stdlib_files():
   return root, files
 
 
+# Every def and class sits in a statement block; no expression holds one, so the walk below
+# never enters an expression (most of a module's nodes).
+_BLOCK_FIELDS = ("body", "handlers", "orelse", "finalbody", "cases")
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _documented_nodes(tree: ast.Module) -> list[ast.AST]:
+  """The module, then its functions and classes in ``ast.walk``'s breadth-first order."""
+  nodes, queue = [tree], collections.deque(tree.body)
+  while queue:
+    node = queue.popleft()
+    if isinstance(node, _DEFINITIONS):
+      nodes.append(node)
+    for field in _BLOCK_FIELDS:
+      queue.extend(getattr(node, field, ()))
+  return nodes
+
+
 def load_sources(max_bytes: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Returns {source: (train_bytes, validation_bytes)} as uint8 arrays."""
   root, files = _stdlib_files()
@@ -64,12 +83,7 @@ def load_sources(max_bytes: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
       tree = ast.parse(text)
     except SyntaxError:
       continue
-    nodes = [tree] + [
-      n
-      for n in ast.walk(tree)
-      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-    ]
-    docs = [d for d in (ast.get_docstring(n) for n in nodes) if d]
+    docs = [d for d in (ast.get_docstring(n) for n in _documented_nodes(tree)) if d]
     docstrings["validation" if index % 10 == 0 else "train"].extend(docs)
 
   from pydoc_data.topics import topics  # the stdlib's own copy of the docs' topics
@@ -185,10 +199,11 @@ def main():
         flush=True,
       )
 
-  cosines = nx.diagnostics.gradient_cosine_matrix(
-    loss_fn,
-    params,
-    [jnp.asarray(validation[i].reshape(-1, args.seq_len + 1)) for i in range(len(names))],
+  cosine_matrix = jax.jit(
+    lambda p, batches: nx.diagnostics.gradient_cosine_matrix(loss_fn, p, batches)
+  )
+  cosines = cosine_matrix(
+    params, [jnp.asarray(validation[i].reshape(-1, args.seq_len + 1)) for i in range(len(names))]
   )
   print("\nlosses in bits per byte; cross-source gradient cosine at the end (validation windows):")
   print(" " * 11 + " ".join(f"{n:>10}" for n in names))
