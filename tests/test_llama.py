@@ -278,7 +278,8 @@ def test_heads_first_attention_is_jax_s_causal_attention(kv_heads):
     want = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
     got = first(causal_attention(first(q), first(k), first(v)))
     cos, sin = rope_angles(jnp.arange(length), head_dim, 10000.0)
-    return got, want, first(apply_rope(first(q), cos, sin, heads_first=True)), apply_rope(q, cos, sin)
+    rope_heads_first = first(apply_rope(first(q), cos, sin, heads_first=True))
+    return got, want, rope_heads_first, apply_rope(q, cos, sin)
 
   got, want, rope_heads_first, rope_heads_last = both_layouts(q, k, v)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
