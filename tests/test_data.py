@@ -264,23 +264,28 @@ def test_no_validation_or_held_out_text_appears_in_training(small_corpus):
         assert doc[start : start + 300] not in train_text, (role, name)
 
 
-def test_math_generation_does_not_depend_on_the_callers_hash_seed():
+def test_math_generation_depends_on_neither_the_callers_hash_seed_nor_its_workers():
+  # One worker generates in the calling process (under PYTHONHASHSEED 1 and 2); two
+  # spawn workers, each with a hash seed of its own.
   script = (
-    "import hashlib; from train.data.corpus import generate_math; "
-    "docs = generate_math('train', 11, rounds=2, rounds_per_task=1); "
+    "import hashlib, random; from train.data.corpus import generate_math; "
+    "random.seed(5); before = random.random(); random.seed(5); "
+    "docs = generate_math('train', 11, rounds=2, rounds_per_task=1, workers={workers}); "
+    "assert random.random() == before, 'the caller random state moved'; "
     "print(hashlib.sha256(''.join(docs).encode()).hexdigest())"
   )
   digests = set()
-  for hash_seed in ("1", "2"):
+  for hash_seed, workers in (("1", 1), ("2", 1), ("3", 2)):
     env = dict(os.environ, PYTHONHASHSEED=hash_seed)
     result = subprocess.run(
-      [sys.executable, "-c", script],
+      [sys.executable, "-c", script.format(workers=workers)],
       capture_output=True,
       text=True,
       env=env,
       cwd=pathlib.Path(__file__).parents[1],
-      check=True,
+      check=False,
     )
+    assert result.returncode == 0, result.stderr[-2000:]
     digests.add(result.stdout.strip())
   assert len(digests) == 1
 

