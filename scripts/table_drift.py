@@ -22,9 +22,13 @@ ROWS = ("AdamW", "AdamW + Nexus", "Nexus - AdamW")
 
 def table(path: pathlib.Path) -> tuple[list[str], dict[str, list[float]]]:
   """The column names and each row's cells of the first main-job table in ``path``."""
-  text = (path / "summary.md" if path.is_dir() else path).read_text()
-  lines = [line for line in text.splitlines() if line.startswith("| ")]
-  header = next(line for line in lines if line.startswith("| optimizer |"))
+  source = path / "summary.md" if path.is_dir() else path
+  if not source.is_file():
+    raise SystemExit(f"error: {source} does not exist; give a train.compare output folder")
+  lines = [line for line in source.read_text().splitlines() if line.startswith("| ")]
+  header = next((line for line in lines if line.startswith("| optimizer |")), None)
+  if header is None:
+    raise SystemExit(f"error: {source} holds no main-job table (its '| optimizer |' header)")
   columns = [cell.strip() for cell in header.strip("|").split("|")][1:]
   rows = {}
   for line in lines:
@@ -56,6 +60,12 @@ def train_losses(run: pathlib.Path) -> dict[int, float]:
   return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
 
 
+def has_runs(folder: pathlib.Path) -> bool:
+  """Whether ``folder`` holds the two runs' logs (a ``train.compare`` output folder does;
+  ``docs/main_run/``, the committed table and plots, does not)."""
+  return all((folder / optimizer / "metrics.jsonl").is_file() for optimizer in ("adamw", "nexus"))
+
+
 def loss_drift(before: pathlib.Path, after: pathlib.Path) -> dict[str, dict[int, float]]:
   """Per optimizer: after's training loss minus before's at every 10th shared step."""
   drift = {}
@@ -75,7 +85,7 @@ def main(argv=None) -> int:
   result = {"cells": cell_drift(args.before, args.after), "tolerance": args.tolerance}
   for row, worst in result["cells"].items():
     print(f"{row:>15}: largest cell difference {worst['max_abs']:.4f} ({worst['column']})")
-  if args.before.is_dir() and args.after.is_dir():
+  if has_runs(args.before) and has_runs(args.after):
     result["train_loss"] = loss_drift(args.before, args.after)
     for optimizer, by_step in result["train_loss"].items():
       steps = ", ".join(f"step {s}: {d:+.2e}" for s, d in by_step.items())

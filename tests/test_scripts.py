@@ -264,3 +264,13 @@ def test_env_sh_names_the_fix_for_a_python_that_does_not_run(tmp_path):
   )
   assert run.returncode == 1
   assert "set NEXUS_PYTHON to an installed Python" in run.stderr.splitlines()[-1]
+
+
+def test_speedup_figures_come_from_fresh_processes_on_one_core_and_a_failure_stops():
+  from scripts.test_speedups import seconds  # pylint: disable=import-outside-toplevel
+
+  code = "import os, random; print(random.choice([0.1, 0.3]) * len(os.sched_getaffinity(0)))"
+  assert seconds(code, repeats=3) in (0.1, 0.3)  # the median of three, each on one core
+  assert seconds("import os; print(len(os.sched_getaffinity(0)))", repeats=1) == 1.0
+  with pytest.raises(SystemExit, match="a measurement failed"):
+    seconds("raise SystemExit(3)", repeats=1)

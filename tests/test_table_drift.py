@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from scripts import table_drift
 
 HEADER = "| optimizer | pretrain (val) | champ (held-out) |\n|---|---|---|\n"
@@ -33,3 +35,17 @@ def test_cells_and_losses_differ_where_they_were_changed(tmp_path, capsys):
   nexus = {int(step): value for step, value in result["train_loss"]["nexus"].items()}
   assert nexus[1] == 0.0 and abs(nexus[20] - 0.003) < 1e-9
   assert table_drift.main(["--tolerance", "0.002", *map(str, (tmp_path / "before",) * 2)]) == 0
+
+
+def test_a_folder_of_tables_only_is_compared_by_cells_and_bad_paths_are_one_line(tmp_path, capsys):
+  same = {"adamw": {1: 6.0}, "nexus": {1: 6.0}}
+  write_run(tmp_path / "run", 6.0121, same)
+  tables_only = tmp_path / "docs"  # like docs/main_run/: summary.md and plots, no runs
+  tables_only.mkdir()
+  (tables_only / "summary.md").write_text((tmp_path / "run" / "summary.md").read_text())
+  assert table_drift.main([str(tables_only), str(tmp_path / "run")]) == 0
+  assert "train_loss" not in json.loads(capsys.readouterr().out.splitlines()[-1])
+  (tmp_path / "plain.md").write_text("no table here\n")
+  for bad, message in (("missing", "does not exist"), ("plain.md", "no main-job table")):
+    with pytest.raises(SystemExit, match=message):
+      table_drift.main([str(tmp_path / bad), str(tmp_path / "run")])

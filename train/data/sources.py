@@ -238,7 +238,7 @@ def _flatten_modules(tree, prefix=""):
 def global_random_state_kept():
   """Python's, NumPy's and sympy's global random states as they were, after the block."""
   sympy_random = importlib.import_module("sympy.core.random")
-  generators = (random, sympy_random.rng, sympy_random._assumptions_rng)  # noqa: SLF001
+  generators = (random, sympy_random.rng, sympy_random._assumptions_rng)  # all sympy.seed seeds
   states, numpy_state = [g.getstate() for g in generators], np.random.get_state()
   try:
     yield
