@@ -32,7 +32,7 @@ PASSES = ("all", "parallel", "serial")
 
 # XLA:CPU's code generation is most of a small test's time. The tests compile with LLVM at
 # opt level 0 and, on jaxlib 0.10, with its older loop emitters in place of the MLIR fusion
-# emitters (the tiny preset's training step then compiles in 0.9 s, not 5.3 s, on one core;
+# emitters (the tiny preset's training step then compiles in 1.1 s, not 5.1 s, on one core;
 # jaxlib 0.11 has only the new emitters and refuses the flag). Both choices are code
 # generation only: the HLO passes, which decide what this code controls (fusions,
 # shardings, buffers), run as before, and every test holds the results to an independent

@@ -48,7 +48,7 @@ def _summary_writer(folder: pathlib.Path, purge_step: int):
   """tensorboardX's writer, imported without torch where torch is not loaded already.
 
   tensorboardX imports torch whenever it is installed, only to accept torch tensors,
-  which a run never logs; that import is 1.5 to 2 s of every run's start. Imported lazily
+  which a run never logs; that import is over a second of every run's start. Imported lazily
   because only process 0 writes events."""
   shielded = "torch" not in sys.modules
   if shielded:
