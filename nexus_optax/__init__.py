@@ -12,7 +12,7 @@ from nexus_optax._metrics import InnerStepSums, NexusMetrics, nexus_metrics
 from nexus_optax._multisteps import NexusMultiStepsState, nexus_multisteps
 from nexus_optax._nexus import InnerLoopResult, NexusState, inner_loop, nexus
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
   "InnerLoopResult",

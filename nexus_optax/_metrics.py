@@ -1,6 +1,6 @@
 """Per-outer-step metrics of Nexus, and :func:`nexus_metrics` to read them.
 
-Free consensus estimate (docs/math.md#consensus-estimate). With unit inner steps u_1..u_K,
+Free consensus estimate (:ref:`consensus-estimate`). With unit inner steps u_1..u_K,
 
   ||sum_m u_m||^2 = sum_m ||u_m||^2 + sum_{l != m} u_l . u_m,
 

@@ -1,7 +1,7 @@
 """Nexus, transparent form: the paper's Algorithm 3, one micro-batch per call.
 
 Reference: Chen et al., https://arxiv.org/abs/2604.09258, Algorithm 3 (engineering
-adaptation) and Sec. 3.3; docs/math.md#algorithm.
+adaptation) and Sec. 3.3; :ref:`algorithm`.
 
 The caller's parameters are the inner model. With outer parameters theta_{t-1}
 stored in the state, call m = 1..K of outer step t receives
@@ -11,6 +11,11 @@ g_m = grad L_m(theta_{t,m-1}) at the caller's parameters theta_{t,m-1} and
   m = K:  g_hat    = (theta_{t-1} - theta_{t,K-1}) + gamma * g_K / ||g_K||
           theta_t  = theta_{t-1} + outer.update(g_hat, outer_state, theta_{t-1})
           emits  theta_t - theta_{t,K-1}         (the caller's params become theta_t)
+
+Every emitted update has the parameters' dtype, as optax's optimizers keep it. With
+bfloat16 parameters the K-th update is rounded, so the stored theta_t is where the
+caller's parameters land, ``optax.apply_updates(params, updates)``, not the unrounded
+outer step: the two never drift apart.
 
 The outer optimizer runs only at the K-th call, so between syncs its state does
 not move: no moment decay, no step count, no weight decay. On the same
@@ -87,7 +92,7 @@ def nexus_multisteps(
     batch_axis_name: the ``jax.shard_map`` or ``pmap`` axis over which each
       micro-batch's rows are split. The incoming gradient (and ``value``) is averaged
       over it with ``lax.pmean`` before the norm, so every replica takes the same
-      inner step (docs/math.md#distributed-and-masked-inner-steps). Parameters must be
+      inner step (:ref:`distributed-and-masked-inner-steps`). Parameters must be
       replicated over the axis. Under ``shard_map`` with ``check_vma=True``, pass the
       per-replica loss as ``value=``: autodiff has then summed the gradient over the axis,
       and the loss is how the sum is told from a mean (the step is right either way; the
@@ -187,7 +192,7 @@ def nexus_multisteps(
       )
 
     def inner_update():
-      emitted = with_frozen_zeros([-step for step in inner.step])
+      emitted = optax.tree.cast_like(with_frozen_zeros([-step for step in inner.step]), params)
       return emitted, state._replace(mini_step=state.mini_step + 1, sums=sums)
 
     def outer_update():
@@ -202,15 +207,23 @@ def nexus_multisteps(
         state.outer_params,
         **extra_args,
       )
-      outer_params = optax.apply_updates(state.outer_params, outer_updates)
-      emitted = with_frozen_zeros(
-        [
-          new.astype(s.dtype) - p.astype(s.dtype)
-          for new, p, s in zip(
-            _inner_step.select(jax.tree.leaves(outer_params), trains), trained_params, inner.step
-          )
-        ]
+      new_outer_params = optax.apply_updates(state.outer_params, outer_updates)
+      emitted = optax.tree.cast_like(
+        with_frozen_zeros(
+          [
+            new.astype(s.dtype) - p.astype(s.dtype)
+            for new, p, s in zip(
+              _inner_step.select(jax.tree.leaves(new_outer_params), trains),
+              trained_params,
+              inner.step,
+            )
+          ]
+        ),
+        params,
       )
+      # The emitted update is rounded to the parameters' dtype, so the caller's parameters
+      # land within rounding of theta_t; storing where they land keeps the two identical.
+      outer_params = optax.apply_updates(params, emitted)
       metrics = summarize_outer_step(
         sums,
         pseudo_grad_sq_norm=optax.tree.norm(pseudo_gradient, squared=True),

@@ -2,7 +2,7 @@
 
 Reference: Chen et al., "Same Pretraining Loss, Better Downstream Generalization via
 Common Minima", https://arxiv.org/abs/2604.09258, Algorithm 1 and Sec. 3.2. The math
-below is derived in docs/math.md.
+below is derived on the Math page of the documentation (:doc:`/math`).
 
 For outer step t, starting at theta_{t,0} = theta_{t-1} and for m = 1..K:
 
@@ -12,7 +12,7 @@ For outer step t, starting at theta_{t,0} = theta_{t-1} and for m = 1..K:
 
 and g_hat_t goes to the outer optimizer as if it were a gradient.
 
-To second order (docs/math.md#second-order-expansion), with
+To second order (:ref:`second-order-expansion`), with
 u_i = g_i / ||g_i|| and J_i = (I - u_i u_i^T) H_i / ||g_i|| at theta_{t,0}:
 
   g_hat = gamma * sum_m u_{s_m} - gamma^2 * sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3),
@@ -21,7 +21,7 @@ whose average over the K! orders of K distinct micro-batches is
 gamma * sum_i u_i - (gamma^2 / 2) * sum_{i != j} J_i u_j. This Hessian-coupling
 term is what the paper (Eq. 9, 12) identifies with the gradient of the summed
 cross-source cosine similarity; it equals that gradient only where P_i and H_i
-commute (docs/math.md#where-the-papers-eq-9-and-eq-12-differ).
+commute (:ref:`where-the-papers-eq-9-and-eq-12-differ`).
 """
 
 import inspect
@@ -189,7 +189,7 @@ def inner_loop(
     inner_rounding: how the inner point reaches a parameter dtype narrower than
       float32. ``"nearest"`` rounds to nearest, which erases every inner step smaller
       than half a bfloat16 spacing; ``"stochastic"`` rounds up or down at random, so
-      that the inner point is exact in expectation (studies/bf16_fidelity
+      that the inner point is exact in expectation (:doc:`/guides/bfloat16`
       measures what either keeps). Float32 parameters are never rounded.
     rounding_key: a PRNG key, required with ``inner_rounding="stochastic"``. Prefer
       ``jax.random.key(seed, impl="rbg")``: XLA's bit generator draws the per-weight
@@ -198,7 +198,7 @@ def inner_loop(
     batch_axis_name: under ``jax.shard_map`` or ``pmap`` with each micro-batch's rows
       split over this mapped axis, each inner gradient and loss is averaged over it
       (``lax.pmean``) before the norm, so that every replica takes the same step
-      (docs/math.md#distributed-and-masked-inner-steps). The aux stays per replica.
+      (:ref:`distributed-and-masked-inner-steps`). The aux stays per replica.
     mask: which parameters train: a pytree of bools with the structure of (or a
       prefix of) ``params``, or a callable of ``params`` returning one, as
       ``optax.masked`` takes. Masked-out leaves take no inner step, stay out of the
@@ -208,8 +208,7 @@ def inner_loop(
       of ``params``, floating leaves in at least float32, zeros for masked-out leaves);
       it must return the loss at the inner point, each leaf ``p`` taken as
       ``(p - d).astype(p.dtype)`` for this function's result to equal the default's.
-      ``models.Llama`` does so inside its layer scan (``next_token_loss(model, tokens,
-      displacement)``). Not with ``inner_rounding="stochastic"``.
+      The pretraining stack's Llama does so inside its layer scan (:doc:`/guides/inner_point`). Not with ``inner_rounding="stochastic"``.
 
   Returns:
     An :class:`InnerLoopResult`.
@@ -375,7 +374,7 @@ def nexus(
       micro-batch's rows are split. Each inner gradient and loss is then averaged over
       it with ``lax.pmean`` before the norm, so every replica takes the same inner
       steps and returns the same g_hat (the norm of a mean is not a mean of norms:
-      docs/math.md#distributed-and-masked-inner-steps). Parameters must be replicated
+      :ref:`distributed-and-masked-inner-steps`). Parameters must be replicated
       over the axis; ``shard_map``'s ``check_vma`` may be on or off. Leave it None under
       ``jit`` with sharded arrays, where gradients are already global.
     mask: which parameters train, as ``optax.masked`` takes it: a pytree of bools with
@@ -395,7 +394,7 @@ def nexus(
       Gradients are taken with respect to ``params`` at fixed ``delta``, which is the
       gradient at the inner point, so g_hat is unchanged; what changes is memory: a
       model that forms each layer's inner point inside its layer scan
-      (``models.next_token_loss(model, tokens, displacement)``) never holds the
+      (:doc:`/guides/inner_point`) never holds the
       parameter-sized inner point that ``nexus`` otherwise builds. Not with
       ``inner_rounding="stochastic"``.
 

@@ -9,7 +9,7 @@ which Nexus is meant to raise (Sec. 3.1: it upper-bounds the distance between
 the sources' minimizers), and the first-order part of Nexus's pseudo-gradient,
 whose difference from the real one is the second-order term that the paper credits
 with the raising. That term is a Hessian coupling, equal to the cosine's gradient
-only in special cases (docs/math.md#where-the-papers-eq-9-and-eq-12-differ), so
+only in special cases (:ref:`where-the-papers-eq-9-and-eq-12-differ`), so
 whether a run raises the cosine is measured here, not assumed.
 """
 
@@ -107,8 +107,8 @@ def first_order_pseudo_gradient(
 
   This is :func:`nexus_optax.inner_loop`'s displacement without the inner steps'
   feedback: ``inner_loop(...).displacement - F`` is the Hessian-coupling term
-  ``-gamma^2 sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3)`` (docs/math.md), the part that
-  numerics such as a bfloat16 forward pass can erase (studies/bf16_fidelity).
+  ``-gamma^2 sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3)`` (:ref:`second-order-expansion`), the part that
+  numerics such as a bfloat16 forward pass can erase (:doc:`/guides/bfloat16`).
 
   Args:
     loss_fn: ``loss_fn(params, microbatch) -> scalar``.
@@ -123,7 +123,7 @@ def first_order_pseudo_gradient(
   References:
     Chen et al., `Same Pretraining Loss, Better Downstream Generalization via Common
     Minima <https://arxiv.org/abs/2604.09258>`_, 2026 (arXiv:2604.09258), Sec. 3.2;
-    docs/math.md#second-order-expansion.
+    :ref:`second-order-expansion`.
 
   Example:
     >>> import jax.numpy as jnp, nexus_optax as nx

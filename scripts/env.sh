@@ -1,7 +1,8 @@
-# Sourced by the README's commands: creates or refreshes .venv with the given extras.
-# Usage: source scripts/env.sh test   (or: bench, train, "test,bench")
+# Sourced by the README's commands: creates or refreshes .venv with nexus-optax (editable) and
+# the named dependency groups of pyproject.toml (PEP 735).
+# Usage: source scripts/env.sh test   (or: train, bench, docs, "train,bench")
 set -euo pipefail
-extras="${1:-test}"
+groups="${1:-test}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${NEXUS_PYTHON:-python3}"
 venv="$root/.venv"
@@ -15,12 +16,21 @@ want="$(_nexus_version "$python")" || {
 if [ "$(_nexus_version "$venv/bin/python" 2>/dev/null)" != "$want" ]; then
   echo "[env] creating $venv with Python $want"
   "$python" -m venv --clear "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
 fi
 unset -f _nexus_version
-echo "[env] installing nexus-optax[$extras] into $venv"
+# `pip install --group` needs pip 25.1; older ones (Python 3.11's bundled 23.2) are upgraded.
+if ! "$venv/bin/python" -c 'import sys
+from importlib.metadata import version
+sys.exit(tuple(map(int, version("pip").split(".")[:2])) < (25, 1))' 2>/dev/null; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=25.1"
+fi
+group_args=()
+IFS=',' read -ra group_names <<<"$groups"
+for group in "${group_names[@]}"; do group_args+=(--group "$root/pyproject.toml:$group"); done
+echo "[env] installing nexus-optax and the groups $groups into $venv"
 # Byte-compiling every installed file takes pip half its time; Python compiles what it imports.
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -e "$root[$extras]"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile \
+  -e "$root" "${group_args[@]}"
 export PATH="$venv/bin:$PATH"
 echo "[env] ready in ${SECONDS} s"
 cd "$root"

@@ -217,11 +217,15 @@ def test_second_order_report_only_regenerates_the_committed_table(tmp_path):
     assert row in document, row
 
 
-def _fake_python(path: pathlib.Path, version: str, log: pathlib.Path) -> pathlib.Path:
-  """An interpreter stand-in: answers env.sh's version query, logs anything else and fails."""
+def _fake_python(
+  path: pathlib.Path, version: str, log: pathlib.Path, pip_is_old: bool = False
+) -> pathlib.Path:
+  """An interpreter stand-in: answers env.sh's version and pip queries, logs anything else
+  and fails."""
   path.parent.mkdir(parents=True, exist_ok=True)
+  pip_check = 'case "$2" in *version\\(\\"pip\\"\\)*) exit 1;; esac\n' if pip_is_old else ""
   path.write_text(
-    f'#!/bin/sh\nif [ "$1" = "-c" ]; then echo {version}; exit 0; fi\n'
+    f'#!/bin/sh\nif [ "$1" = "-c" ]; then {pip_check}echo {version}; exit 0; fi\n'
     f'echo "$0 $*" >> {log}\nexit 3\n'
   )
   path.chmod(0o755)
@@ -248,10 +252,39 @@ def test_env_sh_makes_venv_with_the_named_python_and_only_then(tmp_path, venv_ve
   first_call = log.read_text().splitlines()[0]
   if venv_version == "3.12":
     pip = "-m pip install --quiet --disable-pip-version-check --no-compile"
-    assert first_call == f"{root}/.venv/bin/python {pip} -e {root}[test]"
+    assert (
+      first_call == f"{root}/.venv/bin/python {pip} -e {root} --group {root}/pyproject.toml:test"
+    )
   else:
     assert first_call == f"{python} -m venv --clear {root}/.venv"
     assert "creating" in run.stdout
+
+
+def _source_env_sh(root: pathlib.Path, python: pathlib.Path, groups: str):
+  return subprocess.run(
+    ["bash", "-c", f"source scripts/env.sh {groups}"],
+    cwd=root,
+    env={"PATH": "/usr/bin:/bin", "NEXUS_PYTHON": str(python)},
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+
+
+def test_env_sh_installs_each_named_group_and_upgrades_a_pip_older_than_25_1(tmp_path):
+  root, log = tmp_path / "repo", tmp_path / "calls.txt"
+  (root / "scripts").mkdir(parents=True)
+  (root / "scripts" / "env.sh").write_text((ROOT / "scripts" / "env.sh").read_text())
+  python = _fake_python(tmp_path / "bin" / "python3.12", "3.12", log)
+  _fake_python(root / ".venv" / "bin" / "python", "3.12", log)
+  assert _source_env_sh(root, python, "train,bench").returncode == 3
+  groups = f"--group {root}/pyproject.toml:train --group {root}/pyproject.toml:bench"
+  assert log.read_text().splitlines()[0].endswith(f"-e {root} {groups}")
+  log.unlink()
+  _fake_python(root / ".venv" / "bin" / "python", "3.12", log, pip_is_old=True)
+  assert _source_env_sh(root, python, "test").returncode == 3
+  upgrade = "-m pip install --quiet --disable-pip-version-check --upgrade pip>=25.1"
+  assert log.read_text().splitlines()[0] == f"{root}/.venv/bin/python {upgrade}"
 
 
 def test_env_sh_names_the_fix_for_a_python_that_does_not_run(tmp_path):
