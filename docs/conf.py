@@ -44,9 +44,7 @@ napoleon_use_rtype = False
 
 # The docstrings' Examples run as the test suite runs them.
 doctest_global_setup = "import jax, jax.numpy as jnp, optax, nexus_optax as nx"
-doctest_default_flags = (
-  __import__("doctest").ELLIPSIS | __import__("doctest").NORMALIZE_WHITESPACE
-)
+doctest_default_flags = __import__("doctest").ELLIPSIS | __import__("doctest").NORMALIZE_WHITESPACE
 
 html_theme = "furo"
 html_title = f"nexus-optax {release}"

@@ -43,18 +43,18 @@ class InnerStep(NamedTuple):
   finite: jax.Array
 
 
-def accumulation_dtype(dtype) -> jnp.dtype:
+def accumulation_dtype(dtype: jax.typing.DTypeLike) -> np.dtype[Any]:
   """The dtype in which displacements accumulate: at least float32."""
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def displacement_dtype(dtype) -> jnp.dtype:
+def displacement_dtype(dtype: jax.typing.DTypeLike) -> np.dtype[Any]:
   """A leaf's dtype in the displacement: floats accumulate (at least float32), the rest
   (frozen integer leaves) keep theirs."""
   return accumulation_dtype(dtype) if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(dtype)
 
 
-def to_accumulation_dtype(tree):
+def to_accumulation_dtype(tree: chex.ArrayTree) -> chex.ArrayTree:
   return jax.tree.map(lambda x: jnp.asarray(x).astype(accumulation_dtype(x.dtype)), tree)
 
 
@@ -74,7 +74,7 @@ def check_inner_rounding(inner_rounding: InnerRounding) -> None:
     )
 
 
-def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
+def stochastic_round(x: jax.Array, dtype: jax.typing.DTypeLike, key: jax.Array) -> jax.Array:
   """Rounds ``x`` to ``dtype`` up or down at random, so that ``E[result] == x``.
 
   Of the two ``dtype`` neighbours of ``x`` it picks the far one with probability
@@ -111,7 +111,7 @@ def stochastic_round(x: jax.Array, dtype, key: jax.Array) -> jax.Array:
   return jnp.where(noise < probability, far, nearest)
 
 
-def check_mask(mask) -> None:
+def check_mask(mask: Any) -> None:
   """Rejects a ``mask=`` that is neither a callable nor a pytree of Python bools."""
   if mask is None or callable(mask):
     return
@@ -123,9 +123,12 @@ def check_mask(mask) -> None:
       )
 
 
-def reject_optax_masked(params, who: str) -> None:
+def reject_optax_masked(params: chex.ArrayTree, who: str) -> None:
   """``optax.masked`` hands its inner transformation ``MaskedNode`` leaves for frozen ones."""
-  is_masked_node = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+
+  def is_masked_node(x: Any) -> bool:
+    return isinstance(x, optax.MaskedNode)
+
   if any(is_masked_node(leaf) for leaf in jax.tree.leaves(params, is_leaf=is_masked_node)):
     raise ValueError(
       f"{who} cannot run inside optax.masked or an optax.multi_transform branch: its loss "
@@ -134,7 +137,7 @@ def reject_optax_masked(params, who: str) -> None:
     )
 
 
-def trainable_flags(params, mask, who: str) -> list[bool]:
+def trainable_flags(params: chex.ArrayTree, mask: Any, who: str) -> list[bool]:
   """One bool per leaf of ``params``: whether it takes inner steps.
 
   Args:
@@ -184,24 +187,26 @@ def trainable_flags(params, mask, who: str) -> list[bool]:
   return flags
 
 
-def select(leaves: list, flags: list[bool]) -> list:
+def select(leaves: list[Any], flags: list[bool]) -> list[Any]:
   return [leaf for leaf, trains in zip(leaves, flags) if trains]
 
 
-def scatter(selected: list, flags: list[bool], fill: Callable[[int], Any]) -> list:
+def scatter(selected: list[Any], flags: list[bool], fill: Callable[[int], Any]) -> list[Any]:
   """Puts ``selected`` back at the True positions of ``flags``; ``fill(i)`` at the others."""
   remaining = iter(selected)
   return [next(remaining) if trains else fill(i) for i, trains in enumerate(flags)]
 
 
-def _varying_axes(x) -> frozenset:
+def _varying_axes(x: Any) -> frozenset[Any]:
   """The manual axes over which ``x`` varies, as ``shard_map``'s check_vma tracks them."""
   aval = jax.typeof(x)
   manual = getattr(aval, "manual_axis_type", None)
   return manual.varying if manual is not None else frozenset(getattr(aval, "vma", ()))
 
 
-def mean_over_batch_axis(loss, grads, batch_axis_name, who: str):
+def mean_over_batch_axis(
+  loss: jax.Array | None, grads: Any, batch_axis_name: Any, who: str
+) -> tuple[jax.Array | None, Any]:
   """The micro-batch loss and gradient averaged over the data-parallel axis (or axes).
 
   Every replica then normalizes one gradient and takes the same step. Under ``shard_map``
@@ -222,9 +227,10 @@ def mean_over_batch_axis(loss, grads, batch_axis_name, who: str):
     else:
       replicas = jax.lax.axis_size(batch_axis_name)
 
-      def mean(g):
+      def mean(g: jax.Array) -> jax.Array:
         if names <= _varying_axes(g):
-          return jax.lax.pmean(g, axis_name=batch_axis_name)
+          averaged: jax.Array = jax.lax.pmean(g, axis_name=batch_axis_name)
+          return averaged
         return g / replicas
 
       loss, grads = jax.lax.pmean(loss, axis_name=batch_axis_name), jax.tree.map(mean, grads)
@@ -238,7 +244,7 @@ def mean_over_batch_axis(loss, grads, batch_axis_name, who: str):
   return loss, grads
 
 
-def check_inner_lr(inner_lr) -> None:
+def check_inner_lr(inner_lr: Any) -> None:
   """Rejects a non-positive constant inner_lr; schedules and traced values pass."""
   if callable(inner_lr) or isinstance(inner_lr, jax.core.Tracer):
     return
@@ -264,7 +270,7 @@ def _safe_inverse(norm: jax.Array) -> jax.Array:
 
 
 def normalized_step(
-  grads,
+  grads: Any,
   inner_lr: chex.Numeric,
   *,
   normalize: str,

@@ -44,7 +44,13 @@ class NexusMetrics(NamedTuple):
   @classmethod
   def initial(cls) -> "NexusMetrics":
     # One buffer per field, so that a jitted step may donate the state.
-    return cls(*(jnp.zeros([], jnp.float32) for _ in range(4)), jnp.zeros([], jnp.int32))
+    return cls(
+      inner_loss=jnp.zeros([], jnp.float32),
+      inner_grad_norm=jnp.zeros([], jnp.float32),
+      pseudo_grad_norm=jnp.zeros([], jnp.float32),
+      consensus=jnp.zeros([], jnp.float32),
+      skipped_steps=jnp.zeros([], jnp.int32),
+    )
 
 
 class InnerStepSums(NamedTuple):

@@ -138,7 +138,7 @@ def nexus_multisteps(
   outer = optax.with_extra_args_support(outer if mask is None else optax.masked(outer, mask))
   who = "nexus_multisteps"
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> NexusMultiStepsState:
     _inner_step.trainable_flags(params, mask, who)
     return NexusMultiStepsState(
       mini_step=jnp.zeros([], jnp.int32),
@@ -150,7 +150,14 @@ def nexus_multisteps(
       metrics=NexusMetrics.initial(),
     )
 
-  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+  def update_fn(
+    updates: optax.Updates,
+    state: NexusMultiStepsState,
+    params: optax.Params | None = None,
+    *,
+    value: jax.Array | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, NexusMultiStepsState]:
     if params is None:
       raise ValueError("nexus_multisteps needs params: call tx.update(grads, state, params).")
     if updates is None:
@@ -161,7 +168,8 @@ def nexus_multisteps(
     trains = _inner_step.trainable_flags(params, mask, who)
     param_leaves, treedef = jax.tree.flatten(params)
     trained_params = _inner_step.select(param_leaves, trains)
-    trained_grads = _inner_step.select(treedef.flatten_up_to(updates), trains)
+    grad_leaves = jax.tree.leaves(jax.tree.map(lambda _, g: g, params, updates))
+    trained_grads = _inner_step.select(grad_leaves, trains)
     value, trained_grads = _inner_step.mean_over_batch_axis(
       value, trained_grads, batch_axis_name, who
     )
@@ -185,17 +193,17 @@ def nexus_multisteps(
       steps_skipped=state.sums.steps_skipped + (1.0 - taken),
     )
 
-    def with_frozen_zeros(trained_leaves):
+    def with_frozen_zeros(trained_leaves: list[jax.Array]) -> optax.Updates:
       return jax.tree.unflatten(
         treedef,
         _inner_step.scatter(trained_leaves, trains, lambda i: jnp.zeros_like(param_leaves[i])),
       )
 
-    def inner_update():
+    def inner_update() -> tuple[optax.Updates, NexusMultiStepsState]:
       emitted = optax.tree.cast_like(with_frozen_zeros([-step for step in inner.step]), params)
       return emitted, state._replace(mini_step=state.mini_step + 1, sums=sums)
 
-    def outer_update():
+    def outer_update() -> tuple[optax.Updates, NexusMultiStepsState]:
       trained_outer = _inner_step.select(jax.tree.leaves(state.outer_params), trains)
       pseudo_gradient = [
         outer_p.astype(s.dtype) - p.astype(s.dtype) + s
@@ -239,6 +247,7 @@ def nexus_multisteps(
         metrics=metrics,
       )
 
-    return jax.lax.cond(state.mini_step == every_k - 1, outer_update, inner_update)
+    emitted, new_state = jax.lax.cond(state.mini_step == every_k - 1, outer_update, inner_update)
+    return emitted, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -60,19 +60,19 @@ class InnerLoopResult(NamedTuple):
   aux: Any
 
 
-def _num_microbatches(microbatches) -> int:
+def _num_microbatches(microbatches: chex.ArrayTree) -> int:
   leaves = jax.tree.leaves(microbatches)
   if not leaves:
     raise ValueError(
       "microbatches is empty; pass a pytree of arrays whose leading axis "
       "indexes the K micro-batches."
     )
-  sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) > 0 else None for leaf in leaves}
-  if None in sizes:
+  if any(jnp.ndim(leaf) == 0 for leaf in leaves):
     raise ValueError(
       "every leaf of microbatches needs a leading micro-batch axis, but one is "
       "a scalar; stack the K micro-batches along axis 0."
     )
+  sizes = {int(jnp.shape(leaf)[0]) for leaf in leaves}
   if len(sizes) > 1:
     raise ValueError(
       f"micro-batch leaves have different leading sizes {sorted(sizes)}; "
@@ -84,7 +84,7 @@ def _num_microbatches(microbatches) -> int:
   return size
 
 
-def _zero_displacement(params):
+def _zero_displacement(params: chex.ArrayTree) -> chex.ArrayTree:
   """Abstract zeros of the displacement's tree and dtypes (float leaves in >= float32)."""
 
   return jax.tree.map(
@@ -106,7 +106,11 @@ def _check_loss_takes_displacement(
 
 
 def _check_loss_signature(
-  loss_fn, params, microbatches, has_aux: bool, loss_takes_displacement: bool = False
+  loss_fn: Callable[..., Any],
+  params: chex.ArrayTree,
+  microbatches: chex.ArrayTree,
+  has_aux: bool,
+  loss_takes_displacement: bool = False,
 ) -> None:
   first = jax.tree.map(lambda x: x[0], microbatches)
   if loss_takes_displacement:
@@ -208,7 +212,8 @@ def inner_loop(
       of ``params``, floating leaves in at least float32, zeros for masked-out leaves);
       it must return the loss at the inner point, each leaf ``p`` taken as
       ``(p - d).astype(p.dtype)`` for this function's result to equal the default's.
-      The pretraining stack's Llama does so inside its layer scan (:doc:`/guides/inner_point`). Not with ``inner_rounding="stochastic"``.
+      The pretraining stack's Llama does so inside its layer scan
+      (:doc:`/guides/inner_point`). Not with ``inner_rounding="stochastic"``.
 
   Returns:
     An :class:`InnerLoopResult`.
@@ -245,25 +250,25 @@ def inner_loop(
   leaves = [jnp.asarray(leaf) for leaf in leaves]
   trained = _inner_step.select(leaves, trains)
 
-  def loss_of_trained(trained_leaves, microbatch, *displacement):
+  def loss_of_trained(trained_leaves: list[jax.Array], microbatch: Any, *displacement: Any) -> Any:
     full = _inner_step.scatter(trained_leaves, trains, lambda i: leaves[i])
     return loss_fn(jax.tree.unflatten(treedef, full), microbatch, *displacement)
 
   grad_fn = jax.value_and_grad(loss_of_trained, has_aux=has_aux)
 
-  def frozen_zeros(i):
+  def frozen_zeros(i: int) -> jax.Array:
     return jnp.zeros_like(leaves[i], _inner_step.displacement_dtype(leaves[i].dtype))
 
-  def full_displacement(displacement):
+  def full_displacement(displacement: list[jax.Array]) -> chex.ArrayTree:
     return jax.tree.unflatten(treedef, _inner_step.scatter(displacement, trains, frozen_zeros))
 
-  def inner_point(displacement, step_index):
-    if not stochastic:
+  def inner_point(displacement: list[jax.Array], step_index: jax.Array) -> list[jax.Array]:
+    if not stochastic or rounding_key is None:  # a stochastic one without a key raised above
       return [(p - d).astype(p.dtype) for p, d in zip(trained, displacement)]
     step_key = jax.random.fold_in(rounding_key, step_index)
     leaf_keys = jax.random.split(step_key, max(len(trained), 1))
 
-    def rounded(p, d, key):
+    def rounded(p: jax.Array, d: jax.Array, key: jax.Array) -> jax.Array:
       exact = p.astype(d.dtype) - d
       if jnp.dtype(p.dtype) == jnp.dtype(d.dtype):
         return exact
@@ -271,7 +276,9 @@ def inner_loop(
 
     return [rounded(p, d, key) for p, d, key in zip(trained, displacement, leaf_keys)]
 
-  def one_inner_step(displacement, indexed_microbatch):
+  def one_inner_step(
+    displacement: list[jax.Array], indexed_microbatch: tuple[jax.Array, Any]
+  ) -> tuple[list[jax.Array], tuple[Any, ...]]:
     step_index, microbatch = indexed_microbatch
     if loss_takes_displacement:
       value, grads = grad_fn(trained, microbatch, full_displacement(displacement))
@@ -316,7 +323,8 @@ class NexusState(NamedTuple):
     metrics: :class:`NexusMetrics` of the last outer step.
   """
 
-  count: jax.Array
+  # The field shadows tuple.count, as optax's states' count fields do.
+  count: jax.Array  # type: ignore[assignment]
   metrics: NexusMetrics
 
 
@@ -442,11 +450,19 @@ def nexus(
   _check_loss_takes_displacement(loss_takes_displacement, inner_rounding)
   _inner_step.check_mask(mask)
 
-  def init_fn(params):
+  def init_fn(params: optax.Params) -> NexusState:
     _inner_step.trainable_flags(params, mask, "nexus")
     return NexusState(count=jnp.zeros([], jnp.int32), metrics=NexusMetrics.initial())
 
-  def update_fn(updates, state, params=None, *, loss_fn=None, microbatches=None, **extra_args):
+  def update_fn(
+    updates: optax.Updates,
+    state: NexusState,
+    params: optax.Params | None = None,
+    *,
+    loss_fn: Callable[..., Any] | None = None,
+    microbatches: chex.ArrayTree | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, NexusState]:
     del updates, extra_args
     if params is None:
       raise ValueError(

@@ -24,7 +24,9 @@ from nexus_optax import _inner_step
 from nexus_optax._inner_step import Normalize
 
 
-def _per_source_grads(loss_fn, params, batches_by_source, has_aux):
+def _per_source_grads(
+  loss_fn: Callable[..., Any], params: optax.Params, batches_by_source: Any, has_aux: bool
+) -> list[Any]:
   grad_fn = jax.grad(loss_fn, has_aux=has_aux)
   if has_aux:
     grad_fn = lambda p, b, _grad_fn=grad_fn: _grad_fn(p, b)[0]
@@ -34,7 +36,8 @@ def _per_source_grads(loss_fn, params, batches_by_source, has_aux):
     return [_inner_step.to_accumulation_dtype(grad_fn(params, b)) for b in batches_by_source]
   leaves = jax.tree.leaves(batches_by_source)
   sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
-  if not leaves or None in sizes or len(sizes) != 1:
+  (num_sources,) = sizes if len(sizes) == 1 else (None,)
+  if not leaves or num_sources is None:
     raise ValueError(
       "batches_by_source must be a list of per-source batches, or a pytree whose "
       f"leaves share one leading source axis (got leading sizes {sorted(map(str, sizes))})."
@@ -42,7 +45,7 @@ def _per_source_grads(loss_fn, params, batches_by_source, has_aux):
   stacked = jax.lax.map(
     lambda b: _inner_step.to_accumulation_dtype(grad_fn(params, b)), batches_by_source
   )
-  return [jax.tree.map(lambda g, i=i: g[i], stacked) for i in range(sizes.pop())]
+  return [jax.tree.map(lambda g, i=i: g[i], stacked) for i in range(num_sources)]
 
 
 def gradient_cosine_matrix(
@@ -81,11 +84,12 @@ def gradient_cosine_matrix(
   """
   grads = _per_source_grads(loss_fn, params, batches_by_source, has_aux)
   num_sources = len(grads)
-  gram = [[None] * num_sources for _ in range(num_sources)]
+  products: dict[tuple[int, int], jax.Array] = {}
   for i in range(num_sources):
     for j in range(i, num_sources):
-      gram[i][j] = gram[j][i] = optax.tree.vdot(grads[i], grads[j]).astype(jnp.float32)
-  gram = jnp.stack([jnp.stack(row) for row in gram])
+      products[i, j] = products[j, i] = optax.tree.vdot(grads[i], grads[j]).astype(jnp.float32)
+  sources = range(num_sources)
+  gram = jnp.stack([jnp.stack([products[i, j] for j in sources]) for i in sources])
   norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
   denominator = norms[:, None] * norms[None, :]
   return jnp.where(denominator > 0, gram / jnp.where(denominator > 0, denominator, 1.0), 0.0)
@@ -107,8 +111,8 @@ def first_order_pseudo_gradient(
 
   This is :func:`nexus_optax.inner_loop`'s displacement without the inner steps'
   feedback: ``inner_loop(...).displacement - F`` is the Hessian-coupling term
-  ``-gamma^2 sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3)`` (:ref:`second-order-expansion`), the part that
-  numerics such as a bfloat16 forward pass can erase (:doc:`/guides/bfloat16`).
+  ``-gamma^2 sum_m J_{s_m} sum_{l<m} u_{s_l} + O(gamma^3)`` (:ref:`second-order-expansion`),
+  the part that numerics such as a bfloat16 forward pass can erase (:doc:`/guides/bfloat16`).
 
   Args:
     loss_fn: ``loss_fn(params, microbatch) -> scalar``.
@@ -137,7 +141,7 @@ def first_order_pseudo_gradient(
   """
   _inner_step.check_normalize(normalize)
 
-  def add_unit_step(total, microbatch):
+  def add_unit_step(total: Any, microbatch: Any) -> tuple[Any, None]:
     grads = jax.grad(loss_fn)(params, microbatch)
     step = _inner_step.normalized_step(
       grads, inner_lr, normalize=normalize, skip_nonfinite=False

@@ -144,7 +144,7 @@ def evaluate_hf(args) -> dict:
   except ImportError as error:
     raise ConfigError(
       f"--hf needs transformers and PyTorch ({error.name} is not installed); "
-      "install nexus-optax[test] or pip install transformers torch."
+      "run `source scripts/env.sh train,bench` or pip install transformers torch."
     ) from None
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
