@@ -7,7 +7,7 @@ gradient, in at least float32, and the per-step statistics that
 """
 
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, TypeVar, get_args
 
 import chex
 import jax
@@ -21,6 +21,7 @@ Normalize = Literal["global", "per_leaf"]
 InnerRounding = Literal["nearest", "stochastic"]
 NORMALIZE_MODES = get_args(Normalize)
 INNER_ROUNDINGS = get_args(InnerRounding)
+_T = TypeVar("_T")
 
 
 class InnerStep(NamedTuple):
@@ -37,7 +38,7 @@ class InnerStep(NamedTuple):
     finite: whether the gradient (and the loss, when given) was finite.
   """
 
-  step: Any
+  step: chex.ArrayTree
   grad_norm: jax.Array
   unit_sq_norm: jax.Array
   finite: jax.Array
@@ -187,17 +188,17 @@ def trainable_flags(params: chex.ArrayTree, mask: Any, who: str) -> list[bool]:
   return flags
 
 
-def select(leaves: list[Any], flags: list[bool]) -> list[Any]:
+def select(leaves: list[_T], flags: list[bool]) -> list[_T]:
   return [leaf for leaf, trains in zip(leaves, flags) if trains]
 
 
-def scatter(selected: list[Any], flags: list[bool], fill: Callable[[int], Any]) -> list[Any]:
+def scatter(selected: list[_T], flags: list[bool], fill: Callable[[int], _T]) -> list[_T]:
   """Puts ``selected`` back at the True positions of ``flags``; ``fill(i)`` at the others."""
   remaining = iter(selected)
   return [next(remaining) if trains else fill(i) for i, trains in enumerate(flags)]
 
 
-def _varying_axes(x: Any) -> frozenset[Any]:
+def _varying_axes(x: jax.Array) -> frozenset[Any]:
   """The manual axes over which ``x`` varies, as ``shard_map``'s check_vma tracks them."""
   aval = jax.typeof(x)
   manual = getattr(aval, "manual_axis_type", None)
@@ -205,8 +206,11 @@ def _varying_axes(x: Any) -> frozenset[Any]:
 
 
 def mean_over_batch_axis(
-  loss: jax.Array | None, grads: Any, batch_axis_name: Any, who: str
-) -> tuple[jax.Array | None, Any]:
+  loss: jax.Array | None,
+  grads: chex.ArrayTree,
+  batch_axis_name: str | tuple[str, ...] | None,
+  who: str,
+) -> tuple[jax.Array | None, chex.ArrayTree]:
   """The micro-batch loss and gradient averaged over the data-parallel axis (or axes).
 
   Every replica then normalizes one gradient and takes the same step. Under ``shard_map``
@@ -270,10 +274,10 @@ def _safe_inverse(norm: jax.Array) -> jax.Array:
 
 
 def normalized_step(
-  grads: Any,
+  grads: chex.ArrayTree,
   inner_lr: chex.Numeric,
   *,
-  normalize: str,
+  normalize: Normalize,
   skip_nonfinite: bool,
   loss: chex.Numeric | None = None,
 ) -> InnerStep:

@@ -323,8 +323,7 @@ class NexusState(NamedTuple):
     metrics: :class:`NexusMetrics` of the last outer step.
   """
 
-  # The field shadows tuple.count, as optax's states' count fields do.
-  count: jax.Array  # type: ignore[assignment]
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
   metrics: NexusMetrics
 
 
