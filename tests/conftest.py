@@ -118,11 +118,6 @@ def pytest_collection_modifyitems(config, items):
     definitions = definitions.name2fixturedefs.values() if definitions else ()
     if any(defs[-1].scope == "module" for defs in definitions):
       item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-  if config.getoption("dist", "no") == "loadgroup":
-    # xdist hands out work in collection order. The groups are the big indivisible units
-    # (a module's shared training run or subprocess); handed out first, they leave the
-    # single tests to fill the gaps, instead of one late group running on alone at the end.
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
   chosen = config.getoption("nexus_pass")
   if chosen == "all":
     return
