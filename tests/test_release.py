@@ -61,11 +61,13 @@ def release(tmp_path_factory):
     ROOT / "nexus_optax", source / "nexus_optax", ignore=shutil.ignore_patterns("__pycache__")
   )
   dist = tmp_path_factory.mktemp("dist")
-  subprocess.run(
+  built = subprocess.run(
     [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(source)],
-    check=True,
+    check=False,
     capture_output=True,
+    text=True,
   )
+  assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
   (wheel,), (sdist,) = dist.glob("*.whl"), dist.glob("*.tar.gz")
   return wheel, sdist
 
