@@ -258,6 +258,80 @@ def test_transformers_scores_a_text_file_as_train_evaluate_does(trained_run, tmp
   assert theirs["step"] == 6
 
 
+def checkpoint_on_disk(run_dir, step) -> dict:
+  """A checkpoint's whole state as plain orbax reads it, with nothing of ours: the
+  independent reader that the params-only restore is held to."""
+  import orbax.checkpoint as ocp
+
+  path = pathlib.Path(run_dir).absolute() / "checkpoints" / str(step) / "state"
+  return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(path))
+
+
+def by_path(tree) -> dict[str, np.ndarray]:
+  return {jax.tree_util.keystr(k): np.asarray(leaf) for k, leaf in jax.tree.leaves_with_path(tree)}
+
+
+def flat_names(tree) -> list[str]:
+  """orbax's names of a tree's leaves: their keys joined by dots."""
+  return [".".join(str(key.key) for key in path) for path, _ in jax.tree.leaves_with_path(tree)]
+
+
+def spy_on_orbax_reads(monkeypatch) -> list[str]:
+  """The names of the arrays that orbax reads from disk from now on, as it reads them."""
+  import orbax.checkpoint as ocp
+
+  read = []
+  handlers = (
+    ocp.type_handlers.ArrayHandler,
+    ocp.type_handlers.NumpyHandler,
+    ocp.type_handlers.ScalarHandler,
+  )
+  for handler in handlers:
+
+    async def deserialize(self, infos, args=None, original=handler.deserialize):
+      read.extend(info.name for info in infos)
+      return await original(self, infos, args)
+
+    monkeypatch.setattr(handler, "deserialize", deserialize)
+  return read
+
+
+def test_export_and_evaluate_read_the_params_alone(trained_run, monkeypatch):
+  run_dir, _ = trained_run
+  on_disk = checkpoint_on_disk(run_dir, 6)
+  params_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(on_disk["params"]))
+  # Nexus over AdamW: the two moments that reading the params alone leaves on disk.
+  assert sum(leaf.nbytes for leaf in jax.tree.leaves(on_disk["opt_state"])) >= 2 * params_bytes
+  read = spy_on_orbax_reads(monkeypatch)
+  run = restore_run(run_dir)  # what train.export_hf and train.evaluate --checkpoint read
+  assert run.step == 6
+  want, got = by_path(on_disk["params"]), by_path(run.params)
+  assert sorted(got) == sorted(want)
+  for path, array in want.items():
+    np.testing.assert_array_equal(got[path], array, err_msg=path)
+  assert sorted(read) == sorted(f"params.{name}" for name in flat_names(on_disk["params"]))
+
+
+def test_an_unreadable_newest_checkpoint_is_skipped_for_the_one_before(
+  trained_run, tmp_path, capsys
+):
+  run_dir, _ = trained_run
+  copy = tmp_path / "run"
+  shutil.copytree(run_dir, copy)
+  for file in (copy / "checkpoints" / "6" / "state").rglob("*"):
+    if file.is_file():
+      file.write_bytes(b"\0garbage")
+  run = restore_run(copy)
+  err = capsys.readouterr().err
+  assert run.step == 3
+  assert "warning: checkpoint 6 is unreadable" in err and "skipping it" in err, err
+  assert (copy / "checkpoints" / "6").is_dir() and not (copy / "corrupt").exists()  # read-only
+  want, got = by_path(checkpoint_on_disk(run_dir, 3)["params"]), by_path(run.params)
+  assert sorted(got) == sorted(want)
+  for path, array in want.items():
+    np.testing.assert_array_equal(got[path], array, err_msg=path)
+
+
 def test_a_run_from_an_export_starts_at_the_exporting_run_s_final_loss_and_resumes_exactly(
   trained_run, small_cache, tmp_path
 ):

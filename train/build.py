@@ -12,7 +12,7 @@ from flax import nnx
 
 from models import DEFAULT_RULES, Llama, LlamaConfig, get_preset, next_token_loss
 from models.sharding import activation_sharding
-from train import parallel
+from train import faults, parallel
 from train.config import TrainConfig
 from train.optimizers import build_optimizer, step_kind
 from train.step import TrainState, make_train_step
@@ -108,6 +108,8 @@ def build_training(
     with activation_sharding(mesh, rules):
       return next_token_loss(nnx.merge(graphdef, params), tokens, displacement)
 
+  if faults.nonfinite_steps():
+    loss_fn = faults.poisoned_loss(loss_fn)
   batches = parallel.batch_sharding(mesh, batch_axis=1)
   step = jax.jit(
     make_train_step(loss_fn, tx, step_kind(config.optimizer)),

@@ -13,8 +13,12 @@ Saves are asynchronous (training goes on while the arrays are written) and atomi
 orbax writes to a temporary directory and renames it when complete, so a run killed
 mid-save leaves the previous checkpoints intact. A checkpoint that is there but
 unreadable is moved to ``OUT/corrupt/`` and the previous one is used, with a warning.
+A save that fails (a full disk, no permission) raises :class:`CheckpointSaveError` at the
+next save, check or wait; the failed checkpoint is never renamed into place, so the
+previous one stays the latest.
 """
 
+import contextlib
 import dataclasses
 import pathlib
 import shutil
@@ -25,6 +29,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from train.faults import RunFault
+from train.peers import complete_checkpoints
+
+
+class CheckpointSaveError(RunFault):
+  """A checkpoint could not be written; the message names the directory and its free space."""
 
 
 @dataclasses.dataclass
@@ -59,25 +70,66 @@ class CheckpointStore:
     self.manager = ocp.CheckpointManager(
       self.directory, options=options, item_names=("state", "data", "config")
     )
+    self.saving: int | None = None
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, data_state: dict, config: dict) -> None:
+    """Starts writing checkpoint ``step``; raises :class:`CheckpointSaveError` if this or
+    an earlier save fails."""
     if step in self.manager.all_steps():
       return
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(config),
-      ),
-      force=True,
-    )
+    self.raise_if_failed()
+    with self._failures(step):
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state),
+          config=ocp.args.JsonSave(config),
+        ),
+        force=True,
+      )
+    self.saving = step
+
+  def raise_if_failed(self) -> None:
+    """:class:`CheckpointSaveError` if the save in flight has failed (cheap: no wait)."""
+    with self._failures(self.saving):
+      self.manager.check_for_errors()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the saves in flight; :class:`CheckpointSaveError` if one failed."""
+    with self._failures(self.saving):
+      self.manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _failures(self, step: int | None):
+    try:
+      yield
+    except CheckpointSaveError:
+      raise
+    except Exception as error:  # orbax and tensorstore raise many types for a failed write
+      raise CheckpointSaveError(self._failure_message(step, error)) from None
+
+  def _failure_message(self, step: int | None, error: Exception) -> str:
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    try:
+      free = f"{shutil.disk_usage(self.directory).free / 1e9:.2f} GB free there"
+    except OSError:
+      free = "its free space unknown"
+    complete = [s for s in self.completed_steps() if s != step]
+    newest = f"checkpoint {complete[-1]}" if complete else "none"
+    return (
+      f"checkpoint {step} could not be written to {self.directory} ({free}; {reason}); "
+      f"the newest complete checkpoint is {newest}. Free space there or fix its "
+      "permissions, then rerun with --resume."
+    )
+
+  def completed_steps(self) -> list[int]:
+    """Steps whose checkpoints are complete on disk (orbax renames a checkpoint into place
+    only once every item of every process is written)."""
+    return complete_checkpoints(self.directory)
 
   def close(self) -> None:
     self.manager.close()
@@ -134,3 +186,48 @@ class CheckpointStore:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
     self.manager.reload()
+
+  def restore_params(self, abstract_params, step: int | None = None) -> tuple[int, Any] | None:
+    """``(step, params)`` of checkpoint ``step``, or of the newest readable one when ``step``
+    is ``None`` (unreadable newer ones are set aside as :meth:`restore_latest` does);
+    ``None`` when none is readable.
+
+    Only the params' arrays are read, onto ``abstract_params``'s shardings: the optimizer
+    state (for AdamW and Nexus two moments, twice the params' bytes) stays on disk.
+    """
+
+    def read(step: int):
+      item = {"params": abstract_params}
+      # A checkpointer of its own: the manager binds "state" to the handler it first
+      # restores it with, and partial restore needs the PyTree handler where save() and
+      # restore() use the standard one; through the manager, restore() would then fail.
+      checkpointer = ocp.PyTreeCheckpointer()
+      try:
+        restored = checkpointer.restore(
+          self.directory / str(step) / "state",
+          args=ocp.args.PyTreeRestore(
+            item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+          ),
+        )
+      finally:
+        checkpointer.close()
+      return restored["params"]
+
+    if step is not None:
+      return step, read(step)
+    for step in reversed(self.steps()):
+      try:
+        return step, read(step)
+      except Exception as error:  # orbax raises many types for unreadable files
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        where = "skipping it"
+        if not self.read_only:
+          self._quarantine(step)
+          where = f"moved it to {self.out_dir / 'corrupt'}"
+        self.warn(
+          f"warning: checkpoint {step} is unreadable ({type(error).__name__}: {reason}); "
+          f"{where} and falling back to an earlier one."
+        )
+    return None

@@ -101,6 +101,9 @@ class TrainConfig:
     eval_every: evaluate every N steps (and at the end); 0 only at the end.
     eval_sequences: sequences scored per evaluation set.
     log_every: write metrics every N steps.
+    max_skipped_steps: stop the run once this many consecutive outer steps have been
+      skipped for a non-finite loss or update (its checkpoints stay those of before the
+      skips); 0 never stops.
   """
 
   model: str = "demo"
@@ -134,6 +137,7 @@ class TrainConfig:
   eval_every: int = 100
   eval_sequences: int = 32
   log_every: int = 10
+  max_skipped_steps: int = 10
 
   def __post_init__(self):
     if self.model not in MODEL_PRESETS:
@@ -158,6 +162,7 @@ class TrainConfig:
       "eval_every": 0,
       "eval_sequences": 1,
       "log_every": 1,
+      "max_skipped_steps": 0,
       "seed": 0,
       "corpus_seed": 0,
     }

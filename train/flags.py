@@ -16,6 +16,7 @@ from train.data import sources
 from train.data.mixture import MixtureError
 from train.data.spec import DataError
 from train.data.tokenizer import TokenizerError
+from train.peers import DEFAULT_PEER_TIMEOUT, PEER_LOST_EXIT
 from train.presets import RUN_PRESETS, get_run_preset
 
 USER_ERRORS = (
@@ -65,6 +66,13 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     "--distributed",
     action="store_true",
     help="call jax.distributed.initialize() with no arguments (TPU pods, SLURM)",
+  )
+  group.add_argument(
+    "--peer-timeout",
+    type=int,
+    default=DEFAULT_PEER_TIMEOUT,
+    help="seconds after which a silent process counts as lost: every other one then exits "
+    f"with one line (status {PEER_LOST_EXIT}); also JAX's heartbeat timeout",
   )
   return parser
 

@@ -17,31 +17,29 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from models.sharding import MESH_AXES, logical_partition_specs
 from train.config import ConfigError
+from train.peers import DEFAULT_PEER_TIMEOUT
 
 BATCH_AXES = ("data", "fsdp")
 
 
-def initialize_distributed(
+def distributed_settings(
   coordinator_address: str | None,
   num_processes: int | None,
   process_id: int | None,
   auto: bool = False,
-) -> bool:
-  """``jax.distributed.initialize`` when flags or ``JAX_*`` variables (or ``auto``) ask for it.
+) -> dict | None:
+  """``jax.distributed.initialize``'s arguments when flags or ``JAX_*`` variables (or
+  ``auto``) ask for a multi-process run, else None.
 
   Flags win over ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
   ``auto`` (``--distributed``) calls it with no arguments, as TPU pods and SLURM want.
-  CPU collectives go through gloo, so several processes on one machine work too.
-
-  Returns:
-    Whether the run is multi-process.
   """
   address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
   count = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
   index = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
   explicit = (address, count, index)
   if not auto and all(value is None for value in explicit):
-    return False
+    return None
   if not auto and any(value is None for value in explicit):
     raise ConfigError(
       "a multi-process run needs --coordinator-address, --num-processes and "
@@ -52,11 +50,34 @@ def initialize_distributed(
     raise ConfigError(
       f"--process-id must be in [0, {count}) for --num-processes {count}, got {index}."
     )
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if auto and all(value is None for value in explicit):
-    jax.distributed.initialize()
-  else:
-    jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
+    return {}
+  return {"coordinator_address": address, "num_processes": count, "process_id": index}
+
+
+def initialize_distributed(
+  coordinator_address: str | None,
+  num_processes: int | None,
+  process_id: int | None,
+  auto: bool = False,
+  peer_timeout: int = DEFAULT_PEER_TIMEOUT,
+) -> bool:
+  """``jax.distributed.initialize`` with :func:`distributed_settings`, when they ask for it.
+
+  CPU collectives go through gloo, so several processes on one machine work too. A process
+  silent for ``peer_timeout`` seconds is lost (JAX's heartbeat timeout; see
+  :mod:`train.peers` for what the others then do).
+
+  Returns:
+    Whether the run is multi-process.
+  """
+  settings = distributed_settings(coordinator_address, num_processes, process_id, auto)
+  if settings is None:
+    return False
+  if peer_timeout < 1:
+    raise ConfigError(f"--peer-timeout must be at least 1 second, got {peer_timeout}.")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**settings, heartbeat_timeout_seconds=peer_timeout)
   return True
 
 

@@ -32,14 +32,15 @@ import jax
 from tqdm import tqdm
 
 from models import get_preset
-from train import parallel
+from train import faults, parallel, peers
 from train.build import Training, build_training
-from train.checkpoints import CheckpointStore, Restored
+from train.checkpoints import CheckpointSaveError, CheckpointStore, Restored
 from train.config import ConfigError, TrainConfig
 from train.data.cache import TokenCache
 from train.data.corpus import default_cache_root
 from train.data.roles import HELDOUT, TRAIN, VALIDATION
 from train.evaluation import Evaluator, cache_eval_sets, domain_batches
+from train.faults import RUN_FAULT_EXIT, RunFault, SkippedSteps
 from train.flags import USER_ERRORS, build_parser, config_from_args
 from train.hf import HFCheckpoint, read_checkpoint
 from train.metrics_log import MetricsLog, summary_table
@@ -271,11 +272,12 @@ def close_outputs(progress: tqdm, store: CheckpointStore, log: MetricsLog) -> No
   log.close()
 
 
-def next_batch(iterator, training: Training, config: TrainConfig) -> jax.Array:
-  """The next outer step's tokens ``[K, B, T + 1]``, one global array of the processes'
-  rows."""
+def next_batch(iterator, training: Training, config: TrainConfig, step: int, poisoned) -> jax.Array:
+  """Step ``step``'s tokens ``[K, B, T + 1]``, one global array of the processes' rows
+  (marked non-finite in the test-only ``poisoned`` range of :mod:`train.faults`)."""
   global_shape = (config.microbatches, config.micro_batch_size, config.seq_len + 1)
-  return parallel.global_batch(next(iterator)["tokens"], training.batch_sharding, global_shape)
+  rows = faults.poison_tokens(next(iterator)["tokens"], step, poisoned)
+  return parallel.global_batch(rows, training.batch_sharding, global_shape)
 
 
 def due(step: int, every: int, last: int) -> bool:
@@ -331,13 +333,33 @@ def write_summary(
     print(summary_table(summary))
 
 
+@dataclasses.dataclass
+class Loop:
+  """What the training loop reads and writes besides the state."""
+
+  config: TrainConfig
+  training: Training
+  iterator: object
+  evaluate: Callable[[object], dict]
+  store: CheckpointStore
+  log: MetricsLog
+  progress: tqdm
+  clock: RunClock
+  run_record: dict
+  say: Callable
+
+
 def run(args: argparse.Namespace) -> int:
   clock = RunClock()
   config = config_from_args(args)
   use_compilation_cache(args.compilation_cache)
   stop = StopRequest()
   multi_process = parallel.initialize_distributed(
-    args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed
+    args.coordinator_address,
+    args.num_processes,
+    args.process_id,
+    auto=args.distributed,
+    peer_timeout=args.peer_timeout,
   )
   primary = jax.process_index() == 0
   say = print if primary else (lambda *a, **k: None)
@@ -351,7 +373,6 @@ def run(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, mixture=cache.default_mixture)
   iterator, domains = training_iterator(cache, config, mesh)
   training = build_run_training(config, mesh, checkpoint, cache)
-  schedule = learning_rate_schedule(config)
   store = CheckpointStore(out, config.keep_checkpoints, warn=say)
   state, start_step, data_state = starting_state(
     args.resume, store, training, checkpoint, config, cache, say
@@ -361,58 +382,143 @@ def run(args: argparse.Namespace) -> int:
     iterator.set_state(data_state)
   evaluate = run_evaluation(cache, config, domains, training, mesh)
   say(run_banner(config, training, mesh, start_step))
-  log = MetricsLog(out, start_step, primary)
-  progress = progress_bar(config, start_step, disable=not primary or args.no_progress)
-  summary: dict = {}
+  loop = Loop(
+    config,
+    training,
+    iterator,
+    evaluate,
+    store,
+    MetricsLog(out, start_step, primary),
+    progress_bar(config, start_step, disable=not primary or args.no_progress),
+    clock,
+    run_record,
+    say,
+  )
   clock.start_loop()
   if checkpoint and start_step == 0:
-    log_starting_point(evaluate, state, clock, log)
-  for step in range(start_step + 1, config.steps + 1):
-    state, metrics = training.step(state, next_batch(iterator, training, config))
-    clock.stepped(metrics)
-    record = {}
-    if due(step, config.log_every, config.steps):
-      record = train_record(step, metrics, state, schedule, config, clock)
-      progress.set_postfix(progress_figures(record))
-      summary.update({k: v for k, v in record.items() if k != "tokens_per_s"})
-    if due(step, config.eval_every, config.steps):
-      with clock.timing("eval"):
-        results = evaluate(state.params)
-      # Wall time of this process so far, and the part of it spent evaluating.
-      record.update(step=step, **results, seconds=clock.run_seconds(), eval_seconds=clock.eval)
-      summary.update(results)
-    if record:
-      log.write(record)
-    if due(step, config.checkpoint_every, config.steps):
-      save_checkpoint(store, step, state, iterator, run_record)
-    if record:
-      clock.new_window()
-    progress.update(1)
-    if step < config.steps and stop.agreed(step, config.log_every):
-      save_checkpoint(store, step, state, iterator, run_record)
-      close_outputs(progress, store, log)
-      say(f"SIGTERM: saved checkpoint {step} in {store.directory}; continue with --resume.")
-      return 0
-  close_outputs(progress, store, log)
+    log_starting_point(evaluate, state, clock, loop.log)
+  try:
+    summary = train_steps(loop, state, start_step, stop)
+  except RunFault as fault:
+    newest = stop_outputs(loop)
+    if isinstance(fault, CheckpointSaveError):
+      raise
+    raise RunFault(f"{fault} {newest}") from None
+  except jax.errors.JaxRuntimeError as error:
+    if not multi_process:
+      raise
+    peers.stop_after_failed_collective(
+      error, args.peer_timeout, jax.process_index(), jax.process_count(), out
+    )
+    raise
+  if summary is None:
+    return 0
   write_summary(summary, clock, config, out, primary)
   return 0
 
 
+def stop_outputs(loop: Loop) -> str:
+  """Closes the outputs of a run that stops on a fault, its saves in flight waited for;
+  returns where ``--resume`` would continue."""
+  loop.progress.close()
+  try:
+    loop.store.wait()
+  except RunFault:  # the fault's message names the failed save already
+    pass
+  loop.log.close()
+  steps = loop.store.completed_steps()
+  if not steps:
+    return "No checkpoint was written."
+  return f"The newest checkpoint is {steps[-1]} in {loop.store.directory}."
+
+
+def train_steps(loop: Loop, state, start_step: int, stop: StopRequest) -> dict | None:
+  """Steps ``start_step + 1`` to ``config.steps``, logging, evaluating and saving as due;
+  the final metrics, or None when SIGTERM stopped the run after saving a checkpoint.
+
+  A checkpoint that falls due while the newest steps were skipped waits for the next step
+  that is not, so the checkpoint from before a storm of non-finite steps stays the latest.
+  """
+  config, clock = loop.config, loop.clock
+  schedule = learning_rate_schedule(config)
+  skips = SkippedSteps(config.max_skipped_steps)
+  poisoned = faults.nonfinite_steps()
+  summary: dict = {}
+  checkpoint_due = False
+  for step in range(start_step + 1, config.steps + 1):
+    tokens = next_batch(loop.iterator, loop.training, config, step, poisoned)
+    state, metrics = loop.training.step(state, tokens)
+    clock.stepped(metrics)
+    skips.stepped(step, metrics["skipped"])
+    loop.store.raise_if_failed()
+    record = {}
+    if due(step, config.log_every, config.steps):
+      record = train_record(step, metrics, state, schedule, config, clock)
+      loop.progress.set_postfix(progress_figures(record))
+      summary.update({k: v for k, v in record.items() if k != "tokens_per_s"})
+    if due(step, config.eval_every, config.steps):
+      with clock.timing("eval"):
+        results = loop.evaluate(state.params)
+      # Wall time of this process so far, and the part of it spent evaluating.
+      record.update(step=step, **results, seconds=clock.run_seconds(), eval_seconds=clock.eval)
+      summary.update(results)
+    if record:
+      loop.log.write(record)
+    checkpoint_due |= due(step, config.checkpoint_every, config.steps)
+    if checkpoint_due and (skips.settle() == 0 or step == config.steps):
+      save_checkpoint(loop.store, step, state, loop.iterator, loop.run_record)
+      checkpoint_due = False
+    if record:
+      clock.new_window()
+    loop.progress.update(1)
+    if step < config.steps and stop.agreed(step, config.log_every):
+      save_checkpoint(loop.store, step, state, loop.iterator, loop.run_record)
+      close_outputs(loop.progress, loop.store, loop.log)
+      loop.say(
+        f"SIGTERM: saved checkpoint {step} in {loop.store.directory}; continue with --resume."
+      )
+      return None
+  skips.settle()
+  close_outputs(loop.progress, loop.store, loop.log)
+  return summary
+
+
 def train(args: argparse.Namespace) -> int:
   """``run(args)`` for a caller in this process (``main``, ``train.compare --jobs 1``): a
-  user error prints one line and returns 2; the caller's SIGTERM handler is restored."""
+  user error prints one line and returns 2, a fault that stops the run (a storm of
+  skipped steps, a failed save) one line and 3; the caller's SIGTERM handler is restored."""
   previous_handler = signal.getsignal(signal.SIGTERM)
   try:
     return run(args)
   except USER_ERRORS as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
+  except RunFault as fault:
+    print(f"error: {fault}", file=sys.stderr)
+    return RUN_FAULT_EXIT
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
 
 
 def main(argv=None) -> int:
-  return train(build_parser(__doc__.split("\n\n")[0]).parse_args(argv))
+  """Trains in this process, or, on a multi-process run, supervises a worker process that
+  does (:mod:`train.peers`: a lost peer then ends this process with one line)."""
+  argv = sys.argv[1:] if argv is None else [str(item) for item in argv]
+  args = build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+  if peers.is_worker():
+    return train(args)
+  try:
+    settings = parallel.distributed_settings(
+      args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed
+    )
+    out = pathlib.Path(config_from_args(args).out)
+  except USER_ERRORS as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  if settings is None:
+    return train(args)
+  index, count = settings.get("process_id"), settings.get("num_processes")
+  return peers.supervise("train.pretrain", argv, index, count, out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from train.data.tokenizer import BYTES, Tokenizer, load_tokenizer
 
 @dataclasses.dataclass
 class SavedRun:
-  """One checkpoint of a run, restored onto a one-device mesh.
+  """One checkpoint of a run, its params alone restored onto a one-device mesh.
 
   Attributes:
     directory: the run directory.
@@ -122,14 +122,10 @@ def restore_run(
     model_config=model_config,
     vocab_size=dataset["vocab_size"] if dataset and not model_config else None,
   )
-  restored = (
-    store.restore(step, training.abstract_state)
-    if step is not None
-    else store.restore_latest(training.abstract_state)
-  )
+  # The params alone: the optimizer state would take twice their memory, for nothing.
+  restored = store.restore_params(training.abstract_state.params, step)
   store.close()
   if restored is None:
     raise ConfigError(f"{flag} {path}: no readable checkpoint.")
-  return SavedRun(
-    run_dir, restored.step, config, record, tokenizer, training, mesh, restored.state.params
-  )
+  step, params = restored
+  return SavedRun(run_dir, step, config, record, tokenizer, training, mesh, params)

@@ -2,9 +2,10 @@
 
 User data: a YAML spec (:mod:`train.data.spec`) is read from ``.txt``/``.jsonl``/``.parquet``
 files (:mod:`train.data.files`), tokenized once (:mod:`train.data.tokenizer`) into a token
-cache (:mod:`train.data.prepare`, read by :mod:`train.data.cache`), and mixed into outer
-steps (:mod:`train.data.mixture`). The built-in corpus (:mod:`train.data.corpus`) is
-prepared into a cache the same way.
+cache (:mod:`train.data.prepare`, read by :mod:`train.data.cache`, checked against its
+checksums by :mod:`train.data.verify`), and mixed into outer steps
+(:mod:`train.data.mixture`). The built-in corpus (:mod:`train.data.corpus`) is prepared
+into a cache the same way.
 """
 
 import importlib

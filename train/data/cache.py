@@ -10,6 +10,11 @@
   CACHE/parts/<role>/<set>/<task>.docs.npy
                                    per document: tokens (with its EOD) and UTF-8 bytes
 
+The manifest records every part's tokens and the sha256 of both its files;
+``python -m train.data.verify CACHE`` re-reads the parts against them (:mod:`train.data.verify`).
+Opening a cache checks only that every part is there at its recorded size, so a run starts
+without reading the corpus.
+
 A set's stream is its parts in order. Training windows are cut from that stream as
 ``tokenizer.pack`` cuts a list of documents: window i holds tokens
 ``[i T, (i + 1) T]``, so consecutive windows overlap by one and every token is a
@@ -18,6 +23,7 @@ holds the loader's buffers, not the corpus.
 """
 
 import bisect
+import hashlib
 import json
 import pathlib
 
@@ -27,7 +33,84 @@ from train.data.spec import DataError
 from train.data.tokenizer import BYTES, Tokenizer, load_tokenizer, padded_vocab_size
 
 MANIFEST = "manifest.json"
+# Checksums and the contamination report are fields a reader may lack, not a new layout: the
+# version stays, so caches prepared before them still open.
 CACHE_VERSION = 1
+
+
+def file_sha256(path: pathlib.Path) -> str:
+  """The sha256 of a file's bytes, read in bounded chunks."""
+  with open(path, "rb") as stream:
+    return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def docs_file(part_file: str) -> str:
+  """A part's per-document table, beside its token stream."""
+  return part_file[: -len(".bin")] + ".docs.npy"
+
+
+def part_problem(
+  root: pathlib.Path, part: dict, itemsize: int, checksums: bool = True
+) -> str | None:
+  """What is wrong with a part's two files against its record (``None``: nothing).
+
+  Sizes are checked first and always; the files are read only with ``checksums`` and when
+  the record has them (caches prepared before checksums have none).
+  """
+  files = [(part["file"], part["tokens"] * itemsize, part.get("sha256"))]
+  if "docs_size" in part:
+    files.append((docs_file(part["file"]), part["docs_size"], part.get("docs_sha256")))
+  for name, size, _ in files:
+    path = root / name
+    if not path.exists():
+      return f"{path} is missing"
+    if path.stat().st_size != size:
+      return f"{path} has {path.stat().st_size:,} bytes where the manifest records {size:,}"
+  for name, _, digest in files if checksums else ():
+    if digest is not None and file_sha256(root / name) != digest:
+      return f"{root / name} fails its checksum (its sha256 differs from the recorded one)"
+  return None
+
+
+def load_manifest(root: pathlib.Path, flag: str = "--data") -> dict:
+  """The manifest of the complete cache at ``root``.
+
+  Raises:
+    DataError: when ``root`` holds no cache, one whose prepare did not finish, or one of
+      another cache version.
+  """
+  path = pathlib.Path(root) / MANIFEST
+  if not pathlib.Path(root).is_dir():
+    raise DataError(
+      f"{flag} {root}: no such folder; prepare one with `python -m "
+      "train.data.prepare --spec SPEC --tokenizer TOK --out CACHE`."
+    )
+  if not path.exists():
+    started = (pathlib.Path(root) / "parts").exists()
+    raise DataError(
+      f"{flag} {root} is "
+      + (
+        "an incomplete cache (its prepare did not finish); "
+        "rerun the same `python -m train.data.prepare` "
+        "to finish it."
+        if started
+        else "not a prepared cache (no manifest.json); "
+        "prepare it with `python -m train.data.prepare`."
+      )
+    )
+  try:
+    manifest = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as error:
+    raise DataError(
+      f"{flag} {root}: manifest.json is unreadable ({error}); prepare the cache again."
+    ) from None
+  if manifest.get("version") != CACHE_VERSION:
+    raise DataError(
+      f"{flag} {root} was prepared by another version of nexus-optax (cache "
+      f"version {manifest.get('version')}, this one reads {CACHE_VERSION}); "
+      "prepare it again."
+    )
+  return manifest
 
 
 class PackedWindows:
@@ -84,43 +167,11 @@ class TokenCache:
 
   def __init__(self, root: pathlib.Path, flag: str = "--data"):
     self.root = pathlib.Path(root).absolute()
-    path = self.root / MANIFEST
-    if not self.root.is_dir():
-      raise DataError(
-        f"{flag} {root}: no such folder; prepare one with `python -m "
-        "train.data.prepare --spec SPEC --tokenizer TOK --out CACHE`."
-      )
-    if not path.exists():
-      started = (self.root / "parts").exists()
-      raise DataError(
-        f"{flag} {root} is "
-        + (
-          "an incomplete cache (its prepare did not finish); "
-          "rerun the same `python -m train.data.prepare` "
-          "to finish it."
-          if started
-          else "not a prepared cache (no manifest.json); "
-          "prepare it with `python -m train.data.prepare`."
-        )
-      )
-    try:
-      self.manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-      raise DataError(
-        f"{flag} {root}: manifest.json is unreadable ({error}); prepare the cache again."
-      ) from None
-    if self.manifest.get("version") != CACHE_VERSION:
-      raise DataError(
-        f"{flag} {root} was prepared by another version of nexus-optax (cache "
-        f"version {self.manifest.get('version')}, this one reads {CACHE_VERSION}); "
-        "prepare it again."
-      )
+    self.manifest = load_manifest(root, flag)
     self.dtype = np.dtype(self.manifest["token_dtype"])
     for key, entry in self.manifest["sets"].items():
       for part in entry["parts"]:
-        file = self.root / part["file"]
-        expected = part["tokens"] * self.dtype.itemsize
-        if not file.exists() or file.stat().st_size != expected:
+        if part_problem(self.root, part, self.dtype.itemsize, checksums=False) is not None:
           raise DataError(
             f"{flag} {root} is incomplete: {part['file']} of set {key} is missing or "
             "truncated; rerun its `python -m train.data.prepare`."
@@ -196,8 +247,7 @@ class TokenCache:
   def documents(self, role: str, name: str) -> np.ndarray:
     """Per document of a set: ``[tokens (EOD included), UTF-8 bytes]``, int64 [D, 2]."""
     tables = [
-      np.load(self.root / (part["file"][: -len(".bin")] + ".docs.npy"))
-      for part in self.set_info(role, name)["parts"]
+      np.load(self.root / docs_file(part["file"])) for part in self.set_info(role, name)["parts"]
     ]
     return np.concatenate(tables) if tables else np.zeros((0, 2), np.int64)
 
