@@ -20,7 +20,9 @@ previous one stays the latest.
 
 import contextlib
 import dataclasses
+import logging
 import pathlib
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -28,10 +30,17 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
 from train.faults import RunFault
 from train.peers import complete_checkpoints
+
+
+def _without_orbax_tracebacks(record: logging.LogRecord) -> bool:
+  """Drops orbax's log of a failed asynchronous save, traceback and all: the run reports
+  the failure itself, in one line (:class:`CheckpointSaveError`)."""
+  return not (record.exc_info and "orbax" in record.pathname)
 
 
 class CheckpointSaveError(RunFault):
@@ -71,6 +80,7 @@ class CheckpointStore:
       self.directory, options=options, item_names=("state", "data", "config")
     )
     self.saving: int | None = None
+    absl_logging.get_absl_logger().addFilter(_without_orbax_tracebacks)
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -80,7 +90,7 @@ class CheckpointStore:
     an earlier save fails."""
     if step in self.manager.all_steps():
       return
-    self.raise_if_failed()
+    self.wait()  # orbax waits for the save in flight anyway; its failure is that step's
     with self._failures(step):
       self.manager.save(
         step,
@@ -113,16 +123,18 @@ class CheckpointStore:
       raise CheckpointSaveError(self._failure_message(step, error)) from None
 
   def _failure_message(self, step: int | None, error: Exception) -> str:
-    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    text = str(error) or type(error).__name__
+    os_error = re.search(r"([A-Z][A-Za-z ]+) \[os_error_code", text)
+    reason = os_error.group(1) if os_error else text.splitlines()[0][:160]
     try:
       free = f"{shutil.disk_usage(self.directory).free / 1e9:.2f} GB free there"
     except OSError:
       free = "its free space unknown"
     complete = [s for s in self.completed_steps() if s != step]
-    newest = f"checkpoint {complete[-1]}" if complete else "none"
+    newest = f"is {complete[-1]}" if complete else "none"
     return (
-      f"checkpoint {step} could not be written to {self.directory} ({free}; {reason}); "
-      f"the newest complete checkpoint is {newest}. Free space there or fix its "
+      f"checkpoint {step} could not be written to {self.directory} ({reason}; {free}); "
+      f"the newest complete checkpoint {newest}. Free space there or fix its "
       "permissions, then rerun with --resume."
     )
 

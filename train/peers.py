@@ -72,7 +72,7 @@ def lost_process(text: str, process_index: int | None) -> int | None:
     2
     >>> lost_process("Failed to send RPC to coordination service. Either the leader ...", 1)
     0
-    >>> lost_process("DEADLINE_EXCEEDED ... RPC: /xla.coordination.CoordinationService/Heartbeat", 1)
+    >>> lost_process("DEADLINE_EXCEEDED RPC: /xla.coordination.CoordinationService/Heartbeat", 1)
     0
   """
   named = re.findall(r"\bTask (\d+)\b", text)
