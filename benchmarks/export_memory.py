@@ -16,7 +16,7 @@ it, untrained: the same arrays and bytes as a trained one) is saved once with
   ``restore_params``  ``train.runs.restore_run``, which reads the params alone;
   ``export_state``    ``train.export_hf`` as it was: ``restore_state``, then the params
                       written by ``train.hf.write_checkpoint``;
-  ``export_params``   ``train.export_hf``'s ``main``.
+  ``export_params``   ``python -m train.export_hf``, the command itself.
 
 Each one's peak resident memory is its ``ru_maxrss`` from ``os.wait4``, the child's own
 (``getrusage(RUSAGE_CHILDREN)`` would be the maximum over all children so far). The report
@@ -130,17 +130,15 @@ def child(mode: str, preset: str, run_dir: pathlib.Path, out: pathlib.Path) -> N
     params, training = restore_full_state(run_dir)
     params = jax.device_get(params)
     write_checkpoint(out, params, training.model_config, load_tokenizer(BYTES), "float32", {})
-  elif mode == "export_params":
-    from train import export_hf
-
-    if export_hf.main(["--checkpoint", str(run_dir), "--out", str(out)]) != 0:
-      raise SystemExit(1)
 
 
 def run_child(mode: str, preset: str, run_dir: pathlib.Path, out: pathlib.Path, log) -> dict:
   """Runs ``mode`` in a fresh process; its peak RSS in bytes, wall seconds and stdout."""
   command = [sys.executable, "-m", "benchmarks.export_memory", "--child", mode]
   command += ["--preset", preset, "--work", str(run_dir.parent), "--child-out", str(out)]
+  if mode == "export_params":  # the command itself, as a user runs it
+    command = [sys.executable, "-m", "train.export_hf", "--checkpoint", str(run_dir)]
+    command += ["--out", str(out)]
   start = time.perf_counter()
   with open(log, "w") as stream:
     process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
