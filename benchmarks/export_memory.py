@@ -52,6 +52,7 @@ LABELS = {
 
 
 def tree_bytes(tree) -> int:
+  # imported here: each child's peak memory counts only what it imports
   import jax
 
   return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree)))
@@ -59,11 +60,19 @@ def tree_bytes(tree) -> int:
 
 def one_device_training(record: dict):
   """The run's model and state shapes on a one-device mesh, as ``train.runs`` builds them."""
+  # imported here: each child's peak memory counts only what it imports
   import jax
 
+  # imported here: each child's peak memory counts only what it imports
   from train import parallel
+
+  # imported here: each child's peak memory counts only what it imports
   from train.build import build_training
+
+  # imported here: each child's peak memory counts only what it imports
   from train.config import TrainConfig
+
+  # imported here: each child's peak memory counts only what it imports
   from train.runs import recorded_model_config
 
   mesh = parallel.make_mesh(parallel.parse_mesh("data=1", jax.device_count()), False)
@@ -73,11 +82,19 @@ def one_device_training(record: dict):
 
 def write_fixture(preset: str, run_dir: pathlib.Path) -> None:
   """A checkpoint of ``preset``'s initial state at step 0, saved as train.pretrain saves."""
+  # imported here: each child's peak memory counts only what it imports
   import jax
 
+  # imported here: each child's peak memory counts only what it imports
   from train import parallel
+
+  # imported here: each child's peak memory counts only what it imports
   from train.build import build_training
+
+  # imported here: each child's peak memory counts only what it imports
   from train.checkpoints import CheckpointStore
+
+  # imported here: each child's peak memory counts only what it imports
   from train.presets import get_run_preset
 
   config = get_run_preset(preset, out=str(run_dir))
@@ -93,6 +110,7 @@ def write_fixture(preset: str, run_dir: pathlib.Path) -> None:
 def restore_full_state(run_dir: pathlib.Path):
   """``train.runs.restore_run`` as it was: the whole state restored, its params kept (the
   rest freed on return); and the model it was rebuilt with."""
+  # imported here: each child's peak memory counts only what it imports
   from train.checkpoints import CheckpointStore
 
   store = CheckpointStore(run_dir, keep=1_000_000, read_only=True)
@@ -103,13 +121,17 @@ def restore_full_state(run_dir: pathlib.Path):
 
 
 def child(mode: str, preset: str, run_dir: pathlib.Path, out: pathlib.Path) -> None:
+  # imported here: each child's peak memory counts only what it imports
   import jax
+
+  # imported here: each child's peak memory counts only what it imports
   from absl import logging as absl_logging
 
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax notes that the directory is read-only
   if mode == "fixture":
     write_fixture(preset, run_dir)
   elif mode == "baseline":
+    # imported here: each child's peak memory counts only what it imports
     from train.checkpoints import CheckpointStore
 
     store = CheckpointStore(run_dir, keep=1_000_000, read_only=True)
@@ -120,11 +142,15 @@ def child(mode: str, preset: str, run_dir: pathlib.Path, out: pathlib.Path) -> N
   elif mode == "restore_state":
     jax.block_until_ready(restore_full_state(run_dir)[0])
   elif mode == "restore_params":
+    # imported here: each child's peak memory counts only what it imports
     from train.runs import restore_run
 
     jax.block_until_ready(restore_run(run_dir).params)
   elif mode == "export_state":  # train.export_hf's main as it was, but for the metadata
+    # imported here: each child's peak memory counts only what it imports
     from train.data.tokenizer import BYTES, load_tokenizer
+
+    # imported here: each child's peak memory counts only what it imports
     from train.hf import write_checkpoint
 
     params, training = restore_full_state(run_dir)

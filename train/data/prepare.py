@@ -393,6 +393,69 @@ def _has_checksums(manifest: dict) -> bool:
   return all("sha256" in part for entry in manifest["sets"].values() for part in entry["parts"])
 
 
+def _reuse_existing(
+  out: pathlib.Path, spec, tokenizer, identity: dict, itemsize: int, decontaminate: bool
+) -> TokenCache | None:
+  """The complete cache already at ``out`` for these inputs, or None (its manifest then
+  removed, so that its changed tasks are redone)."""
+  manifest_path = out / MANIFEST
+  if not manifest_path.exists():
+    return None
+  manifest = json.loads(manifest_path.read_text())
+  flagged = manifest.get("contamination", {}).get("decontaminate", False)
+  if manifest.get("spec") == json.loads(spec.text) and flagged != decontaminate:
+    raise DataError(
+      f"--out {out} holds this spec's cache prepared {'with' if flagged else 'without'} "
+      f"--decontaminate; rerun {'with' if flagged else 'without'} it, or choose a new --out."
+    )
+  if not (
+    all(manifest.get(k) == identity[k] for k in ("version", "spec_hash", "token_dtype"))
+    and manifest["tokenizer"]["hash"] == tokenizer.hash
+  ):
+    raise DataError(
+      f"--out {out} already holds a cache of another spec or tokenizer; choose a "
+      "new --out or delete that folder."
+    )
+  # Unchanged inputs mean unchanged held-out and validation documents, so the recorded
+  # digest of their hashes is still theirs.
+  targets = manifest.get("contamination", {}).get("targets", "")
+  tasks, _ = plan_tasks(spec, targets, decontaminate)
+  copy = out / tokenizer.file_name if tokenizer.file_name else None
+  if (
+    _has_checksums(manifest)
+    and (copy is None or (copy.exists() and file_sha256(copy) == tokenizer.hash))
+    and all(_finished(task, out, itemsize) for task in tasks)
+  ):
+    return TokenCache(out)
+  manifest_path.unlink()  # input files or parts changed since: redo their tasks
+
+
+def _scan_targets(pool, scans: dict, sizes: dict, show_progress: bool):
+  """``(per-set document-hash counts, Targets)`` of the held-out and validation sets."""
+  evaluated: dict[str, dict[bytes, int]] = {}
+  with tqdm(
+    total=sum(sizes[name] for name in scans),
+    unit="B",
+    unit_scale=True,
+    desc="hashing held-out and validation documents",
+    disable=not show_progress,
+    dynamic_ncols=True,
+  ) as progress:
+    prefixes = set()
+    for name, (counts, heads) in _each(pool, scan_task, scans):
+      prefixes |= heads
+      for key, counter in counts.items():
+        merged = evaluated.setdefault(key, {})
+        for digest, count in counter.items():
+          merged[digest] = merged.get(digest, 0) + count
+      progress.update(sizes[name])
+  targets = Targets(
+    frozenset(digest for counter in evaluated.values() for digest in counter),
+    frozenset(prefixes),
+  )
+  return evaluated, targets
+
+
 def prepare(
   spec: DataSpec,
   tokenizer_source: str,
@@ -419,34 +482,9 @@ def prepare(
     "task_bytes": TASK_BYTES,
   }
   manifest_path = out / MANIFEST
-  if manifest_path.exists():
-    manifest = json.loads(manifest_path.read_text())
-    flagged = manifest.get("contamination", {}).get("decontaminate", False)
-    if manifest.get("spec") == json.loads(spec.text) and flagged != decontaminate:
-      raise DataError(
-        f"--out {out} holds this spec's cache prepared {'with' if flagged else 'without'} "
-        f"--decontaminate; rerun {'with' if flagged else 'without'} it, or choose a new --out."
-      )
-    if not (
-      all(manifest.get(k) == identity[k] for k in ("version", "spec_hash", "token_dtype"))
-      and manifest["tokenizer"]["hash"] == tokenizer.hash
-    ):
-      raise DataError(
-        f"--out {out} already holds a cache of another spec or tokenizer; choose a "
-        "new --out or delete that folder."
-      )
-    # Unchanged inputs mean unchanged held-out and validation documents, so the recorded
-    # digest of their hashes is still theirs.
-    targets = manifest.get("contamination", {}).get("targets", "")
-    tasks, _ = plan_tasks(spec, targets, decontaminate)
-    copy = out / tokenizer.file_name if tokenizer.file_name else None
-    if (
-      _has_checksums(manifest)
-      and (copy is None or (copy.exists() and file_sha256(copy) == tokenizer.hash))
-      and all(_finished(task, out, itemsize) for task in tasks)
-    ):
-      return TokenCache(out)
-    manifest_path.unlink()  # input files or parts changed since: redo their tasks
+  existing = _reuse_existing(out, spec, tokenizer, identity, itemsize, decontaminate)
+  if existing is not None:
+    return existing
   if out.exists() and any(out.iterdir()) and not (out / STATE).exists():
     raise DataError(
       f"--out {out} is a non-empty folder that is not a cache; choose a new or empty --out."
@@ -463,27 +501,7 @@ def prepare(
   sizes = {task.name: sum(os.path.getsize(p) for p in task.files) for task in planned}
   workers = max(1, min(workers or os.cpu_count() or 1, len(planned)))
   with _pool(workers) as pool:
-    evaluated: dict[str, dict[bytes, int]] = {}
-    with tqdm(
-      total=sum(sizes[name] for name in scans),
-      unit="B",
-      unit_scale=True,
-      desc="hashing held-out and validation documents",
-      disable=not show_progress,
-      dynamic_ncols=True,
-    ) as progress:
-      prefixes = set()
-      for name, (counts, heads) in _each(pool, scan_task, scans):
-        prefixes |= heads
-        for key, counter in counts.items():
-          merged = evaluated.setdefault(key, {})
-          for digest, count in counter.items():
-            merged[digest] = merged.get(digest, 0) + count
-        progress.update(sizes[name])
-    targets = Targets(
-      frozenset(digest for counter in evaluated.values() for digest in counter),
-      frozenset(prefixes),
-    )
+    evaluated, targets = _scan_targets(pool, scans, sizes, show_progress)
     digest = hashlib.sha256(b"".join(sorted(targets.digests))).hexdigest()
     tasks, _ = plan_tasks(spec, digest, decontaminate)
     records = {task.name: _finished(task, out, itemsize) for task in tasks}
