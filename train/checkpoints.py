@@ -175,9 +175,15 @@ class CheckpointStore:
 
   def restore_latest(self, abstract_state) -> Restored | None:
     """The newest readable checkpoint; unreadable newer ones are set aside, with a warning."""
+    found = self._newest_readable(lambda step: self.restore(step, abstract_state))
+    return found[1] if found else None
+
+  def _newest_readable(self, read):
+    """``(step, read(step))`` of the newest checkpoint ``read`` can read; unreadable newer
+    ones are set aside (moved to ``OUT/corrupt/`` unless read-only), with a warning."""
     for step in reversed(self.steps()):
       try:
-        return self.restore(step, abstract_state)
+        return step, read(step)
       except Exception as error:  # orbax raises many types for unreadable files
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         where = "skipping it"
@@ -229,17 +235,4 @@ class CheckpointStore:
 
     if step is not None:
       return step, read(step)
-    for step in reversed(self.steps()):
-      try:
-        return step, read(step)
-      except Exception as error:  # orbax raises many types for unreadable files
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        where = "skipping it"
-        if not self.read_only:
-          self._quarantine(step)
-          where = f"moved it to {self.out_dir / 'corrupt'}"
-        self.warn(
-          f"warning: checkpoint {step} is unreadable ({type(error).__name__}: {reason}); "
-          f"{where} and falling back to an earlier one."
-        )
-    return None
+    return self._newest_readable(read)
