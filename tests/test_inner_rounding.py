@@ -15,6 +15,9 @@ from conftest import SoftmaxRegression, numpy_global_norm
 import nexus_optax as nx
 from nexus_optax._inner_step import stochastic_round
 
+# Rounding is where a device's bf16 arithmetic could differ from the CPU's.
+pytestmark = pytest.mark.accelerator
+
 SEQUENCE = [0, 1, 2, 1]
 GAMMA = 0.01
 

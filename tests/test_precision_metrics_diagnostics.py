@@ -14,6 +14,7 @@ def _flat(tree):
   return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("gamma", [0.01, 0.001])
 def test_bf16_params_keep_dtype_and_avoid_the_cancellation_of_differencing(gamma):
   problem = SoftmaxRegression(num_sources=3, n=64, d=32, c=16, seed=3)

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 from models.presets import PRESETS as MODEL_PRESETS
 from train.data.corpus import builtin_bpe_size
-from train.data.mixture import MODES, BatchMode
+from train.data.roles import MODES, BatchMode
 from train.data.tokenizer import TokenizerError
 
 # The string fields' values. The fields are annotated ``str`` (naming these in a comment):

@@ -33,17 +33,14 @@ import functools
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Literal, get_args
 
 import grain
 import numpy as np
 
 from train.data.cache import TokenCache
-from train.data.roles import TRAIN
+from train.data.roles import MODES, TRAIN, BatchMode
 
 # How the K micro-batches of a step draw from the sources (module docstring).
-BatchMode = Literal["mixed", "source"]
-MODES = get_args(BatchMode)
 
 
 class MixtureError(ValueError):
