@@ -29,6 +29,7 @@ Engineering choices, all set in :class:`LlamaConfig`:
 """
 
 import dataclasses
+import functools
 from typing import Literal, get_args
 
 import jax
@@ -140,6 +141,11 @@ class LlamaConfig:
     attention_impl: ``None`` for :func:`causal_attention` (``jax.nn.dot_product_attention``'s
       XLA path, heads first), else the ``implementation`` of
       ``jax.nn.dot_product_attention`` (``"cudnn"`` for flash attention on NVIDIA GPUs).
+    attention_block_size: ``None`` for :func:`causal_attention` (the full [T, T] scores,
+      half masked), else :func:`block_causal_attention` with query blocks of this many
+      positions, which skips the fully masked key blocks (any T: the last block is
+      shorter when the size does not divide it). Only the default path reads it: with an
+      ``attention_impl`` the kernel does its own blocking.
   """
 
   vocab_size: int
@@ -160,6 +166,7 @@ class LlamaConfig:
   compute_dtype: DType = "float32"
   init_std: float = 0.02
   attention_impl: str | None = None
+  attention_block_size: int | None = None
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, dict):
@@ -195,6 +202,11 @@ class LlamaConfig:
         raise ValueError(
           f"LlamaConfig.{name} must be one of {_DTYPES}, got {getattr(self, name)!r}."
         )
+    block = self.attention_block_size
+    if block is not None and (not isinstance(block, int) or block < 1):
+      raise ValueError(
+        f"LlamaConfig.attention_block_size must be None or a positive integer, got {block!r}."
+      )
     if not (self.rope_theta > 0 and self.norm_eps > 0 and self.init_std > 0):
       raise ValueError("LlamaConfig.rope_theta, norm_eps and init_std must be > 0.")
 
@@ -291,6 +303,91 @@ def causal_attention(q, k, v):
   return mixed.reshape(batch, heads, length, head_dim)
 
 
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _block_probs(q, k, start: int):
+  """float32 softmax(mask(q k^T / sqrt(D))) of queries at positions ``start..`` over keys at
+  ``0..``; q [B, K, G, b, D], k [B, K, S, D]."""
+  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores * jnp.float32(q.shape[-1] ** -0.5)
+  causal = jnp.arange(start, start + q.shape[3])[:, None] >= jnp.arange(k.shape[2])[None, :]
+  return jax.nn.softmax(jnp.where(causal, scores, jnp.float32(_MASK_VALUE)), axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention_block(q, k, v, start: int):
+  """One query block of :func:`block_causal_attention`: [B, K, G, b, D] out."""
+  return _attention_block_forward(q, k, v, start)[0]
+
+
+def _attention_block_forward(q, k, v, start):
+  probs = _block_probs(q, k, start)
+  mixed = jnp.einsum("bkgts,bksd->bkgtd", probs.astype(v.dtype), v)
+  return mixed, (q, k, v, probs, mixed)
+
+
+def _attention_block_backward(start, residuals, d_mixed):
+  q, k, v, probs, mixed = residuals
+  d_v = jnp.einsum("bkgts,bkgtd->bksd", probs.astype(v.dtype), d_mixed)
+  d_probs = jnp.einsum("bkgtd,bksd->bkgts", d_mixed, v, preferred_element_type=jnp.float32)
+  # sum_s P_ts dP_ts = sum_d dO_td O_td: a pass over [b, D] in place of one over [b, S].
+  delta = jnp.sum(d_mixed.astype(jnp.float32) * mixed.astype(jnp.float32), -1, keepdims=True)
+  d_scores = probs * (d_probs - delta) * jnp.float32(q.shape[-1] ** -0.5)
+  d_scores = d_scores.astype(q.dtype)
+  d_q = jnp.einsum("bkgts,bksd->bkgtd", d_scores, k)
+  d_k = jnp.einsum("bkgts,bkgtd->bksd", d_scores, q)
+  return d_q, d_k, d_v
+
+
+_attention_block.defvjp(_attention_block_forward, _attention_block_backward)
+
+
+def block_causal_attention(q, k, v, block_size: int):
+  """:func:`causal_attention` computed in query blocks that skip the fully masked keys.
+
+  With ``b = block_size``, query block ``i`` (positions ``[i b, (i + 1) b)``) attends keys
+  ``[0, (i + 1) b)`` only:
+
+    P_i = softmax(mask_i(q_i k_{<(i+1)b}^T / sqrt(D))),   o_i = P_i v_{<(i+1)b},
+
+  where ``mask_i`` hides the keys after each query, all in the last (diagonal) key block.
+  The keys after ``(i + 1) b`` are those the full mask sets to -0.7 * max(float32), whose
+  probabilities are exactly 0, so this is the same function with the same numerics (float32
+  scores, the same scale and mask value, probabilities in the value dtype) up to the order
+  of float32 sums, for ``(n + 1) / (2 n)`` of the score, softmax and mixing work over
+  ``n = T / b`` blocks. Each block's backward pass is written out (a ``jax.custom_vjp``):
+
+    dV = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(dO * O)) / sqrt(D),
+    dQ = dS K,     dK = dS^T Q,
+
+  using ``rowsum(P * dP) = rowsum(dO * O)``: one elementwise pass over the scores fewer
+  than autodiff of the softmax, and no mask pass (``P`` is 0 where masked). Being a
+  custom VJP, it has no forward-mode derivative (``jax.jvp``); use ``causal_attention``
+  for that.
+
+  The blocks are an unrolled Python loop, each with its own static shapes; when
+  ``block_size`` does not divide T the last block is the ``T mod block_size`` positions
+  left, and ``block_size >= T`` is one block. (A ``lax.scan`` pairing blocks ``i`` and
+  ``n - 1 - i`` into equal-shape steps needs gathers of the key and query blocks and ran
+  2.2-2.7x slower than the full mask on XLA:CPU; benchmarks/RESULTS.md.)
+
+  Args:
+    q: queries [B, N, T, D].
+    k, v: keys and values [B, K, T, D], K dividing N (grouped-query heads).
+    block_size: query positions per block.
+  """
+  batch, heads, length, head_dim = q.shape
+  kv_heads = k.shape[1]
+  q = q.reshape(batch, kv_heads, heads // kv_heads, length, head_dim)
+  blocks = []
+  for start in range(0, length, block_size):
+    end = min(start + block_size, length)
+    blocks.append(_attention_block(q[:, :, :, start:end], k[:, :, :end], v[:, :, :end], start))
+  mixed = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=3)
+  return mixed.reshape(batch, heads, length, head_dim)
+
+
 class Attention(nnx.Module):
   """Causal grouped-query self-attention with RoPE."""
 
@@ -331,7 +428,11 @@ class Attention(nnx.Module):
     v = constrain(jnp.einsum("btd,dnh->bnth", x, weights[2]), kv_heads)
     q = apply_rope(q, cos, sin, heads_first=True)
     k = apply_rope(k, cos, sin, heads_first=True)
-    return jnp.einsum("bnth,nhd->btd", causal_attention(q, k, v), weights[3])
+    if self.config.attention_block_size is None:
+      mixed = causal_attention(q, k, v)
+    else:
+      mixed = block_causal_attention(q, k, v, self.config.attention_block_size)
+    return jnp.einsum("bnth,nhd->btd", mixed, weights[3])
 
 
 class SwiGLU(nnx.Module):

@@ -178,6 +178,7 @@ def test_eval_target_sums_are_the_numpy_cross_entropy():
   assert float(count) == mask.sum() and float(total_bytes) == np.sum(mask * target_bytes)
 
 
+@pytest.mark.accelerator
 def test_bfloat16_compute_stays_close_to_float32():
   tokens = jnp.asarray(random_tokens(7, (2, 64)))
   fp32 = Llama(get_preset("demo"), rngs=nnx.Rngs(0))
@@ -250,6 +251,7 @@ def test_flops_per_token_counts_six_per_matmul_weight():
     ({"compute_dtype": "float8"}, "compute_dtype"),
     ({"num_layers": 0}, "num_layers"),
     ({"head_dim": 7}, "even"),
+    ({"attention_block_size": 0}, "attention_block_size"),
   ],
 )
 def test_bad_config_gets_a_one_line_error(overrides, message):
@@ -286,6 +288,7 @@ def test_heads_first_attention_is_jax_s_causal_attention(kv_heads):
   np.testing.assert_allclose(rope_heads_first, rope_heads_last, atol=1e-6)
 
 
+@pytest.mark.accelerator
 def test_the_default_attention_path_equals_jax_s_kernel_path_in_loss_and_gradients():
   config = dataclasses.replace(PRESETS["tiny"], num_kv_heads=1)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (2, 17)))
@@ -300,3 +303,61 @@ def test_the_default_attention_path_equals_jax_s_kernel_path_in_loss_and_gradien
   np.testing.assert_allclose(loss, kernel_loss, rtol=1e-6)
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(kernel_grads)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_block_causal_attention_is_jax_s_causal_attention_in_values_and_gradients(kv_heads):
+  from models.llama import block_causal_attention
+
+  rng = np.random.default_rng(kv_heads)
+  batch, heads, length, head_dim = 2, 4, 12, 8
+  q, d_out = (rng.normal(size=(batch, length, heads, head_dim)).astype(np.float32) for _ in "qo")
+  k, v = (rng.normal(size=(batch, length, kv_heads, head_dim)).astype(np.float32) for _ in "kv")
+  first = lambda a: jnp.swapaxes(a, 1, 2)
+  # Blocks that divide T, a ragged last block (5, 5, 2), one block of T, one past it.
+  block_sizes = (1, 4, 5, 12, 16)
+
+  @jax.jit  # one program for every block size
+  def values_and_vjps(q, k, v, d_out):
+    want = jax.vjp(
+      lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla"),
+      q,
+      k,
+      v,
+    )
+    got = [
+      jax.vjp(
+        lambda q, k, v, b=b: first(block_causal_attention(first(q), first(k), first(v), b)),
+        q,
+        k,
+        v,
+      )
+      for b in block_sizes
+    ]
+    return [(out, vjp(d_out)) for out, vjp in [want, *got]]
+
+  (want, want_grads), *got = values_and_vjps(q, k, v, d_out)
+  for block, (out, grads) in zip(block_sizes, got):
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6, err_msg=f"block {block}")
+    for name, grad, want_grad in zip("qkv", grads, want_grads):
+      scale = np.abs(want_grad).max()
+      np.testing.assert_allclose(grad / scale, want_grad / scale, atol=1e-5, err_msg=f"d{name}")
+
+
+def test_block_causal_attention_model_equals_the_full_mask_in_loss_and_gradients():
+  # tiny: grouped-query heads, scanned layers; T = 16 in blocks of 6 (6, 6, 4), rematerialised.
+  tokens = jnp.asarray(random_tokens(9, (2, 17)))
+
+  def value_and_grads(**overrides):
+    model = Llama(get_preset("tiny", remat="full", **overrides), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = lambda p: next_token_loss(nnx.merge(graphdef, p), tokens)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  loss, grads = value_and_grads()
+  block_loss, block_grads = value_and_grads(attention_block_size=6)
+  np.testing.assert_allclose(block_loss, loss, rtol=1e-6)
+  for (path, want), got in zip(
+    jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(block_grads)
+  ):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7, err_msg=jax.tree_util.keystr(path))
