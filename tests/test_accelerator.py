@@ -28,13 +28,11 @@ SITECUSTOMIZE = textwrap.dedent(f"""
 TEST_FILTER = "unbiased_between_the_two_neighbours or sharded_over_every_device"
 
 
-@pytest.fixture(scope="module")
-def dry_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp("accelerator")
+def run_dry_run(root):
   (root / "site").mkdir()
   (root / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
   out = root / "out"
-  env = dict(os.environ, PYTHONPATH=f"{root / 'site'}{os.pathsep}{os.getcwd()}")
+  env = dict(os.environ, PYTHONPATH=f"{root / 'site'}{os.pathsep}{accelerator.ROOT}")
   command = [sys.executable, "-m", "benchmarks.accelerator", "--dry-run", "--budget-s", "110"]
   command += ["--test-filter", TEST_FILTER, "--out", str(out)]
   done = subprocess.run(
@@ -50,8 +48,16 @@ def dry_run(tmp_path_factory):
   return out, json.loads((out / accelerator.RESULT_JSON).read_text()), done.stdout
 
 
-def test_the_dry_run_writes_every_stage_without_grain(dry_run):
-  out, report, stdout = dry_run
+def test_a_short_dry_run_measures_every_stage_without_grain(tmp_path):
+  # One test, not three on a shared fixture: the dry run is the suite's longest single
+  # process, and pytest-xdist would start it once per worker that holds one of them.
+  out, report, stdout = run_dry_run(tmp_path)
+  check_the_stages(out, report, stdout)
+  check_the_step(report)
+  check_attention_and_the_largest_preset(report)
+
+
+def check_the_stages(out, report, stdout):
   stages = report["stages"]
   assert {name: stages[name]["status"] for name in accelerator.STAGES} == dict.fromkeys(
     accelerator.STAGES, "ok"
@@ -68,8 +74,7 @@ def test_the_dry_run_writes_every_stage_without_grain(dry_run):
   assert {"test_devices.py", "test_inner_rounding.py"} <= set(tests["files"])
 
 
-def test_the_dry_run_s_step_figures_are_in_range(dry_run):
-  _, report, _ = dry_run
+def check_the_step(report):
   step = report["stages"]["step"]
   assert step["compute_dtype"] == "bfloat16" and step["param_dtype"] == "float32"
   assert 0.5 < step["time_ratio"] < 3.0
@@ -84,8 +89,7 @@ def test_the_dry_run_s_step_figures_are_in_range(dry_run):
   assert report["summary"]["time_ratio"] == step["time_ratio"]
 
 
-def test_the_dry_run_s_attention_and_largest_preset(dry_run):
-  _, report, _ = dry_run
+def check_attention_and_the_largest_preset(report):
   attention = report["stages"]["attention"]
   assert attention["implementation"] == "xla" and attention["fused_custom_calls"] == []
   assert attention["fused_kernel_called"] is None
