@@ -45,7 +45,6 @@ import dataclasses
 import gzip
 import importlib.metadata
 import json
-import math
 import os
 import pathlib
 import platform
@@ -64,6 +63,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.common import add_out_flag, paired_ratio, summarize, time_rounds, write_json
+from benchmarks.train_step import matmul_peak_flops
 from models import Llama, get_preset, next_token_loss
 from train import parallel
 from train.build import build_training
@@ -338,21 +338,6 @@ def run_tests_stage(plan: Plan, platform_name: str | None, limit_s: float) -> di
   return result | counts | {"status": "ok" if ok else "failed", "pytest_exit": out.returncode}
 
 
-def matmul_peak(size: int, deadline: float) -> float:
-  """Best FLOP/s of a jitted square bf16 matmul, the device's attainable peak."""
-  a, b = (jax.random.normal(jax.random.key(i), (size, size), jnp.bfloat16) for i in (0, 1))
-  matmul = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(matmul(a, b))
-  best = math.inf
-  for _ in range(10):
-    start = time.perf_counter()
-    jax.block_until_ready(matmul(a, b))
-    best = min(best, time.perf_counter() - start)
-    if time.time() > deadline:
-      break
-  return 2 * size**3 / best
-
-
 def profile_top_ops(run, top: int = 10) -> list[dict]:
   """The ops that took longest in one ``run()`` under ``jax.profiler``: device ops where the
   trace has a device, else the XLA threads' ops (CPU), summed by name."""
@@ -445,7 +430,7 @@ def step_worker(plan: Plan, deadline: float, result: dict, save) -> None:
   for name in steps:  # warm-up: first calls, autotuning
     one_step(name)
   round_s = time.perf_counter() - start
-  peak = matmul_peak(plan.matmul_size, deadline)
+  peak = matmul_peak_flops(plan.matmul_size, jnp.bfloat16)
   nominal = nominal_bf16_peak(jax.local_devices()[0].device_kind)
   # Rounds from the warm-up's pace, leaving a fifth of the time left for the profile.
   fit = int((deadline - time.time()) * 0.8 / max(round_s, 1e-6)) - 1
@@ -589,7 +574,7 @@ def largest_worker(plan: Plan, deadline: float, result: dict, save, peak: float 
   step_s = summarize(timed).median
   tokens_per_step = plan.microbatches * plan.micro_batch_size * plan.seq_len
   flops = config.flops_per_token(plan.seq_len) * tokens_per_step
-  peak = peak or matmul_peak(plan.matmul_size, deadline)
+  peak = peak or matmul_peak_flops(plan.matmul_size, jnp.bfloat16)
   nominal = nominal_bf16_peak(jax.local_devices()[0].device_kind)
   result.update(
     preset=preset,
@@ -613,7 +598,8 @@ WORKERS = {
 
 def run_worker(args) -> None:
   """One stage in this process: its figures go to ``--result`` after every part."""
-  plan = Plan(**{**json.loads(args.plan), "largest": tuple(json.loads(args.plan)["largest"])})
+  fields = json.loads(args.plan)
+  plan = Plan(**{**fields, "largest": tuple(fields["largest"])})
   result: dict = {}
   save = lambda: write_json(args.result, result)
   extra = json.loads(args.worker_args)

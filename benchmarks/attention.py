@@ -39,6 +39,17 @@ from models import Llama, get_preset, next_token_loss
 FULL = "full"
 
 
+def block_sizes(text: str) -> list[int]:
+  """``"32,64"`` -> [32, 64]; anything else is argparse's one-line error."""
+  try:
+    sizes = [int(part) for part in text.split(",") if part.strip()]
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) < 1:
+    raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 32,64,128")
+  return sizes
+
+
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--preset", default="demo")
@@ -47,6 +58,7 @@ def parse_args():
   parser.add_argument("--seq-len", type=int, default=256)
   parser.add_argument(
     "--block-sizes",
+    type=block_sizes,
     default="32,64,128,256",
     help="comma-separated query block sizes to compare with the full mask",
   )
@@ -72,7 +84,7 @@ def relative_difference(a, b) -> float:
 def main():
   args = parse_args()
   base = get_preset(args.preset)
-  overrides = variants([int(b) for b in args.block_sizes.split(",") if b])
+  overrides = variants(args.block_sizes)
   names = list(overrides)
   tokens = jnp.asarray(
     np.random.default_rng(0)

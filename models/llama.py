@@ -282,6 +282,18 @@ def apply_rope(x, cos, sin, heads_first: bool = False):
   return rotated.astype(x.dtype)
 
 
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _block_probs(q, k, start: int):
+  """float32 softmax(mask(q k^T / sqrt(D))) of queries at positions ``start..`` over keys at
+  ``0..``; q [B, K, G, b, D], k [B, K, S, D]."""
+  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores * jnp.float32(q.shape[-1] ** -0.5)
+  causal = jnp.arange(start, start + q.shape[3])[:, None] >= jnp.arange(k.shape[2])[None, :]
+  return jax.nn.softmax(jnp.where(causal, scores, jnp.float32(_MASK_VALUE)), axis=-1)
+
+
 def causal_attention(q, k, v):
   """Causal softmax attention of q [B, N, T, D] over k, v [B, K, T, D], K dividing N.
 
@@ -294,25 +306,9 @@ def causal_attention(q, k, v):
   batch, heads, length, head_dim = q.shape
   kv_heads = k.shape[1]
   q = q.reshape(batch, kv_heads, heads // kv_heads, length, head_dim)
-  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = scores * jnp.float32(head_dim**-0.5)
-  causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
-  scores = jnp.where(causal, scores, jnp.float32(-0.7 * jnp.finfo(jnp.float32).max))
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  probs = _block_probs(q, k, 0).astype(v.dtype)
   mixed = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
   return mixed.reshape(batch, heads, length, head_dim)
-
-
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-
-
-def _block_probs(q, k, start: int):
-  """float32 softmax(mask(q k^T / sqrt(D))) of queries at positions ``start..`` over keys at
-  ``0..``; q [B, K, G, b, D], k [B, K, S, D]."""
-  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = scores * jnp.float32(q.shape[-1] ** -0.5)
-  causal = jnp.arange(start, start + q.shape[3])[:, None] >= jnp.arange(k.shape[2])[None, :]
-  return jax.nn.softmax(jnp.where(causal, scores, jnp.float32(_MASK_VALUE)), axis=-1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -103,8 +103,8 @@ def check_attention_and_the_largest_preset(report):
 def test_junit_counts_reads_pytest_s_report():
   xml = """<testsuites><testsuite name="pytest" tests="4">
     <testcase classname="tests.test_a" name="test_ok" time="0.1"/>
-    <testcase classname="tests.test_a" name="test_bad"><failure message="assert 1 == 2&#10;more"/>
-    </testcase>
+    <testcase classname="tests.test_a" name="test_bad">
+      <failure message="expected 3 rows, read 2&#10;second line"/></testcase>
     <testcase classname="tests.test_b" name="test_skip"><skipped message="no gpu"/></testcase>
     <testcase classname="tests.test_b" name="test_broken"><error message="fixture failed"/>
     </testcase></testsuite></testsuites>"""
@@ -114,7 +114,7 @@ def test_junit_counts_reads_pytest_s_report():
     "errors": 1,
     "skipped": 1,
     "failures": [
-      "tests.test_a::test_bad: assert 1 == 2",
+      "tests.test_a::test_bad: expected 3 rows, read 2",
       "tests.test_b::test_broken: fixture failed",
     ],
   }
