@@ -741,12 +741,11 @@ def _percent(value) -> str:
   return f"{value * 100:.1f} %" if value is not None else "n/a"
 
 
-def compile_seconds(figures: dict) -> float:
-  """Seconds a stage's children spent compiling (every ``compile_s`` in its figures)."""
-  if isinstance(figures, dict):
-    own = figures.get("compile_s", 0.0) if isinstance(figures.get("compile_s"), float) else 0.0
-    return own + sum(compile_seconds(value) for value in figures.values())
-  return 0.0
+def compile_seconds(figures) -> float:
+  """Seconds a stage's children spent compiling: every ``compile_s`` in its figures."""
+  if not isinstance(figures, dict):
+    return 0.0
+  return sum(v if k == "compile_s" else compile_seconds(v) for k, v in figures.items())
 
 
 def summary(stages: dict) -> dict:
